@@ -1,0 +1,232 @@
+//! Simulated devices: containers that each run their own Docker Engine.
+//!
+//! A device's engine listens on its usual socket inside and on /lab/docker.sock,
+//! a directory bind-mounted from the host. The host (tests, `lab status`)
+//! reaches each engine through that socket file, never over TCP: like a real
+//! device, no engine is exposed on the network.
+
+use super::image::DevicePlatform;
+use super::state::{RunMode, LAB_LABEL};
+use crate::engine::{Engine, EngineAddr};
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::query_parameters::{LogsOptionsBuilder, RemoveContainerOptionsBuilder};
+use futures_util::StreamExt;
+use serde_json::json;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Mount point of the device's host directory inside the device.
+const LAB_MOUNT: &str = "/lab";
+
+/// Everything needed to create one device container.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub lab: String,
+    pub name: String,
+    pub container: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub platform: DevicePlatform,
+    pub image: String,
+    pub network: String,
+    /// Host directory bind-mounted at /lab: engine socket, daemon.json.
+    pub host_dir: PathBuf,
+    pub registry: String,
+    pub dockerd_args: Vec<String>,
+}
+
+impl DeviceSpec {
+    pub fn socket(&self) -> PathBuf {
+        self.host_dir.join("docker.sock")
+    }
+
+    /// The device engine's configuration: both sockets, the lab registry as
+    /// insecure, vfs storage (overlay on the host's overlay fails), and no
+    /// iptables under emulation (it fails there).
+    fn daemon_json(&self) -> serde_json::Value {
+        let mut config = json!({
+            "hosts": ["unix:///var/run/docker.sock", format!("unix://{LAB_MOUNT}/docker.sock")],
+            "insecure-registries": [self.registry],
+            "storage-driver": "vfs",
+        });
+        if self.platform.emulated() {
+            config["iptables"] = json!(false);
+        }
+        config
+    }
+
+    fn create_body(&self, mode: RunMode) -> serde_json::Value {
+        let mut cmd = vec![
+            "dockerd".to_string(),
+            "--config-file".to_string(),
+            format!("{LAB_MOUNT}/daemon.json"),
+        ];
+        cmd.extend(self.dockerd_args.iter().cloned());
+        let mut host_config = json!({
+            "Init": true,
+            "NetworkMode": self.network,
+            "Tmpfs": {"/run": ""},
+            "Binds": [
+                "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                format!("{}:{LAB_MOUNT}", self.host_dir.display()),
+            ],
+        });
+        match mode {
+            RunMode::Privileged => host_config["Privileged"] = json!(true),
+            RunMode::Capabilities => {
+                host_config["CapAdd"] = json!(["ALL"]);
+                host_config["CapDrop"] = json!(["SYS_RESOURCE"]);
+                host_config["SecurityOpt"] = json!(["seccomp=unconfined", "apparmor=unconfined"]);
+            }
+        }
+        json!({
+            "Image": self.image,
+            "Hostname": self.name,
+            // Container-level MacAddress: what API 1.41 reads (bollard's
+            // create body has no such field, hence the raw call).
+            "MacAddress": self.mac,
+            "Cmd": cmd,
+            "Labels": {
+                LAB_LABEL: self.lab,
+                "io.fogswarm.lab.device": self.name,
+            },
+            "HostConfig": host_config,
+            "NetworkingConfig": {
+                "EndpointsConfig": {
+                    self.network.clone(): {"IPAMConfig": {"IPv4Address": self.ip.to_string()}}
+                }
+            },
+        })
+    }
+}
+
+/// Creates and starts a device. With no run mode known yet, tries
+/// `--privileged` first and falls back to the capability set when the host
+/// refuses it; answers the container id and the mode that worked.
+pub async fn create_and_start(
+    engine: &Engine,
+    spec: &DeviceSpec,
+    mode: Option<RunMode>,
+) -> Result<(String, RunMode)> {
+    std::fs::create_dir_all(&spec.host_dir)
+        .with_context(|| format!("creating {}", spec.host_dir.display()))?;
+    let daemon_json = spec.host_dir.join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        serde_json::to_vec_pretty(&spec.daemon_json())?,
+    )
+    .with_context(|| format!("writing {}", daemon_json.display()))?;
+    let modes: &[RunMode] = match mode {
+        Some(RunMode::Privileged) => &[RunMode::Privileged],
+        Some(RunMode::Capabilities) => &[RunMode::Capabilities],
+        None => &[RunMode::Privileged, RunMode::Capabilities],
+    };
+    let mut last_error = None;
+    for &mode in modes {
+        let query = format!(
+            "/containers/create?name={}&platform=linux/{}",
+            spec.container,
+            spec.platform.docker_name()
+        );
+        let created = engine
+            .post_json(&query, &spec.create_body(mode))
+            .await
+            .with_context(|| format!("creating device container {}", spec.container))?;
+        let id = created
+            .get("Id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("engine answered no container id for {}", spec.container))?
+            .to_string();
+        match engine
+            .docker
+            .start_container(
+                &id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            Ok(()) => return Ok((id, mode)),
+            Err(e) => {
+                // Not startable in this mode: remove it so the next mode (or
+                // the caller's cleanup) starts from nothing.
+                remove(engine, &id).await?;
+                last_error = Some(anyhow!("starting {} ({mode:?}): {e}", spec.container));
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow!("no run mode to try for {}", spec.container)))
+}
+
+/// Waits for the device's engine to answer on its socket. Fails at once
+/// when the container stops, with the tail of its log (dockerd's own).
+pub async fn wait_for_engine(
+    engine: &Engine,
+    spec: &DeviceSpec,
+    container: &str,
+) -> Result<Engine> {
+    let timeout = if spec.platform.emulated() {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(90)
+    };
+    let addr = EngineAddr::socket(spec.socket());
+    let result = Engine::wait_for(&addr, timeout, || async {
+        let inspect = engine
+            .docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .with_context(|| format!("inspecting {container}"))?;
+        let running = inspect.state.and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            bail!("device container {container} stopped");
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(device_engine) => Ok(device_engine),
+        Err(e) => Err(anyhow!(
+            "{}: engine never came up ({e}); its log ends:\n{}",
+            spec.name,
+            log_tail(engine, container, 20).await
+        )),
+    }
+}
+
+/// The last `lines` lines of a container's output.
+pub async fn log_tail(engine: &Engine, container: &str, lines: usize) -> String {
+    let options = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .tail(&lines.to_string())
+        .build();
+    let mut stream = engine.docker.logs(container, Some(options));
+    let mut out = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    out.trim_end().to_string()
+}
+
+/// Removes a container and its anonymous volumes; a missing one is fine.
+pub async fn remove(engine: &Engine, container: &str) -> Result<()> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match engine
+        .docker
+        .remove_container(container, Some(options))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing container {container}")),
+    }
+}

@@ -1,0 +1,593 @@
+//! `fogswarm lab`: a fog of simulated devices on one machine.
+//!
+//! A lab is a private bridge network, a real registry on its gateway, and N
+//! devices, each a container running its own Docker Engine with a fixed IP,
+//! MAC and hostname. It is the demo, the end-to-end test bed and the
+//! benchmark bed. Everything it creates carries the label `io.fogswarm.lab`
+//! and is recorded in a state file, so `down` removes exactly that.
+
+pub mod binfmt;
+pub mod device;
+pub mod image;
+pub mod net;
+pub mod progress;
+pub mod registry;
+pub mod state;
+pub mod tools;
+
+use crate::engine::{Engine, EngineAddr};
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
+use device::DeviceSpec;
+use image::DevicePlatform;
+use net::Subnet;
+use progress::Step;
+use serde::{Deserialize, Serialize};
+use state::{DeviceRecord, LabPaths, LabState, LAB_LABEL};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A lab-level error caused by the caller's input, as opposed to the
+/// machine's state; the CLI exits 2 for these, 1 for everything else.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    BadInput(msg.into()).into()
+}
+
+/// What `lab up` is asked for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub name: String,
+    pub devices: u32,
+    /// How many of the devices (the last ones) are arm64 under emulation.
+    pub arm64: u32,
+    pub subnet: Option<Subnet>,
+    pub root: PathBuf,
+    /// Extra arguments for every device's dockerd.
+    pub dockerd_args: Vec<String>,
+    /// The fogswarm binary, which runs the registry's supervisor.
+    pub fogswarm_exe: PathBuf,
+}
+
+/// Lab names become parts of container and network names.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(bad_input(format!(
+            "lab name {name:?} is invalid: use 1 to 24 lower-case letters, digits and '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+fn network_name(lab: &str) -> String {
+    format!("fogswarm-{lab}")
+}
+
+fn container_name(lab: &str, device: &str) -> String {
+    format!("fogswarm-{lab}-{device}")
+}
+
+fn lab_filter(lab: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![format!("{LAB_LABEL}={lab}")])])
+}
+
+/// Brings a lab up from nothing and answers its status. On any failure it
+/// removes what it had created before returning the error.
+pub async fn up(opts: &UpOptions) -> Result<LabStatus> {
+    validate_name(&opts.name)?;
+    let subnet = opts
+        .subnet
+        .unwrap_or_else(|| Subnet::default_for(&opts.name));
+    if opts.devices == 0 {
+        return Err(bad_input("--devices must be at least 1"));
+    }
+    if opts.devices > subnet.device_capacity() {
+        return Err(bad_input(format!(
+            "--devices {} does not fit subnet {subnet}, which holds at most {} devices",
+            opts.devices,
+            subnet.device_capacity()
+        )));
+    }
+    if opts.arm64 > opts.devices {
+        return Err(bad_input(format!(
+            "--arm64 {} is more than --devices {}",
+            opts.arm64, opts.devices
+        )));
+    }
+    let engine = Engine::connect(&EngineAddr::from_env()?).await?;
+    let paths = LabPaths::new(&opts.root, &opts.name);
+    ensure_not_up(&engine, &paths, &opts.name).await?;
+
+    // Every prerequisite is checked before anything is created.
+    let mut platforms = Vec::new();
+    if opts.arm64 < opts.devices {
+        platforms.push(DevicePlatform::Amd64);
+    }
+    if opts.arm64 > 0 {
+        platforms.push(DevicePlatform::Arm64);
+    }
+    let mut missing_images = Vec::new();
+    for &platform in &platforms {
+        let image = image::image_ref(platform);
+        if !image::exists(&engine, &image).await? {
+            image::check_build_prerequisites(platform)?;
+            missing_images.push((platform, image));
+        } else if platform.emulated() {
+            binfmt::check_available(platform)?;
+        }
+    }
+    tools::require_tool("docker-registry", "docker-registry")?;
+
+    let mut state = LabState::new(&opts.name, subnet.to_string(), subnet.gateway().to_string());
+    paths.save(&state)?;
+    let result = bring_up(&engine, opts, &paths, subnet, &missing_images, &mut state).await;
+    match result {
+        Ok(()) => status_of(&engine, &state).await,
+        Err(e) => {
+            let cleanup = teardown(&engine, &paths, &opts.name, Some(&state)).await;
+            match cleanup {
+                Ok(_) => Err(e.context(format!("lab {} did not come up; removed what it had created", opts.name))),
+                Err(c) => Err(e.context(format!(
+                    "lab {} did not come up, and cleaning up failed too ({c:#}); run `fogswarm lab down --name {}`",
+                    opts.name, opts.name
+                ))),
+            }
+        }
+    }
+}
+
+async fn ensure_not_up(engine: &Engine, paths: &LabPaths, lab: &str) -> Result<()> {
+    if paths.state_file().exists() {
+        return Err(bad_input(format!(
+            "lab {lab} is already up (state in {}); run `fogswarm lab down --name {lab}` first",
+            paths.state_file().display()
+        )));
+    }
+    let leftovers = engine
+        .docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&lab_filter(lab))
+                .build(),
+        ))
+        .await
+        .context("listing containers")?;
+    if !leftovers.is_empty() {
+        return Err(bad_input(format!(
+            "lab {lab} has {} containers left from an earlier run; run `fogswarm lab down --name {lab}` first",
+            leftovers.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn bring_up(
+    engine: &Engine,
+    opts: &UpOptions,
+    paths: &LabPaths,
+    subnet: Subnet,
+    missing_images: &[(DevicePlatform, String)],
+    state: &mut LabState,
+) -> Result<()> {
+    let cache_dir = opts.root.join(".cache");
+    for (platform, image) in missing_images {
+        image::build(engine, *platform, image, &cache_dir).await?;
+    }
+    if opts.arm64 > 0 && DevicePlatform::Arm64.emulated() {
+        binfmt::ensure_registered(DevicePlatform::Arm64)?;
+    }
+
+    let network = network_name(&opts.name);
+    let created = engine
+        .docker
+        .create_network(NetworkCreateRequest {
+            name: network.clone(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    gateway: Some(subnet.gateway().to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            labels: Some(HashMap::from([(LAB_LABEL.to_string(), opts.name.clone())])),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            anyhow!("creating network {network} on {subnet}: {e}; if another network uses that range, choose one with --subnet")
+        })?;
+    state.network = Some(created.id);
+    paths.save(state)?;
+
+    let registry_step = Step::spinner(format!(
+        "starting registry on {}:{}",
+        subnet.gateway(),
+        registry::REGISTRY_PORT
+    ));
+    let record = registry::start(paths, &opts.name, subnet.gateway(), &opts.fogswarm_exe).await;
+    match record {
+        Ok(record) => {
+            registry_step.done();
+            state.registry = Some(record);
+        }
+        Err(e) => {
+            registry_step.fail();
+            return Err(e);
+        }
+    }
+    paths.save(state)?;
+    let registry_addr = state
+        .registry
+        .as_ref()
+        .map(|r| r.addr.clone())
+        .unwrap_or_default();
+
+    let mut specs = Vec::new();
+    for index in 1..=opts.devices {
+        let name = format!("dev{index}");
+        let ip = subnet.device_ip(index);
+        let platform = if index > opts.devices - opts.arm64 {
+            DevicePlatform::Arm64
+        } else {
+            DevicePlatform::Amd64
+        };
+        specs.push(DeviceSpec {
+            lab: opts.name.clone(),
+            container: container_name(&opts.name, &name),
+            host_dir: paths.device_dir(&name),
+            name,
+            ip,
+            mac: net::device_mac(ip).to_string(),
+            platform,
+            image: image::image_ref(platform),
+            network: network.clone(),
+            registry: registry_addr.clone(),
+            dockerd_args: opts.dockerd_args.clone(),
+        });
+    }
+    let start_step = Step::count("starting devices", specs.len() as u64);
+    let mut containers = Vec::new();
+    for spec in &specs {
+        start_step.message(&spec.name);
+        let (id, mode) = device::create_and_start(engine, spec, state.run_mode).await?;
+        state.run_mode = Some(mode);
+        state.devices.push(DeviceRecord {
+            name: spec.name.clone(),
+            container: id.clone(),
+            ip: spec.ip.to_string(),
+            mac: spec.mac.clone(),
+            platform: spec.platform.docker_name().to_string(),
+            image: spec.image.clone(),
+            socket: spec.socket(),
+        });
+        paths.save(state)?;
+        containers.push(id);
+        start_step.advance(1);
+    }
+    start_step.done();
+
+    let wait_step = Step::count("waiting for device engines", specs.len() as u64);
+    let waits = specs.iter().zip(&containers).map(|(spec, id)| {
+        let step = wait_step.clone();
+        async move {
+            let result = device::wait_for_engine(engine, spec, id).await;
+            step.advance(1);
+            result
+        }
+    });
+    let results = futures_util::future::join_all(waits).await;
+    if let Some(err) = results.into_iter().find_map(Result::err) {
+        wait_step.fail();
+        return Err(err);
+    }
+    wait_step.done();
+    Ok(())
+}
+
+/// What `down` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct DownReport {
+    pub containers: usize,
+    pub networks: usize,
+    pub registry_stopped: bool,
+    pub removed_dir: Option<PathBuf>,
+}
+
+/// Removes a lab: its containers, network, registry process and files.
+pub async fn down(name: &str, root: &Path) -> Result<DownReport> {
+    validate_name(name)?;
+    let engine = Engine::connect(&EngineAddr::from_env()?).await?;
+    let paths = LabPaths::new(root, name);
+    let state = paths.load()?;
+    let report = teardown(&engine, &paths, name, state.as_ref()).await?;
+    if state.is_none() && report.containers == 0 && report.networks == 0 {
+        bail!(
+            "no lab named {name} is up (no state in {} and no labelled containers)",
+            paths.dir.display()
+        );
+    }
+    Ok(report)
+}
+
+/// Removes what the state records plus anything carrying the lab's label
+/// (an interrupted `up` may have created a container it never recorded).
+async fn teardown(
+    engine: &Engine,
+    paths: &LabPaths,
+    name: &str,
+    state: Option<&LabState>,
+) -> Result<DownReport> {
+    let mut report = DownReport::default();
+    let mut containers: Vec<String> = state
+        .map(|s| s.devices.iter().map(|d| d.container.clone()).collect())
+        .unwrap_or_default();
+    let labelled = engine
+        .docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&lab_filter(name))
+                .build(),
+        ))
+        .await
+        .context("listing lab containers")?;
+    containers.extend(labelled.into_iter().filter_map(|c| c.id));
+    containers.sort();
+    containers.dedup();
+    for id in &containers {
+        device::remove(engine, id).await?;
+    }
+    report.containers = containers.len();
+
+    let mut networks: Vec<String> = state.and_then(|s| s.network.clone()).into_iter().collect();
+    let labelled = engine
+        .docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&lab_filter(name))
+                .build(),
+        ))
+        .await
+        .context("listing lab networks")?;
+    networks.extend(labelled.into_iter().filter_map(|n| n.id));
+    networks.sort();
+    networks.dedup();
+    for id in &networks {
+        match engine.docker.remove_network(id).await {
+            Ok(()) => report.networks += 1,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing network {id}")),
+        }
+    }
+
+    if let Some(record) = state.and_then(|s| s.registry.as_ref()) {
+        report.registry_stopped = registry::is_our_supervisor(record.supervisor_pid, name);
+        registry::stop(record, name)?;
+    }
+    if paths.dir.exists() {
+        std::fs::remove_dir_all(&paths.dir)
+            .with_context(|| format!("removing {}", paths.dir.display()))?;
+        report.removed_dir = Some(paths.dir.clone());
+    }
+    Ok(report)
+}
+
+/// A lab as it is now, for `lab status` and for tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabStatus {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub network: Option<String>,
+    pub registry: Option<RegistryStatus>,
+    pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    pub addr: String,
+    pub answering: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub container: String,
+    pub ip: String,
+    pub mac: String,
+    pub platform: String,
+    /// The device engine's socket on this machine.
+    pub socket: PathBuf,
+    /// Container state: running, exited, missing...
+    pub state: String,
+    pub engine: Option<DeviceEngine>,
+}
+
+/// What a device's engine says of itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceEngine {
+    pub hostname: String,
+    pub architecture: String,
+    pub version: String,
+    /// Swarm membership: inactive, pending, active, error, locked.
+    pub swarm: String,
+    pub node_id: Option<String>,
+}
+
+/// Reads a lab's state and asks the engines how things are.
+pub async fn status(name: &str, root: &Path) -> Result<LabStatus> {
+    validate_name(name)?;
+    let engine = Engine::connect(&EngineAddr::from_env()?).await?;
+    let paths = LabPaths::new(root, name);
+    let state = paths.load()?.ok_or_else(|| {
+        anyhow!(
+            "no lab named {name} is up (no state in {})",
+            paths.dir.display()
+        )
+    })?;
+    status_of(&engine, &state).await
+}
+
+async fn status_of(engine: &Engine, state: &LabState) -> Result<LabStatus> {
+    let registry = match &state.registry {
+        Some(r) => Some(RegistryStatus {
+            addr: r.addr.clone(),
+            answering: registry::answers(&r.addr).await,
+        }),
+        None => None,
+    };
+    let devices =
+        futures_util::future::join_all(state.devices.iter().map(|d| device_status(engine, d)))
+            .await;
+    Ok(LabStatus {
+        name: state.name.clone(),
+        subnet: state.subnet.clone(),
+        gateway: state.gateway.clone(),
+        network: state.network.clone(),
+        registry,
+        devices,
+    })
+}
+
+async fn device_status(engine: &Engine, record: &DeviceRecord) -> DeviceStatus {
+    let inspect = engine
+        .docker
+        .inspect_container(
+            &record.container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    let container_state = match &inspect {
+        Ok(c) => c
+            .state
+            .as_ref()
+            .and_then(|s| s.status)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        Err(_) => "missing".into(),
+    };
+    // The MAC as the engine reports it, not as recorded: status must show
+    // what is, so a test can compare it with what was assigned.
+    let mac = inspect
+        .ok()
+        .and_then(|c| c.network_settings)
+        .and_then(|n| n.networks)
+        .and_then(|nets| nets.into_values().find_map(|e| e.mac_address))
+        .unwrap_or_default();
+    let device_engine = if container_state == "running" {
+        probe_engine(&record.socket).await
+    } else {
+        None
+    };
+    DeviceStatus {
+        name: record.name.clone(),
+        container: record.container.clone(),
+        ip: record.ip.clone(),
+        mac,
+        platform: record.platform.clone(),
+        socket: record.socket.clone(),
+        state: container_state,
+        engine: device_engine,
+    }
+}
+
+async fn probe_engine(socket: &Path) -> Option<DeviceEngine> {
+    let addr = EngineAddr::socket(socket);
+    let engine = tokio::time::timeout(Duration::from_secs(5), Engine::connect(&addr))
+        .await
+        .ok()?
+        .ok()?;
+    let info = tokio::time::timeout(Duration::from_secs(5), engine.docker.info())
+        .await
+        .ok()?
+        .ok()?;
+    let swarm = info.swarm.unwrap_or_default();
+    Some(DeviceEngine {
+        hostname: info.name.unwrap_or_default(),
+        architecture: info.architecture.unwrap_or_default(),
+        version: info.server_version.unwrap_or_default(),
+        swarm: swarm
+            .local_node_state
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        node_id: swarm.node_id.filter(|id| !id.is_empty()),
+    })
+}
+
+/// Runs a command in a device, streaming its output; answers its exit code.
+pub async fn exec(name: &str, root: &Path, device: &str, cmd: &[String]) -> Result<i64> {
+    use futures_util::StreamExt;
+    validate_name(name)?;
+    if cmd.is_empty() {
+        return Err(bad_input("lab exec needs a command after --"));
+    }
+    let engine = Engine::connect(&EngineAddr::from_env()?).await?;
+    let state = LabPaths::new(root, name)
+        .load()?
+        .ok_or_else(|| anyhow!("no lab named {name} is up"))?;
+    let record = state
+        .devices
+        .iter()
+        .find(|d| d.name == device)
+        .ok_or_else(|| {
+            let known: Vec<&str> = state.devices.iter().map(|d| d.name.as_str()).collect();
+            bad_input(format!(
+                "lab {name} has no device {device:?}; it has {}",
+                known.join(", ")
+            ))
+        })?;
+    let exec = engine
+        .docker
+        .create_exec(
+            &record.container,
+            bollard::models::ExecConfig {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("starting a command in {device}"))?;
+    if let bollard::exec::StartExecResults::Attached { mut output, .. } = engine
+        .docker
+        .start_exec(&exec.id, None)
+        .await
+        .with_context(|| format!("running a command in {device}"))?
+    {
+        use std::io::Write;
+        while let Some(chunk) = output.next().await {
+            match chunk.with_context(|| format!("reading output from {device}"))? {
+                bollard::container::LogOutput::StdErr { message } => {
+                    std::io::stderr().write_all(&message)?;
+                }
+                other => {
+                    std::io::stdout().write_all(&other.into_bytes())?;
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+    }
+    let inspect = engine
+        .docker
+        .inspect_exec(&exec.id)
+        .await
+        .context("reading the command's exit code")?;
+    Ok(inspect.exit_code.unwrap_or(-1))
+}

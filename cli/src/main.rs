@@ -1,0 +1,248 @@
+//! `fogswarm`: the operator's and CI's command.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use fogswarm::lab::{self, net::Subnet, BadInput, LabStatus};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fogswarm",
+    version,
+    about = "Turn fleets of Docker devices into swarm fogs, and deploy to them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A simulated fog on this machine: network, registry and devices that
+    /// each run their own Docker Engine.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Args)]
+struct LabTarget {
+    /// Name of the lab.
+    #[arg(long, default_value = "fog")]
+    name: String,
+    /// Where labs keep their state [default: /var/lib/fogswarm/labs as root].
+    #[arg(long, env = "FOGSWARM_LAB_DIR")]
+    lab_dir: Option<PathBuf>,
+}
+
+impl LabTarget {
+    fn root(&self) -> PathBuf {
+        self.lab_dir
+            .clone()
+            .unwrap_or_else(lab::state::default_root)
+    }
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create the network, registry and devices, and wait for every engine.
+    Up {
+        #[command(flatten)]
+        target: LabTarget,
+        /// How many devices.
+        #[arg(long, default_value_t = 3)]
+        devices: u32,
+        /// How many of them (the last ones) are arm64 devices under emulation.
+        #[arg(long, default_value_t = 0)]
+        arm64: u32,
+        /// The lab network's IPv4 subnet, /16 to /28 [default: 10.213.X.0/24, X from the name].
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Extra argument for every device's dockerd (repeatable).
+        #[arg(long = "dockerd-arg", allow_hyphen_values = true)]
+        dockerd_args: Vec<String>,
+        /// Print the resulting status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Devices, addresses, engine state and the registry address.
+    Status {
+        #[command(flatten)]
+        target: LabTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a device (the lab's stand-in for ssh).
+    Exec {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Device name, like dev1.
+        device: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove exactly what `up` created.
+    Down {
+        #[command(flatten)]
+        target: LabTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a command running (used by `up` for the registry).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        name: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Lab { command } => run_lab(command).await,
+    }
+}
+
+async fn run_lab(command: LabCommand) -> Result<ExitCode> {
+    match command {
+        LabCommand::Up {
+            target,
+            devices,
+            arm64,
+            subnet,
+            dockerd_args,
+            json,
+        } => {
+            let subnet = subnet
+                .map(|s| {
+                    s.parse::<Subnet>()
+                        .map_err(|e| anyhow::Error::from(BadInput(format!("--subnet: {e}"))))
+                })
+                .transpose()?;
+            let opts = lab::UpOptions {
+                name: target.name.clone(),
+                devices,
+                arm64,
+                subnet,
+                root: target.root(),
+                dockerd_args,
+                fogswarm_exe: std::env::current_exe()?,
+            };
+            let status = lab::up(&opts).await?;
+            print_status(&status, json)?;
+        }
+        LabCommand::Status { target, json } => {
+            let status = lab::status(&target.name, &target.root()).await?;
+            print_status(&status, json)?;
+        }
+        LabCommand::Exec {
+            target,
+            device,
+            cmd,
+        } => {
+            let code = lab::exec(&target.name, &target.root(), &device, &cmd).await?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        LabCommand::Down { target, json } => {
+            let report = lab::down(&target.name, &target.root()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "lab {} removed: {} containers, {} networks, registry {}",
+                    target.name,
+                    report.containers,
+                    report.networks,
+                    if report.registry_stopped {
+                        "stopped"
+                    } else {
+                        "was not running"
+                    }
+                );
+            }
+        }
+        LabCommand::Supervise { name: _, cmd } => lab::registry::supervise(cmd).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(status: &LabStatus, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+        return Ok(());
+    }
+    println!(
+        "lab {}  subnet {}  gateway {}",
+        status.name, status.subnet, status.gateway
+    );
+    match &status.registry {
+        Some(r) => println!(
+            "registry {} ({})",
+            r.addr,
+            if r.answering {
+                "answering"
+            } else {
+                "NOT answering"
+            }
+        ),
+        None => println!("registry none"),
+    }
+    println!(
+        "{:<6} {:<14} {:<19} {:<9} {:<9} {:<8} {:<10} {}",
+        "DEVICE", "IP", "MAC", "ARCH", "STATE", "ENGINE", "SWARM", "CONTAINER"
+    );
+    for d in &status.devices {
+        let (arch, engine, swarm) = match &d.engine {
+            Some(e) => (
+                e.architecture.as_str(),
+                e.version.as_str(),
+                e.swarm.as_str(),
+            ),
+            None => (d.platform.as_str(), "down", "-"),
+        };
+        let engine = engine.split('+').next().unwrap_or(engine);
+        println!(
+            "{:<6} {:<14} {:<19} {:<9} {:<9} {:<8} {:<10} {}",
+            d.name,
+            d.ip,
+            d.mac,
+            arch,
+            d.state,
+            engine,
+            swarm,
+            &d.container[..d.container.len().min(12)]
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! fog-hello: the sample fog service.
+//!
+//! Answers `GET /` with `{"hostname": ..., "arch": ..., "labels": {...}}` so a
+//! test or an operator can see which device (and which image variant) served a
+//! request. Labels come from `FOG_LABELS` (`key=value` pairs separated by commas
+//! or newlines), which a deployment fills from the node's labels.
+//!
+//! std only and single-threaded on purpose: the binary goes into a scratch
+//! image on small boards, and every dependency costs bytes there.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+/// Largest request head we read before answering 431; keeps a misbehaving
+/// client from growing our memory.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+fn main() {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
+    let addr = format!("0.0.0.0:{port}");
+    let listener = match TcpListener::bind(&addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fog-hello: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let body = response_body(
+        &hostname(),
+        std::env::consts::ARCH,
+        &std::env::var("FOG_LABELS").unwrap_or_default(),
+    );
+    eprintln!("fog-hello: listening on {addr}");
+    for stream in listener.incoming().flatten() {
+        // One bad client must not take the service down: errors end that
+        // connection only.
+        let _ = serve(stream, &body);
+    }
+}
+
+fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the header block so the client sees a clean close.
+    let mut seen = request_line.len();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        seen += n;
+        if n == 0 || line == "\r\n" || line == "\n" || seen > MAX_HEAD_BYTES {
+            break;
+        }
+    }
+    let (status, content) = route(&request_line, seen > MAX_HEAD_BYTES, body);
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
+        content.len()
+    )?;
+    stream.flush()
+}
+
+/// Picks the status line and body for a request line.
+fn route<'a>(request_line: &str, head_too_large: bool, body: &'a str) -> (&'static str, &'a str) {
+    let mut parts = request_line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        _ if head_too_large => (
+            "431 Request Header Fields Too Large",
+            "{\"error\":\"request head too large\"}",
+        ),
+        (Some("GET"), Some("/")) => ("200 OK", body),
+        (Some("GET"), Some("/healthz")) => ("200 OK", "{\"status\":\"ok\"}"),
+        (Some(_), Some(_)) => ("404 Not Found", "{\"error\":\"not found\"}"),
+        _ => ("400 Bad Request", "{\"error\":\"bad request line\"}"),
+    }
+}
+
+/// The kernel's host name: in a container, the container's.
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Parses `k=v` pairs separated by commas or newlines; entries without `=`
+/// become labels with an empty value, as `docker node update --label-add k`
+/// does.
+fn parse_labels(spec: &str) -> Vec<(String, String)> {
+    let mut labels: Vec<(String, String)> = spec
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|entry| match entry.split_once('=') {
+            Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+            None => (entry.to_string(), String::new()),
+        })
+        .collect();
+    labels.sort();
+    labels.dedup_by(|a, b| a.0 == b.0);
+    labels
+}
+
+fn response_body(hostname: &str, arch: &str, labels: &str) -> String {
+    let labels = parse_labels(labels)
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{{\"hostname\":{},\"arch\":{},\"labels\":{{{labels}}}}}\n",
+        json_string(hostname),
+        json_string(arch)
+    )
+}
+
+/// A JSON string literal (RFC 8259 escaping).
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_carries_hostname_arch_and_sorted_labels() {
+        let body = response_body("dev1", "aarch64", "zone=b, temperature_sensor=1\nflag");
+        assert_eq!(
+            body,
+            "{\"hostname\":\"dev1\",\"arch\":\"aarch64\",\"labels\":{\"flag\":\"\",\"temperature_sensor\":\"1\",\"zone\":\"b\"}}\n"
+        );
+    }
+
+    #[test]
+    fn empty_labels_give_an_empty_object() {
+        assert!(response_body("h", "x86_64", "").ends_with("\"labels\":{}}\n"));
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\u{1}"), "\"a\\\"b\\\\c\\u0001\"");
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET / HTTP/1.1\r\n", false, "B").1, "B");
+        assert_eq!(route("GET /x HTTP/1.1\r\n", false, "B").0, "404 Not Found");
+        assert_eq!(route("garbage\r\n", false, "B").0, "400 Bad Request");
+        assert!(route("GET / HTTP/1.1\r\n", true, "B").0.starts_with("431"));
+    }
+
+    #[test]
+    fn serves_over_real_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            serve(s, "{\"ok\":1}").expect("serve");
+        });
+        let mut client = TcpStream::connect(addr).expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut client, &mut out).expect("read");
+        server.join().expect("server thread");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("{\"ok\":1}"), "{out}");
+    }
+}

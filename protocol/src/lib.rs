@@ -1,0 +1,8 @@
+//! Wire types and validation shared by the fogswarm server, agent and CLI.
+//!
+//! One rule set, no I/O: the server, the agent and the CLI all validate with
+//! the same code, so a value the CLI accepts is a value the server accepts.
+
+pub mod device_id;
+
+pub use device_id::{DeviceId, DeviceIdError, MacAddress};
