@@ -219,7 +219,7 @@ fn print_status(status: &LabStatus, json: bool) -> Result<()> {
         None => println!("registry none"),
     }
     println!(
-        "{:<6} {:<14} {:<19} {:<9} {:<9} {:<8} {:<10} {}",
+        "{:<6} {:<14} {:<19} {:<9} {:<9} {:<8} {:<10} {:<12}",
         "DEVICE", "IP", "MAC", "ARCH", "STATE", "ENGINE", "SWARM", "CONTAINER"
     );
     for d in &status.devices {

@@ -1,1 +1,202 @@
-//! placeholder
+//! Helpers for the end-to-end tests: run the real `fogswarm` binary, bring a
+//! lab up and always take it down, reach device engines, build static
+//! binaries.
+//!
+//! Tests drive the binary rather than the library so that what is tested is
+//! what users run (exit codes, messages, the registry's supervisor).
+
+use anyhow::{bail, Context, Result};
+use fogswarm::engine::{Engine, EngineAddr};
+use fogswarm::lab::{DeviceStatus, LabStatus};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (this crate lives in tests/).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A binary of the workspace, built for the host.
+///
+/// It is (re)built here with cargo into a separate target dir, so the test
+/// never runs a stale binary and does not wait on the outer cargo's lock.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    build(package, &["--bin", bin], None);
+    target_dir().join("debug").join(bin)
+}
+
+/// A static binary of `package` for a Rust target, built with the
+/// size-tuned profile the device images use.
+pub fn static_binary(package: &str, target: &str) -> PathBuf {
+    build(package, &["--profile", "release-small"], Some(target));
+    target_dir()
+        .join(target)
+        .join("release-small")
+        .join(package)
+}
+
+fn target_dir() -> PathBuf {
+    workspace_root().join("target").join("e2e")
+}
+
+fn build(package: &str, args: &[&str], target: Option<&str>) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", package])
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir());
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    let out = cmd.output().expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} {args:?} --target {target:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `fogswarm` binary under test.
+pub fn fogswarm() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("fogswarm", "fogswarm"))
+        .clone()
+}
+
+/// Output of a command, with the parts tests look at.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A lab brought up by the real binary, under its own temporary state dir,
+/// taken down when dropped (also when the test fails).
+pub struct Lab {
+    pub name: String,
+    pub root: tempfile::TempDir,
+    down: bool,
+}
+
+impl Lab {
+    /// `fogswarm lab up --name NAME --subnet SUBNET ARGS...`, which must
+    /// succeed.
+    pub fn up(name: &str, subnet: &str, args: &[&str]) -> Result<Lab> {
+        let root = tempfile::Builder::new().prefix("fsl").tempdir()?;
+        let lab = Lab {
+            name: name.to_string(),
+            root,
+            down: false,
+        };
+        let run = lab.fogswarm(&["lab", "up", "--name", name, "--subnet", subnet], args);
+        if run.code != 0 {
+            bail!("lab up failed ({}):\n{}", run.code, run.stderr);
+        }
+        Ok(lab)
+    }
+
+    /// Runs `fogswarm FIXED ARGS` with this lab's state dir.
+    pub fn fogswarm(&self, fixed: &[&str], args: &[&str]) -> Run {
+        Command::new(fogswarm())
+            .args(fixed)
+            .args(args)
+            .env("FOGSWARM_LAB_DIR", self.root.path())
+            .output()
+            .expect("running fogswarm")
+            .into()
+    }
+
+    pub fn status(&self) -> Result<LabStatus> {
+        let run = self.fogswarm(&["lab", "status", "--name", &self.name, "--json"], &[]);
+        if run.code != 0 {
+            bail!("lab status failed: {}", run.stderr);
+        }
+        serde_json::from_str(&run.stdout).context("parsing lab status --json")
+    }
+
+    pub fn device(&self, name: &str) -> Result<DeviceStatus> {
+        self.status()?
+            .devices
+            .into_iter()
+            .find(|d| d.name == name)
+            .with_context(|| format!("no device {name}"))
+    }
+
+    /// A client for a device's own engine.
+    pub async fn engine(&self, device: &str) -> Result<Engine> {
+        Engine::connect(&EngineAddr::socket(self.device(device)?.socket)).await
+    }
+
+    /// `fogswarm lab down`, answering its result; after it the drop does
+    /// nothing.
+    pub fn down(&mut self) -> Run {
+        self.down = true;
+        self.fogswarm(&["lab", "down", "--name", &self.name], &[])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.down {
+            let run = self.down();
+            if run.code != 0 {
+                eprintln!("lab {} down after test: {}", self.name, run.stderr);
+            }
+        }
+    }
+}
+
+/// A plain HTTP GET with std only, answering status and body. Tests use it
+/// to reach services on device addresses.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr.parse()?, std::time::Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no header end in response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status in response")?
+        .parse()?;
+    Ok((status, body.to_string()))
+}
+
+/// Retries `f` every 500 ms until it succeeds or `secs` pass; answers the
+/// last error on timeout.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("still failing after {secs}s")))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
