@@ -21,8 +21,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// A binary of the workspace, built for the host.
 ///
-/// It is (re)built here with cargo into a separate target dir, so the test
-/// never runs a stale binary and does not wait on the outer cargo's lock.
+/// It is (re)built here with cargo, so a test never runs a stale binary; in
+/// the workspace's own target dir, which costs nothing when it is fresh
+/// (cargo releases its lock before it runs test binaries).
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     build(package, &["--bin", bin], None);
     target_dir().join("debug").join(bin)
@@ -39,7 +40,7 @@ pub fn static_binary(package: &str, target: &str) -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    workspace_root().join("target").join("e2e")
+    workspace_root().join("target")
 }
 
 fn build(package: &str, args: &[&str], target: Option<&str>) {

@@ -124,11 +124,11 @@ pub async fn create_and_start(
     };
     let mut last_error = None;
     for &mode in modes {
-        let query = format!(
-            "/containers/create?name={}&platform=linux/{}",
-            spec.container,
-            spec.platform.docker_name()
-        );
+        // No `platform=` here: Engine 20.10's import records the host's
+        // architecture whatever was asked, so an arm64 root fs is labelled
+        // amd64 and a platform check would refuse it. Its binaries are arm64
+        // and run through binfmt; the image label keeps the real platform.
+        let query = format!("/containers/create?name={}", spec.container);
         let created = engine
             .post_json(&query, &spec.create_body(mode))
             .await

@@ -214,7 +214,6 @@ async fn import(engine: &Engine, platform: DevicePlatform, root: &Path, image: &
         .from_src("-")
         .repo(repo)
         .tag(tag)
-        .platform(&format!("linux/{}", platform.docker_name()))
         .changes(vec![format!(
             "LABEL {IMAGE_LABEL}={}",
             platform.docker_name()
