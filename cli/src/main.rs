@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use fogswarm::fleet::{self, Connection, DeviceCommand, SwarmCommand};
 use fogswarm::lab::{self, net::Subnet, BadInput, LabStatus};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -25,6 +26,39 @@ enum Command {
     Lab {
         #[command(subcommand)]
         command: LabCommand,
+    },
+    /// Swarms on the configuration server.
+    Swarm {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: SwarmCommand,
+    },
+    /// Devices on the configuration server.
+    Device {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// The fleet at a glance: devices per swarm and state, and problems.
+    Status {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// The server's event log: who did what, when.
+    Events {
+        #[command(flatten)]
+        conn: Connection,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only events about this swarm or device.
+        #[arg(long)]
+        subject: Option<String>,
     },
 }
 
@@ -119,7 +153,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<BadInput>().is_some() {
+            let refused_input = e
+                .downcast_ref::<fogswarm_client::ClientError>()
+                .and_then(|c| c.status())
+                .is_some_and(|s| s == 400 || s == 422);
+            if e.downcast_ref::<BadInput>().is_some() || refused_input {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -131,6 +169,21 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Lab { command } => run_lab(command).await,
+        Command::Swarm { conn, command } => fleet::swarm(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Device { conn, command } => fleet::device(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Status { conn } => fleet::status(&conn).await.map(|_| ExitCode::SUCCESS),
+        Command::Events {
+            conn,
+            since,
+            limit,
+            subject,
+        } => fleet::events(&conn, since, limit, subject)
+            .await
+            .map(|_| ExitCode::SUCCESS),
     }
 }
 

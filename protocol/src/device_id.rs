@@ -96,6 +96,7 @@ impl fmt::Display for MacAddress {
 /// Anything that parses as a MAC address becomes one (lower-case, colon
 /// separated); anything else must be a bounded free-form id of letters,
 /// digits, `.`, `_`, `-` and `:`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);

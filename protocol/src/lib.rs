@@ -3,6 +3,9 @@
 //! One rule set, no I/O: the server, the agent and the CLI all validate with
 //! the same code, so a value the CLI accepts is a value the server accepts.
 
+pub mod api;
 pub mod device_id;
+pub mod validate;
 
 pub use device_id::{DeviceId, DeviceIdError, MacAddress};
+pub use validate::{AutoEnrol, Labels, Role, ValidationError};

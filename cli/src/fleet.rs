@@ -1,0 +1,567 @@
+//! The operator's commands: swarms, devices, fleet status and events,
+//! through the server's operator API.
+
+use crate::lab::BadInput;
+use crate::table::Table;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use fogswarm_client::{Client, Endpoint};
+use fogswarm_protocol::api::*;
+use fogswarm_protocol::validate::{self, AutoEnrol, Labels, Role};
+use fogswarm_protocol::DeviceId;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Where the server is and how to authenticate: flags, then environment,
+/// then the config file.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Server URL, like https://10.0.0.2:8443.
+    #[arg(long, env = "FOGSWARM_SERVER", global = true)]
+    pub server: Option<String>,
+    /// File holding the admin token (the server prints its path at start).
+    #[arg(long, env = "FOGSWARM_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's CA, as the server printed it.
+    #[arg(long, env = "FOGSWARM_CA_FINGERPRINT", global = true)]
+    pub ca_fingerprint: Option<String>,
+    /// Config file with server, token_file and ca_fingerprint
+    /// [default: ~/.config/fogswarm/cli.json].
+    #[arg(long, env = "FOGSWARM_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Output JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_fingerprint: Option<String>,
+}
+
+impl Connection {
+    /// A client for the operator API. The admin token is read from the
+    /// token file (or `FOGSWARM_TOKEN`), never taken as a flag: flags end
+    /// up in shell history and process lists.
+    pub fn client(&self) -> Result<Client> {
+        let default_config =
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/fogswarm/cli.json"));
+        let config_path = self.config.clone().or(default_config);
+        let file: ConfigFile = match &config_path {
+            Some(path) if path.exists() => serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{} is not a valid fogswarm CLI config", path.display()))?,
+            Some(path) if self.config.is_some() => {
+                return Err(
+                    BadInput(format!("config file {} does not exist", path.display())).into(),
+                )
+            }
+            _ => ConfigFile::default(),
+        };
+        let server = self.server.clone().or(file.server).ok_or_else(|| {
+            BadInput("no server given: use --server, FOGSWARM_SERVER or the config file".into())
+        })?;
+        let fingerprint = self.ca_fingerprint.clone().or(file.ca_fingerprint);
+        let token = match std::env::var("FOGSWARM_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            Some(t) => Secret::new(t),
+            None => {
+                let path = self.token_file.clone().or(file.token_file).ok_or_else(|| {
+                    BadInput("no admin token: use --token-file, FOGSWARM_TOKEN_FILE, FOGSWARM_TOKEN or the config file".into())
+                })?;
+                Secret::new(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| {
+                            format!("reading the admin token from {}", path.display())
+                        })?
+                        .trim(),
+                )
+            }
+        };
+        let endpoint =
+            Endpoint::new(&server, fingerprint.as_deref()).map_err(|e| BadInput(e.to_string()))?;
+        Ok(Client::new(&endpoint, Some(token))?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SwarmCommand {
+    /// Declare a swarm.
+    Create {
+        name: String,
+        /// What to do with unknown devices that enrol: off, worker, pending.
+        #[arg(long, default_value = "off")]
+        auto_enrol: String,
+    },
+    /// List swarms.
+    Ls,
+    /// Show one swarm.
+    Show { name: String },
+    /// Change a swarm's auto-enrolment.
+    Update {
+        name: String,
+        #[arg(long)]
+        auto_enrol: String,
+    },
+    /// Remove a swarm (with --force, its devices too).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Declare a device by identity (MAC address or id).
+    Add {
+        id: String,
+        #[arg(long)]
+        swarm: String,
+        /// leader, manager or worker.
+        #[arg(long, default_value = "worker")]
+        role: String,
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Declare many devices from a CSV (id,swarm,role,labels with labels as
+    /// k=v;k=v) or JSON file: all rows or none.
+    Import {
+        file: PathBuf,
+        /// csv or json [default: from the file's extension].
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// List devices.
+    Ls {
+        #[arg(long)]
+        swarm: Option<String>,
+    },
+    /// Show one device.
+    Show { id: String },
+    /// Set labels: KEY=VALUE...
+    Label {
+        id: String,
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Remove labels: KEY...
+    Unlabel {
+        id: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Change a device's role (or move it to another swarm).
+    Update {
+        id: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        swarm: Option<String>,
+    },
+    /// Approve a device held pending.
+    Approve { id: String },
+    /// Decommission a device (it leaves the swarm); --force removes it now.
+    Rm {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn bad(e: impl std::fmt::Display) -> anyhow::Error {
+    BadInput(e.to_string()).into()
+}
+
+fn check_device_id(id: &str) -> Result<String> {
+    Ok(DeviceId::parse(id)
+        .map_err(|e| bad(format!("device id {id:?}: {e}")))?
+        .to_string())
+}
+
+fn parse_labels(args: &[String]) -> Result<Labels> {
+    args.iter()
+        .map(|a| validate::parse_label_assignment(a).map_err(bad))
+        .collect()
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
+    let client = conn.client()?;
+    match command {
+        SwarmCommand::Create { name, auto_enrol } => {
+            validate::validate_swarm_name(&name).map_err(bad)?;
+            let auto_enrol = AutoEnrol::parse(&auto_enrol).map_err(bad)?;
+            let view = client
+                .create_swarm(&SwarmCreate { name, auto_enrol })
+                .await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!(
+                "swarm {} created (auto-enrol {})",
+                view.name,
+                view.auto_enrol.as_str()
+            );
+        }
+        SwarmCommand::Ls => {
+            let swarms = client.list_swarms().await?;
+            if conn.json {
+                return print_json(&swarms);
+            }
+            let mut table =
+                Table::new(&["NAME", "INITIALIZED", "DEVICES", "AUTO-ENROL", "MANAGERS"]);
+            for s in &swarms {
+                table.row([
+                    s.name.clone(),
+                    yes_no(s.initialized),
+                    s.devices.to_string(),
+                    s.auto_enrol.as_str().into(),
+                    s.managers.join(","),
+                ]);
+            }
+            table.print();
+        }
+        SwarmCommand::Show { name } => {
+            let s = client.get_swarm(&name).await?;
+            if conn.json {
+                return print_json(&s);
+            }
+            println!("name:        {}", s.name);
+            println!("initialized: {}", yes_no(s.initialized));
+            println!("cluster id:  {}", s.cluster_id.as_deref().unwrap_or("-"));
+            println!(
+                "managers:    {}",
+                if s.managers.is_empty() {
+                    "-".into()
+                } else {
+                    s.managers.join(", ")
+                }
+            );
+            println!("devices:     {}", s.devices);
+            println!("auto-enrol:  {}", s.auto_enrol.as_str());
+            if let Some(holder) = &s.lease_holder {
+                println!("initializing: {holder} holds the leader lease");
+            }
+        }
+        SwarmCommand::Update { name, auto_enrol } => {
+            let auto_enrol = AutoEnrol::parse(&auto_enrol).map_err(bad)?;
+            let view = client
+                .update_swarm(
+                    &name,
+                    &SwarmUpdate {
+                        auto_enrol: Some(auto_enrol),
+                    },
+                )
+                .await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!(
+                "swarm {} auto-enrol {}",
+                view.name,
+                view.auto_enrol.as_str()
+            );
+        }
+        SwarmCommand::Rm { name, force } => {
+            client.remove_swarm(&name, force).await?;
+            if !conn.json {
+                println!("swarm {name} removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
+    // Validate before asking the server, with the same rules it uses.
+    let client = conn.client()?;
+    match command {
+        DeviceCommand::Add {
+            id,
+            swarm,
+            role,
+            labels,
+        } => {
+            let spec = DeviceCreate {
+                id: check_device_id(&id)?,
+                swarm,
+                role: Role::parse(&role).map_err(bad)?,
+                labels: parse_labels(&labels)?,
+            };
+            validate::validate_swarm_name(&spec.swarm).map_err(bad)?;
+            let view = client.create_device(&spec).await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!(
+                "device {} added to swarm {} as {}",
+                view.id, view.swarm, view.role
+            );
+        }
+        DeviceCommand::Import { file, format } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let format = format.unwrap_or_else(|| {
+                file.extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_default()
+            });
+            let content_type = match format.as_str() {
+                "csv" => "text/csv",
+                "json" => "application/json",
+                other => {
+                    return Err(bad(format!(
+                        "import format {other:?} is not csv or json (use --format)"
+                    )))
+                }
+            };
+            let result = client.import_devices(content_type, bytes).await?;
+            if conn.json {
+                return print_json(&result);
+            }
+            println!(
+                "imported {} devices from {}",
+                result.created,
+                file.display()
+            );
+        }
+        DeviceCommand::Ls { swarm } => {
+            let devices = client.list_devices(swarm.as_deref()).await?;
+            if conn.json {
+                return print_json(&devices);
+            }
+            let mut table = Table::new(&[
+                "ID",
+                "SWARM",
+                "ROLE",
+                "STATE",
+                "NODE",
+                "LAST SEEN",
+                "LABELS",
+            ]);
+            for d in &devices {
+                table.row([
+                    d.id.to_string(),
+                    d.swarm.clone(),
+                    d.role.to_string(),
+                    d.state.to_string(),
+                    d.node_id
+                        .as_deref()
+                        .map(|n| n.chars().take(12).collect())
+                        .unwrap_or_else(|| "-".into()),
+                    d.last_seen.map(ago).unwrap_or_else(|| "never".into()),
+                    join_labels(&d.labels),
+                ]);
+            }
+            table.print();
+        }
+        DeviceCommand::Show { id } => {
+            let d = client.get_device(&check_device_id(&id)?).await?;
+            if conn.json {
+                return print_json(&d);
+            }
+            print_device(&d);
+        }
+        DeviceCommand::Label { id, labels } => {
+            let change = LabelChange {
+                set: parse_labels(&labels)?,
+                unset: Vec::new(),
+            };
+            let view = client
+                .change_labels(&check_device_id(&id)?, &change)
+                .await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!("device {} labels: {}", view.id, join_labels(&view.labels));
+        }
+        DeviceCommand::Unlabel { id, keys } => {
+            for key in &keys {
+                validate::validate_operator_label_key(key).map_err(bad)?;
+            }
+            let change = LabelChange {
+                set: Labels::new(),
+                unset: keys,
+            };
+            let view = client
+                .change_labels(&check_device_id(&id)?, &change)
+                .await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!("device {} labels: {}", view.id, join_labels(&view.labels));
+        }
+        DeviceCommand::Update { id, role, swarm } => {
+            let update = DeviceUpdate {
+                swarm,
+                role: role.as_deref().map(Role::parse).transpose().map_err(bad)?,
+                labels: None,
+            };
+            let view = client
+                .update_device(&check_device_id(&id)?, &update)
+                .await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!(
+                "device {} is a {} of swarm {}",
+                view.id, view.role, view.swarm
+            );
+        }
+        DeviceCommand::Approve { id } => {
+            let view = client.approve_device(&check_device_id(&id)?).await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!("device {} approved", view.id);
+        }
+        DeviceCommand::Rm { id, force } => {
+            let id = check_device_id(&id)?;
+            let left = client.remove_device(&id, force).await?;
+            if conn.json {
+                return print_json(&left);
+            }
+            match left {
+                Some(_) => println!("device {id} is told to leave; it is removed once it has"),
+                None => println!("device {id} removed"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(conn: &Connection) -> Result<()> {
+    let status = conn.client()?.status().await?;
+    if conn.json {
+        return print_json(&status);
+    }
+    let mut table = Table::new(&["SWARM", "INITIALIZED", "DEVICES", "BY STATE"]);
+    for s in &status.swarms {
+        table.row([
+            s.name.clone(),
+            yes_no(s.initialized),
+            s.devices.to_string(),
+            s.by_state
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    table.print();
+    println!(
+        "{} devices in {} swarms",
+        status.devices,
+        status.swarms.len()
+    );
+    if !status.problems.is_empty() {
+        println!();
+        let mut problems = Table::new(&["DEVICE", "SWARM", "ERROR"]);
+        for p in &status.problems {
+            problems.row([p.device.clone(), p.swarm.clone(), p.error.clone()]);
+        }
+        problems.print();
+    }
+    Ok(())
+}
+
+pub async fn events(
+    conn: &Connection,
+    since: i64,
+    limit: u32,
+    subject: Option<String>,
+) -> Result<()> {
+    let events = conn
+        .client()?
+        .events(since, limit, subject.as_deref())
+        .await?;
+    if conn.json {
+        return print_json(&events);
+    }
+    let mut table = Table::new(&["ID", "WHEN", "ACTOR", "ACTION", "SUBJECT", "DETAIL"]);
+    for e in &events {
+        table.row([
+            e.id.to_string(),
+            ago(e.at),
+            e.actor.clone(),
+            e.action.clone(),
+            e.subject.clone(),
+            e.detail.clone(),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+fn print_device(d: &DeviceView) {
+    println!("id:          {}", d.id);
+    println!("swarm:       {}", d.swarm);
+    println!("role:        {}", d.role);
+    println!("state:       {}", d.state);
+    println!("enrolled:    {}", yes_no(d.enrolled));
+    println!("node id:     {}", d.node_id.as_deref().unwrap_or("-"));
+    println!("cluster id:  {}", d.cluster_id.as_deref().unwrap_or("-"));
+    println!(
+        "engine:      {}",
+        d.engine_version.as_deref().unwrap_or("-")
+    );
+    println!(
+        "last seen:   {}",
+        d.last_seen.map(ago).unwrap_or_else(|| "never".into())
+    );
+    println!("labels:      {}", join_labels(&d.labels));
+    println!(
+        "facts:       {}",
+        d.facts
+            .iter()
+            .map(|(k, v)| format!("fog.{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(e) = &d.last_error {
+        println!("error:       {e}");
+    }
+}
+
+fn join_labels(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+/// "12s ago", "5m ago", "3h ago", "2d ago".
+fn ago(at: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(at);
+    let s = (now - at).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}

@@ -1,0 +1,460 @@
+//! A typed client for the fogswarm server's API.
+//!
+//! One place for TLS (rustls with ring, CA pinning by fingerprint), bearer
+//! authentication and error decoding, shared by the CLI (operator API), the
+//! agent (device API) and the load generator.
+
+pub mod pin;
+
+use fogswarm_protocol::api::*;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a call failed. `Api` carries the server's own error body.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot reach the server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{} ({status}){}", body.message, body.field.as_ref().map(|f| format!(" [field: {f}]")).unwrap_or_default())]
+    Api { status: u16, body: ApiError },
+    #[error("the server answered {status} with a body that is not the API's: {snippet}")]
+    Unexpected { status: u16, snippet: String },
+}
+
+impl ClientError {
+    /// The HTTP status, for errors that have one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Where the server is and how to trust it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Base URL, like `https://10.213.7.2:8443`.
+    pub url: String,
+    /// SHA-256 of the server's CA (or certificate): trust only it.
+    pub ca_fingerprint: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    pub fn new(url: &str, ca_fingerprint: Option<&str>) -> Result<Endpoint> {
+        let url = url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ClientError::Config(format!(
+                "server URL {url:?} must start with http:// or https://"
+            )));
+        }
+        let ca_fingerprint = match ca_fingerprint {
+            Some(fp) => Some(pin::normalize_fingerprint(fp).ok_or_else(|| {
+                ClientError::Config(format!(
+                    "CA fingerprint {fp:?} is not 64 hex digits (SHA-256)"
+                ))
+            })?),
+            None => None,
+        };
+        if ca_fingerprint.is_some() && url.starts_with("http://") {
+            return Err(ClientError::Config(
+                "a CA fingerprint needs an https:// server URL".into(),
+            ));
+        }
+        Ok(Endpoint {
+            url,
+            ca_fingerprint,
+            timeout: Duration::from_secs(70),
+        })
+    }
+}
+
+/// A connection pool to one server, with one bearer token.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Client {
+    pub fn new(endpoint: &Endpoint, token: Option<Secret>) -> Result<Client> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(endpoint.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("fogswarm/", env!("CARGO_PKG_VERSION")));
+        if endpoint.url.starts_with("https://") {
+            let config_builder = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+            let config = match &endpoint.ca_fingerprint {
+                Some(fp) => config_builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(pin::PinnedVerifier::new(fp.clone(), provider())))
+                    .with_no_client_auth(),
+                None => {
+                    return Err(ClientError::Config(
+                        "an https:// server needs its CA fingerprint (--ca-fingerprint or FOGSWARM_CA_FINGERPRINT)".into(),
+                    ))
+                }
+            };
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base: endpoint.url.clone(),
+            token,
+        })
+    }
+
+    pub fn with_token(&self, token: Secret) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: Some(token),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body<'_>>,
+    ) -> Result<(StatusCode, Vec<u8>)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        request = match body {
+            Some(Body::Json(json)) => request
+                .header("content-type", "application/json")
+                .body(json),
+            Some(Body::Raw {
+                content_type,
+                bytes,
+            }) => request.header("content-type", content_type).body(bytes),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: describe(&e),
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: describe(&e),
+            })?;
+        if status.is_success() {
+            return Ok((status, bytes.to_vec()));
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(body) => Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(ClientError::Unexpected {
+                status: status.as_u16(),
+                snippet: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T> {
+        let body = match body {
+            Some(b) => Some(Body::Json(serde_json::to_vec(b).map_err(|e| {
+                ClientError::Config(format!("encoding the request: {e}"))
+            })?)),
+            None => None,
+        };
+        let (status, bytes) = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected {
+            status: status.as_u16(),
+            snippet: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        })
+    }
+
+    async fn call_empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<()> {
+        let body = match body {
+            Some(b) => Some(Body::Json(serde_json::to_vec(b).map_err(|e| {
+                ClientError::Config(format!("encoding the request: {e}"))
+            })?)),
+            None => None,
+        };
+        self.send(method, path, body).await.map(|_| ())
+    }
+
+    // ---- device API ----
+
+    pub async fn enrol(&self, request: &EnrolRequest) -> Result<EnrolResponse> {
+        self.call(Method::POST, "/v1/enrol", Some(request)).await
+    }
+
+    pub async fn config(&self) -> Result<ConfigAnswer> {
+        self.call(Method::GET, "/v1/config", None::<&()>).await
+    }
+
+    pub async fn report(&self, report: &ReportRequest) -> Result<()> {
+        self.call_empty(Method::POST, "/v1/report", Some(report))
+            .await
+    }
+
+    pub async fn post_swarm_tokens(&self, tokens: &SwarmTokens) -> Result<()> {
+        self.call_empty(Method::POST, "/v1/device/swarm", Some(tokens))
+            .await
+    }
+
+    /// The desired state; with `since`, waits up to `wait_secs` for a newer
+    /// revision.
+    pub async fn desired(&self, since: Option<u64>, wait_secs: u64) -> Result<DesiredState> {
+        let path = match since {
+            Some(s) => format!("/v1/desired?since={s}&wait={wait_secs}"),
+            None => "/v1/desired".to_string(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    // ---- operator API ----
+
+    pub async fn create_swarm(&self, spec: &SwarmCreate) -> Result<SwarmView> {
+        self.call(Method::POST, "/v1/swarms", Some(spec)).await
+    }
+
+    pub async fn list_swarms(&self) -> Result<Vec<SwarmView>> {
+        self.call(Method::GET, "/v1/swarms", None::<&()>).await
+    }
+
+    pub async fn get_swarm(&self, name: &str) -> Result<SwarmView> {
+        self.call(
+            Method::GET,
+            &format!("/v1/swarms/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn update_swarm(&self, name: &str, update: &SwarmUpdate) -> Result<SwarmView> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/swarms/{}", seg(name)),
+            Some(update),
+        )
+        .await
+    }
+
+    pub async fn remove_swarm(&self, name: &str, force: bool) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/v1/swarms/{}?force={force}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn create_device(&self, spec: &DeviceCreate) -> Result<DeviceView> {
+        self.call(Method::POST, "/v1/devices", Some(spec)).await
+    }
+
+    /// Imports devices from a JSON array or CSV text (all or none).
+    pub async fn import_devices(&self, content_type: &str, body: Vec<u8>) -> Result<ImportResult> {
+        let (status, bytes) = self
+            .send(
+                Method::POST,
+                "/v1/devices/import",
+                Some(Body::Raw {
+                    content_type,
+                    bytes: body,
+                }),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected {
+            status: status.as_u16(),
+            snippet: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    pub async fn list_devices(&self, swarm: Option<&str>) -> Result<Vec<DeviceView>> {
+        let path = match swarm {
+            Some(s) => format!("/v1/devices?swarm={}", seg(s)),
+            None => "/v1/devices".into(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn get_device(&self, id: &str) -> Result<DeviceView> {
+        self.call(
+            Method::GET,
+            &format!("/v1/devices/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn update_device(&self, id: &str, update: &DeviceUpdate) -> Result<DeviceView> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/devices/{}", seg(id)),
+            Some(update),
+        )
+        .await
+    }
+
+    pub async fn change_labels(&self, id: &str, change: &LabelChange) -> Result<DeviceView> {
+        self.call(
+            Method::POST,
+            &format!("/v1/devices/{}/labels", seg(id)),
+            Some(change),
+        )
+        .await
+    }
+
+    pub async fn approve_device(&self, id: &str) -> Result<DeviceView> {
+        self.call(
+            Method::POST,
+            &format!("/v1/devices/{}/approve", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Decommissions a device; answers its view while it is leaving, or
+    /// None once removed.
+    pub async fn remove_device(&self, id: &str, force: bool) -> Result<Option<DeviceView>> {
+        let (status, bytes) = self
+            .send(
+                Method::DELETE,
+                &format!("/v1/devices/{}?force={force}", seg(id)),
+                None,
+            )
+            .await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| ClientError::Unexpected {
+                status: status.as_u16(),
+                snippet: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+    }
+
+    pub async fn rotate_provisioning_key(&self) -> Result<ProvisioningKeyRotated> {
+        self.call(Method::POST, "/v1/provisioning-key/rotate", None::<&()>)
+            .await
+    }
+
+    pub async fn status(&self) -> Result<FleetStatus> {
+        self.call(Method::GET, "/v1/status", None::<&()>).await
+    }
+
+    pub async fn events(
+        &self,
+        since: i64,
+        limit: u32,
+        subject: Option<&str>,
+    ) -> Result<Vec<Event>> {
+        let mut path = format!("/v1/events?since={since}&limit={limit}");
+        if let Some(s) = subject {
+            path.push_str(&format!("&subject={}", seg(s)));
+        }
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+}
+
+enum Body<'a> {
+    Json(Vec<u8>),
+    Raw {
+        content_type: &'a str,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Percent-encodes a path segment or query value (ids hold ':').
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A reqwest error with its causes, which say what actually went wrong
+/// (refused, TLS verification, timeout).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_validate() {
+        assert!(Endpoint::new("ftp://x", None).is_err());
+        assert!(Endpoint::new("http://x", Some(&"ab".repeat(32))).is_err());
+        assert!(Endpoint::new("https://x", Some("nope")).is_err());
+        let e = Endpoint::new("https://x:8443/", Some(&"AB".repeat(32))).expect("ok");
+        assert_eq!(e.url, "https://x:8443");
+        assert_eq!(e.ca_fingerprint.as_deref(), Some("ab".repeat(32).as_str()));
+    }
+
+    #[test]
+    fn https_without_fingerprint_is_refused() {
+        let e = Endpoint::new("https://x", None).expect("endpoint");
+        assert!(matches!(Client::new(&e, None), Err(ClientError::Config(_))));
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(seg("aa:bb"), "aa%3Abb");
+        assert_eq!(seg("hall-1"), "hall-1");
+    }
+}

@@ -1,0 +1,135 @@
+//! TLS for the server: a given certificate, or a CA of our own that signs a
+//! server certificate for the names and addresses it is reached by.
+//!
+//! Agents pin the CA by the SHA-256 of its DER bytes (the fingerprint the
+//! server prints at start and advertises over mDNS), so no public PKI is
+//! needed on a factory network.
+
+use anyhow::{bail, Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A server TLS identity: the chain it presents and the fingerprint
+/// clients pin.
+pub struct Identity {
+    pub config: Arc<rustls::ServerConfig>,
+    /// SHA-256 of the pinned certificate (the CA: the chain's last), hex.
+    pub fingerprint: String,
+}
+
+/// SHA-256 of a certificate's DER bytes, lower-case hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(Sha256::digest(cert.as_ref()))
+}
+
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("TLS certificate and key do not match")?;
+    Ok(Arc::new(config))
+}
+
+/// Loads a PEM chain and key given by the operator. The fingerprint is of
+/// the chain's last certificate: include the CA in the file to pin the CA.
+pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+    let Some(pinned) = chain.last() else {
+        bail!("{} holds no certificate", cert.display());
+    };
+    let fingerprint = fingerprint(pinned);
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    Ok(Identity {
+        config: server_config(chain, key)?,
+        fingerprint,
+    })
+}
+
+fn ca_params() -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fogswarm fleet CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    Ok(params)
+}
+
+/// Creates (first start) or reuses (later starts) a CA under `dir`, and
+/// signs a fresh server certificate for `names` (DNS names or IPs) with it.
+/// The CA persists, so the fingerprint agents pinned stays valid; the
+/// server certificate is remade each start, so new names take effect.
+pub fn self_signed(dir: &Path, names: &[String]) -> Result<Identity> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    if !ca_cert_path.exists() || !ca_key_path.exists() {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let cert = ca_params()?.self_signed(&key).context("signing the CA")?;
+        crate::secrets::write_secret_file(&ca_key_path, &key.serialize_pem())
+            .context("writing the CA key")?;
+        std::fs::write(&ca_cert_path, cert.pem()).context("writing the CA certificate")?;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_cert_path).context("reading the CA certificate")?;
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path).context("reading the CA key")?)
+            .context("parsing the CA key")?;
+    // The CA's parameters are deterministic, so rebuilding them with the
+    // stored key gives the same issuer name and key identifier as the
+    // stored certificate (no certificate parser needed).
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let ca_der =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).context("parsing the CA certificate")?;
+
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).context("server certificate parameters")?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fogswarm-server");
+    for name in names {
+        params
+            .subject_alt_names
+            .push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .with_context(|| format!("{name} is not a DNS name"))?,
+                ),
+            });
+    }
+    let key = KeyPair::generate().context("generating the server key")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("signing the server certificate")?;
+    let chain = vec![cert.der().clone(), ca_der.clone()];
+    let key = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+    Ok(Identity {
+        config: server_config(chain, key)?,
+        fingerprint: fingerprint(&ca_der),
+    })
+}

@@ -1,0 +1,446 @@
+//! Request and response bodies of the server's HTTP API (version 1).
+//!
+//! Types that carry a secret (credentials, join tokens, the provisioning
+//! key) wrap it in [`Secret`], whose `Debug` and `Display` print
+//! `[redacted]`, so logging a request or a response can never leak it.
+
+use crate::validate::{AutoEnrol, Labels, Role};
+use crate::DeviceId;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The API version the server speaks and advertises over mDNS.
+pub const API_VERSION: &str = "v1";
+
+/// A secret string. Serialises as itself (it has to cross the wire) but
+/// never shows in `Debug` or `Display`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that has to use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Detected facts, keyed without the `fog.` prefix (`arch`, `cpus`, ...);
+/// the server adds the prefix when it turns them into labels.
+pub type Facts = Labels;
+
+/// The body of every 4xx and 5xx answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    /// Machine-readable code: invalid, not_found, conflict, unauthorized,
+    /// forbidden, too_large, unsupported, internal.
+    pub error: String,
+    /// What is wrong, for people.
+    pub message: String,
+    /// The field (or CSV/JSON row) the error is about, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+// ---- device API ----
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    pub device_id: DeviceId,
+    pub provisioning_key: Secret,
+    /// The swarm to auto-enrol into, for a device the server does not know.
+    #[serde(default)]
+    pub swarm: Option<String>,
+    #[serde(default)]
+    pub facts: Facts,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub device_id: DeviceId,
+    pub swarm: String,
+    pub role: Role,
+    /// The per-device credential: a bearer token for every later call.
+    pub credential: Secret,
+    /// Held until an operator approves the device.
+    pub pending: bool,
+}
+
+/// What the server tells a device to do next.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum ConfigAnswer {
+    /// This device holds the swarm's leader lease: initialize the swarm and
+    /// post the tokens before the lease runs out.
+    Init { swarm: String, lease_secs: u64 },
+    /// Join the swarm with this role (and availability drain).
+    Join {
+        swarm: String,
+        role: Role,
+        /// Every known manager address (host:port).
+        managers: Vec<String>,
+        token: Secret,
+    },
+    /// Nothing to do yet; ask again after about this long.
+    Wait {
+        retry_after_secs: u64,
+        reason: String,
+    },
+    /// The device was decommissioned: leave the swarm.
+    Leave { swarm: String },
+}
+
+/// A device's own account of itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Declared by an operator, never seen.
+    Declared,
+    /// Enrolled, held until an operator approves it.
+    Pending,
+    /// Enrolled, has not reported since.
+    Enrolled,
+    Waiting,
+    Initializing,
+    Joining,
+    /// An active node of the expected swarm.
+    Active,
+    Error,
+    /// Decommissioned; told to leave.
+    Leaving,
+    Left,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Declared => "declared",
+            DeviceState::Pending => "pending",
+            DeviceState::Enrolled => "enrolled",
+            DeviceState::Waiting => "waiting",
+            DeviceState::Initializing => "initializing",
+            DeviceState::Joining => "joining",
+            DeviceState::Active => "active",
+            DeviceState::Error => "error",
+            DeviceState::Leaving => "leaving",
+            DeviceState::Left => "left",
+        }
+    }
+
+    pub const ALL: [DeviceState; 10] = [
+        DeviceState::Declared,
+        DeviceState::Pending,
+        DeviceState::Enrolled,
+        DeviceState::Waiting,
+        DeviceState::Initializing,
+        DeviceState::Joining,
+        DeviceState::Active,
+        DeviceState::Error,
+        DeviceState::Leaving,
+        DeviceState::Left,
+    ];
+
+    pub fn parse(s: &str) -> Option<DeviceState> {
+        DeviceState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+    }
+
+    /// States an agent may report (the others are the server's).
+    pub fn reportable(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Waiting
+                | DeviceState::Initializing
+                | DeviceState::Joining
+                | DeviceState::Active
+                | DeviceState::Error
+                | DeviceState::Left
+        )
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ReportRequest {
+    pub state: Option<DeviceState>,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    /// When present, replaces the device's facts.
+    #[serde(default)]
+    pub facts: Option<Facts>,
+    /// The device's current error; absent or null clears it.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What a manager knows of its swarm: posted by the device that initialized
+/// it (which releases its lease) and by managers after token rotation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmTokens {
+    pub cluster_id: String,
+    pub manager_addrs: Vec<String>,
+    pub worker_token: Secret,
+    pub manager_token: Secret,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Drain,
+    Pause,
+}
+
+/// What one node of a swarm should look like.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DesiredNode {
+    pub device_id: DeviceId,
+    pub node_id: Option<String>,
+    pub role: Role,
+    /// Operator labels merged with facts under `fog.`.
+    pub labels: Labels,
+    pub availability: Availability,
+    /// Node ids this device had before (re-imaged): to be removed once the
+    /// new node is active.
+    #[serde(default)]
+    pub stale_node_ids: Vec<String>,
+}
+
+/// A swarm's desired state, for its managers. `revision` grows with every
+/// change, so a manager can long-poll for the next one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DesiredState {
+    pub swarm: String,
+    pub revision: u64,
+    pub cluster_id: Option<String>,
+    pub nodes: Vec<DesiredNode>,
+}
+
+// ---- operator API ----
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmCreate {
+    pub name: String,
+    #[serde(default)]
+    pub auto_enrol: AutoEnrol,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmUpdate {
+    #[serde(default)]
+    pub auto_enrol: Option<AutoEnrol>,
+}
+
+/// A swarm as operators see it: never its join tokens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SwarmView {
+    pub name: String,
+    pub auto_enrol: AutoEnrol,
+    pub initialized: bool,
+    pub cluster_id: Option<String>,
+    pub managers: Vec<String>,
+    pub devices: u64,
+    /// The device holding the leader lease, while one does.
+    pub lease_holder: Option<String>,
+    pub created_at: i64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCreate {
+    pub id: String,
+    pub swarm: String,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+fn default_role() -> Role {
+    Role::Worker
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    #[serde(default)]
+    pub swarm: Option<String>,
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Replaces all operator labels.
+    #[serde(default)]
+    pub labels: Option<Labels>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LabelChange {
+    #[serde(default)]
+    pub set: Labels,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// A device as operators see it: never its credential.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceView {
+    pub id: DeviceId,
+    pub swarm: String,
+    pub role: Role,
+    pub labels: Labels,
+    pub facts: Facts,
+    pub state: DeviceState,
+    pub enrolled: bool,
+    pub node_id: Option<String>,
+    pub cluster_id: Option<String>,
+    pub engine_version: Option<String>,
+    pub last_seen: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImportResult {
+    pub created: usize,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProvisioningKeyRotated {
+    pub provisioning_key: Secret,
+    pub file: String,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SwarmSummary {
+    pub name: String,
+    pub initialized: bool,
+    pub devices: u64,
+    pub by_state: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceProblem {
+    pub device: String,
+    pub swarm: String,
+    pub error: String,
+}
+
+/// The fleet at a glance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FleetStatus {
+    pub swarms: Vec<SwarmSummary>,
+    pub devices: u64,
+    pub problems: Vec<DeviceProblem>,
+}
+
+/// One entry of the append-only event log. Never holds a secret.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub at: i64,
+    /// `admin`, `device:<id>` or `server`.
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let answer = ConfigAnswer::Join {
+            swarm: "s".into(),
+            role: Role::Worker,
+            managers: vec!["10.0.0.1:2377".into()],
+            token: Secret::new("SWMTKN-1-abc"),
+        };
+        let debug = format!("{answer:?}");
+        assert!(!debug.contains("SWMTKN"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+        let json = serde_json::to_string(&answer).expect("ser");
+        assert!(json.contains("\"action\":\"join\""), "{json}");
+        assert!(json.contains("SWMTKN-1-abc"), "the wire carries it: {json}");
+    }
+
+    #[test]
+    fn config_answers_are_tagged() {
+        let wait: ConfigAnswer = serde_json::from_str(
+            r#"{"action":"wait","retry_after_secs":3,"reason":"no tokens yet"}"#,
+        )
+        .expect("de");
+        assert_eq!(
+            wait,
+            ConfigAnswer::Wait {
+                retry_after_secs: 3,
+                reason: "no tokens yet".into()
+            }
+        );
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(DeviceState::parse("active"), Some(DeviceState::Active));
+        assert_eq!(DeviceState::parse("nope"), None);
+        assert!(!DeviceState::Declared.reportable());
+        assert!(DeviceState::Joining.reportable());
+    }
+}
