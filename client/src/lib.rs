@@ -91,8 +91,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes ring the process's default rustls provider, once. reqwest is built
+/// without a provider of its own (aws-lc would need cmake and a long C
+/// build), and any reqwest client, even for plain HTTP, needs one.
+pub fn ensure_crypto_provider() {
+    // Err means one is installed already, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
     pub fn new(endpoint: &Endpoint, token: Option<Secret>) -> Result<Client> {
+        ensure_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(endpoint.timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -216,6 +225,11 @@ impl Client {
             None => None,
         };
         self.send(method, path, body).await.map(|_| ())
+    }
+
+    /// `GET /healthz`: up and answering (no authentication).
+    pub async fn healthz(&self) -> Result<()> {
+        self.send(Method::GET, "/healthz", None).await.map(|_| ())
     }
 
     // ---- device API ----

@@ -185,6 +185,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiFailure {
     }
 }
 
+/// `Query<T>` whose rejections answer in the API's error format.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text(), None))
+    }
+}
+
 fn too_large() -> ApiFailure {
     ApiFailure::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -285,6 +299,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -305,6 +320,15 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
     state.metrics.request(method.as_str(), &route, status);
     tracing::debug!(%method, route, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
     response
+}
+
+async fn method_not_allowed() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+        None,
+    )
 }
 
 async fn not_found() -> ApiFailure {
@@ -410,7 +434,7 @@ struct DesiredQuery {
 async fn desired(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    Query(q): Query<DesiredQuery>,
+    ApiQuery(q): ApiQuery<DesiredQuery>,
 ) -> ApiResult<Json<DesiredState>> {
     let swarm = state.store.manager_swarm(&device)?;
     // Subscribe before reading, so a change between the two is not missed.
@@ -496,7 +520,7 @@ async fn remove_swarm(
     State(state): State<Shared>,
     _: Admin,
     Path(name): Path<String>,
-    Query(q): Query<ForceQuery>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<StatusCode> {
     state.store.remove_swarm(&Actor::Admin, &name, q.force)?;
     state
@@ -518,7 +542,7 @@ struct DeviceListQuery {
 async fn list_devices(
     State(state): State<Shared>,
     _: Admin,
-    Query(q): Query<DeviceListQuery>,
+    ApiQuery(q): ApiQuery<DeviceListQuery>,
 ) -> ApiResult<Json<Vec<DeviceView>>> {
     Ok(Json(state.store.list_devices(q.swarm.as_deref())?))
 }
@@ -693,7 +717,7 @@ async fn remove_device(
     State(state): State<Shared>,
     _: Admin,
     Path(id): Path<String>,
-    Query(q): Query<ForceQuery>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<Response> {
     let (view, touched) = state.store.remove_device(&Actor::Admin, &id, q.force)?;
     state.notify(&touched);
@@ -756,7 +780,7 @@ struct EventQuery {
 async fn events(
     State(state): State<Shared>,
     _: Admin,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<Vec<Event>>> {
     let subject = q
         .subject

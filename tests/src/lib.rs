@@ -5,6 +5,8 @@
 //! Tests drive the binary rather than the library so that what is tested is
 //! what users run (exit codes, messages, the registry's supervisor).
 
+pub mod server;
+
 use anyhow::{bail, Context, Result};
 use fogswarm::engine::{Engine, EngineAddr};
 use fogswarm::lab::{DeviceStatus, LabStatus};
@@ -160,6 +162,12 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// A reqwest client for raw requests in tests (bad input, metrics).
+pub fn http() -> reqwest::Client {
+    fogswarm_client::ensure_crypto_provider();
+    reqwest::Client::new()
 }
 
 /// A plain HTTP GET with std only, answering status and body. Tests use it

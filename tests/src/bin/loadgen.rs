@@ -1,0 +1,246 @@
+//! fogswarm-loadgen: load for the configuration server, as a fleet would
+//! make it.
+//!
+//! `config`: declares and enrols N devices of one swarm, then has all N ask
+//! for their config at once, in a loop, for a while (a factory powering on);
+//! then the same N clients hit /healthz, the server's floor (HTTP, TLS and
+//! routing without auth or the store), for the same time. Prints requests
+//! per second and latency percentiles for both, and their ratio.
+//!
+//! `populate`: declares N devices in bulk, for memory measurements.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use fogswarm_client::{Client, Endpoint};
+use fogswarm_protocol::api::*;
+use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
+use fogswarm_protocol::DeviceId;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "fogswarm-loadgen",
+    about = "Load for the fogswarm configuration server"
+)]
+struct Args {
+    /// Server URL.
+    #[arg(long)]
+    server: String,
+    /// CA fingerprint, for https.
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// The server's data dir, for the admin token and provisioning key.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N devices asking for their config at once.
+    Config {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Seconds of load per endpoint.
+        #[arg(long, default_value_t = 15)]
+        duration: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declare N devices in bulk.
+    Populate {
+        #[arg(long, default_value_t = 100_000)]
+        devices: usize,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct Run {
+    endpoint: &'static str,
+    clients: usize,
+    seconds: f64,
+    requests: usize,
+    errors: usize,
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn read(path: PathBuf) -> Result<Secret> {
+    Ok(Secret::new(
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim(),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let endpoint = Endpoint::new(&args.server, args.ca_fingerprint.as_deref())?;
+    let admin = Client::new(&endpoint, Some(read(args.data.join("admin.token"))?))?;
+    let key = read(args.data.join("provisioning.key"))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    match args.command {
+        Mode::Populate { devices } => {
+            let swarm = format!("pop-{stamp}");
+            admin
+                .create_swarm(&SwarmCreate {
+                    name: swarm.clone(),
+                    auto_enrol: AutoEnrol::Off,
+                })
+                .await?;
+            let started = Instant::now();
+            for chunk_start in (0..devices).step_by(10_000) {
+                let rows: Vec<DeviceCreate> = (chunk_start..(chunk_start + 10_000).min(devices))
+                    .map(|i| DeviceCreate {
+                        id: format!("pop-{stamp}-{i}"),
+                        swarm: swarm.clone(),
+                        role: Role::Worker,
+                        labels: Labels::from([("location".to_string(), format!("hall{}", i % 20))]),
+                    })
+                    .collect();
+                admin
+                    .import_devices("application/json", serde_json::to_vec(&rows)?)
+                    .await?;
+            }
+            println!(
+                "declared {devices} devices in swarm {swarm} in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Mode::Config {
+            devices,
+            duration,
+            json,
+        } => {
+            let swarm = format!("load-{stamp}");
+            admin
+                .create_swarm(&SwarmCreate {
+                    name: swarm.clone(),
+                    auto_enrol: AutoEnrol::Off,
+                })
+                .await?;
+            let rows: Vec<DeviceCreate> = (0..devices)
+                .map(|i| DeviceCreate {
+                    id: format!("{swarm}-{i}"),
+                    swarm: swarm.clone(),
+                    role: if i == 0 { Role::Leader } else { Role::Worker },
+                    labels: Labels::new(),
+                })
+                .collect();
+            admin
+                .import_devices("application/json", serde_json::to_vec(&rows)?)
+                .await?;
+            let anonymous = Client::new(&endpoint, None)?;
+            let mut clients = Vec::with_capacity(devices);
+            for chunk in rows.chunks(50) {
+                let enrolments = futures_util::future::join_all(chunk.iter().map(|row| {
+                    let anonymous = anonymous.clone();
+                    let key = key.clone();
+                    async move {
+                        anonymous
+                            .enrol(&EnrolRequest {
+                                device_id: DeviceId::parse(&row.id)?,
+                                provisioning_key: key,
+                                swarm: None,
+                                facts: Labels::new(),
+                            })
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                }))
+                .await;
+                for e in enrolments {
+                    clients.push(anonymous.with_token(e?.credential));
+                }
+            }
+            let config = load("config", &clients, duration, |c| async move {
+                c.config().await.map(|_| ())
+            })
+            .await;
+            let healthz = load("healthz", &clients, duration, |c| async move {
+                c.healthz().await
+            })
+            .await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&[&config, &healthz])?);
+            } else {
+                for r in [&config, &healthz] {
+                    println!(
+                        "{:<8} {} clients {:.0}s: {} requests, {} errors, {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
+                        r.endpoint, r.clients, r.seconds, r.requests, r.errors, r.requests_per_second, r.p50_ms, r.p99_ms
+                    );
+                }
+                println!(
+                    "config / healthz throughput: {:.2}",
+                    config.requests_per_second / healthz.requests_per_second
+                );
+            }
+            if config.errors > 0 {
+                bail!("{} config requests failed", config.errors);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every client loops `call` until the deadline; latencies of all calls.
+async fn load<F, Fut>(endpoint: &'static str, clients: &[Client], seconds: u64, call: F) -> Run
+where
+    F: Fn(Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), fogswarm_client::ClientError>> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = clients
+        .iter()
+        .cloned()
+        .map(|client| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match call(client.clone()).await {
+                        Ok(()) => latencies.push(t.elapsed().as_micros() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Run {
+        endpoint,
+        clients: clients.len(),
+        seconds: elapsed,
+        requests: all.len(),
+        errors,
+        requests_per_second: all.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    }
+}

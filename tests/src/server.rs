@@ -1,0 +1,132 @@
+//! A real `fogswarm-server` process for tests: started on a free loopback
+//! port with its own data dir, its stdout parsed for the URL and the CA
+//! fingerprint, its log kept for inspection, killed when dropped.
+
+use crate::workspace_binary;
+use anyhow::{bail, Context, Result};
+use fogswarm_client::{Client, Endpoint};
+use fogswarm_protocol::api::Secret;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct ServerProcess {
+    pub child: Child,
+    pub url: String,
+    pub fingerprint: Option<String>,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The server binary, built once per test process.
+pub fn server_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("fogswarm-server", "fogswarm-server"))
+        .clone()
+}
+
+impl ServerProcess {
+    /// Starts a server on `data` (reused if it exists) with extra args.
+    pub fn start(data: &Path, args: &[&str]) -> Result<ServerProcess> {
+        Self::start_on(data, "127.0.0.1:0", args)
+    }
+
+    pub fn start_on(data: &Path, listen: &str, args: &[&str]) -> Result<ServerProcess> {
+        let log = data.with_extension(format!("log.{}", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut child = Command::new(server_binary())
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", listen])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .context("starting fogswarm-server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut url = None;
+        let mut fingerprint = None;
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(u) = line.strip_prefix("fogswarm-server listening on ") {
+                url = Some(u.trim().to_string());
+            }
+            if let Some(fp) = line.strip_prefix("CA fingerprint (sha256): ") {
+                fingerprint = Some(fp.trim().to_string());
+            }
+            let done = line.starts_with("provisioning key file:")
+                && !args.contains(&"--tls-self-signed")
+                || line.starts_with("CA fingerprint");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let Some(url) = url else {
+            let _ = child.kill();
+            bail!(
+                "the server did not start; stdout: {seen:?}; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Ok(ServerProcess {
+            child,
+            url,
+            fingerprint,
+            data: data.to_path_buf(),
+            log,
+        })
+    }
+
+    pub fn admin_token(&self) -> Secret {
+        Secret::new(
+            std::fs::read_to_string(self.data.join("admin.token"))
+                .unwrap_or_default()
+                .trim(),
+        )
+    }
+
+    pub fn provisioning_key(&self) -> Secret {
+        Secret::new(
+            std::fs::read_to_string(self.data.join("provisioning.key"))
+                .unwrap_or_default()
+                .trim(),
+        )
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(&self.url, self.fingerprint.as_deref()).expect("endpoint")
+    }
+
+    pub fn admin(&self) -> Client {
+        Client::new(&self.endpoint(), Some(self.admin_token())).expect("client")
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.endpoint(), None).expect("client")
+    }
+
+    /// Everything the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait: a clean stop, as an init system would do it.
+    pub fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
