@@ -1,7 +1,8 @@
 //! The `fogswarm` command's library: engine access, the lab, and the
 //! operator commands, reused by the end-to-end tests.
 
-pub mod engine;
+/// Engine access lives with the other clients; re-exported for the lab.
+pub use fogswarm_client::engine;
 pub mod fleet;
 pub mod lab;
 pub mod table;

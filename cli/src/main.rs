@@ -98,9 +98,45 @@ enum LabCommand {
         /// Extra argument for every device's dockerd (repeatable).
         #[arg(long = "dockerd-arg", allow_hyphen_values = true)]
         dockerd_args: Vec<String>,
+        /// Engines only: no config server and no agents.
+        #[arg(long)]
+        bare: bool,
+        /// Fleet file (JSON): the swarm, and each device's role and labels
+        /// [default: dev1 leader, dev2-3 managers, the rest workers].
+        #[arg(long, conflicts_with = "bare")]
+        fleet: Option<PathBuf>,
+        /// Static agent binary for a platform, PLATFORM=PATH (amd64, arm64)
+        /// [default: $FOGSWARM_AGENT_BIN_<PLATFORM>, else cargo's target dir].
+        #[arg(long = "agent-bin")]
+        agent_bins: Vec<String>,
+        /// Seconds between an agent's heartbeats.
+        #[arg(long, default_value_t = 5)]
+        heartbeat: u64,
+        /// Return once the engines answer, without waiting for the swarm.
+        #[arg(long)]
+        no_wait: bool,
         /// Print the resulting status as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Start a held device's agent (a fleet entry with "hold": true).
+    StartAgent {
+        #[command(flatten)]
+        target: LabTarget,
+        device: String,
+    },
+    /// Restart a device's container: a reboot (engine and agent state kept).
+    Reboot {
+        #[command(flatten)]
+        target: LabTarget,
+        device: String,
+    },
+    /// Recreate a device from the image with the same IP and MAC: a re-image
+    /// (engine and agent state lost).
+    Reimage {
+        #[command(flatten)]
+        target: LabTarget,
+        device: String,
     },
     /// Devices, addresses, engine state and the registry address.
     Status {
@@ -195,6 +231,11 @@ async fn run_lab(command: LabCommand) -> Result<ExitCode> {
             arm64,
             subnet,
             dockerd_args,
+            bare,
+            fleet,
+            agent_bins,
+            heartbeat,
+            no_wait,
             json,
         } => {
             let subnet = subnet
@@ -211,9 +252,39 @@ async fn run_lab(command: LabCommand) -> Result<ExitCode> {
                 root: target.root(),
                 dockerd_args,
                 fogswarm_exe: std::env::current_exe()?,
+                bare,
+                fleet: fleet
+                    .map(|f| lab::fleet::Fleet::load(&f, devices))
+                    .transpose()?,
+                agent_bins: agent_bins
+                    .iter()
+                    .map(|a| {
+                        a.split_once('=')
+                            .map(|(p, path)| (p.to_string(), PathBuf::from(path)))
+                            .ok_or_else(|| {
+                                anyhow::Error::from(BadInput(format!(
+                                    "--agent-bin {a:?} is not PLATFORM=PATH"
+                                )))
+                            })
+                    })
+                    .collect::<Result<_>>()?,
+                heartbeat_secs: heartbeat.clamp(1, 3600),
+                wait: !no_wait,
             };
             let status = lab::up(&opts).await?;
             print_status(&status, json)?;
+        }
+        LabCommand::StartAgent { target, device } => {
+            lab::start_agent(&target.name, &target.root(), &device)?;
+            println!("{device}: agent enabled; its boot starts it within a second");
+        }
+        LabCommand::Reboot { target, device } => {
+            lab::reboot(&target.name, &target.root(), &device).await?;
+            println!("{device} rebooted");
+        }
+        LabCommand::Reimage { target, device } => {
+            lab::reimage(&target.name, &target.root(), &device).await?;
+            println!("{device} re-imaged");
         }
         LabCommand::Status { target, json } => {
             let status = lab::status(&target.name, &target.root()).await?;
@@ -233,7 +304,7 @@ async fn run_lab(command: LabCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "lab {} removed: {} containers, {} networks, registry {}",
+                    "lab {} removed: {} containers, {} networks, registry {}, server {}",
                     target.name,
                     report.containers,
                     report.networks,
@@ -241,11 +312,16 @@ async fn run_lab(command: LabCommand) -> Result<ExitCode> {
                         "stopped"
                     } else {
                         "was not running"
+                    },
+                    if report.server_stopped {
+                        "stopped"
+                    } else {
+                        "was not running"
                     }
                 );
             }
         }
-        LabCommand::Supervise { name: _, cmd } => lab::registry::supervise(cmd).await?,
+        LabCommand::Supervise { name: _, cmd } => lab::supervisor::supervise(cmd).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -271,31 +347,52 @@ fn print_status(status: &LabStatus, json: bool) -> Result<()> {
         ),
         None => println!("registry none"),
     }
-    println!(
-        "{:<6} {:<14} {:<19} {:<9} {:<9} {:<8} {:<10} {:<12}",
-        "DEVICE", "IP", "MAC", "ARCH", "STATE", "ENGINE", "SWARM", "CONTAINER"
-    );
+    if let Some(s) = &status.server {
+        println!(
+            "server   {} ({}), swarm {}\n         CA fingerprint {}\n         admin token file {}",
+            s.url,
+            if s.answering {
+                "answering"
+            } else {
+                "NOT answering"
+            },
+            status.swarm.as_deref().unwrap_or("-"),
+            s.ca_fingerprint,
+            s.admin_token_file.display()
+        );
+    }
+    let mut table = fogswarm::table::Table::new(&[
+        "DEVICE",
+        "IP",
+        "MAC",
+        "ARCH",
+        "CONTAINER",
+        "ENGINE",
+        "SWARM",
+        "FLEET",
+        "ERROR",
+    ]);
     for d in &status.devices {
         let (arch, engine, swarm) = match &d.engine {
             Some(e) => (
-                e.architecture.as_str(),
-                e.version.as_str(),
-                e.swarm.as_str(),
+                e.architecture.clone(),
+                e.version.split('+').next().unwrap_or("").to_string(),
+                e.swarm.clone(),
             ),
-            None => (d.platform.as_str(), "down", "-"),
+            None => (d.platform.clone(), "down".into(), "-".into()),
         };
-        let engine = engine.split('+').next().unwrap_or(engine);
-        println!(
-            "{:<6} {:<14} {:<19} {:<9} {:<9} {:<8} {:<10} {}",
-            d.name,
-            d.ip,
-            d.mac,
+        table.row([
+            d.name.clone(),
+            d.ip.clone(),
+            d.mac.clone(),
             arch,
-            d.state,
+            d.state.clone(),
             engine,
             swarm,
-            &d.container[..d.container.len().min(12)]
-        );
+            d.fleet_state.clone().unwrap_or_else(|| "-".into()),
+            d.fleet_error.clone().unwrap_or_default(),
+        ]);
     }
+    table.print();
     Ok(())
 }

@@ -1,9 +1,12 @@
-//! A typed client for the fogswarm server's API.
+//! The clients fogswarm uses: a typed client for the server's API, and
+//! access to a local Docker Engine ([`engine`]).
 //!
 //! One place for TLS (rustls with ring, CA pinning by fingerprint), bearer
 //! authentication and error decoding, shared by the CLI (operator API), the
-//! agent (device API) and the load generator.
+//! agent (device API) and the load generator; and one place for engine
+//! access, shared by the lab and the agent.
 
+pub mod engine;
 pub mod pin;
 
 use fogswarm_protocol::api::*;

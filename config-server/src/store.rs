@@ -631,16 +631,18 @@ impl Store {
                 }
                 _ => {}
             }
-            let (worker_token, manager_token, addrs): (Option<String>, Option<String>, String) = tx.query_row(
-                "SELECT worker_token, manager_token, manager_addrs FROM swarms WHERE name = ?1",
+            let (worker_token, manager_token, addrs, cluster_id): (Option<String>, Option<String>, String, Option<String>) = tx.query_row(
+                "SELECT worker_token, manager_token, manager_addrs, cluster_id FROM swarms WHERE name = ?1",
                 params![swarm],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
             if let (Some(worker), Some(manager)) = (worker_token, manager_token) {
                 let token = if view.role.is_manager() { manager } else { worker };
                 return Ok((
                     ConfigAnswer::Join {
                         swarm: swarm.clone(),
+                        cluster_id,
+                        node_id: view.node_id.clone(),
                         role: view.role,
                         managers: from_json(&addrs)?,
                         token: Secret::new(token),

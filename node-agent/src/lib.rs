@@ -1,1 +1,12 @@
-//! placeholder
+//! fogswarm-agent: the small static program on every device that turns a
+//! generic image into an active, labelled swarm node, and keeps it so.
+
+pub mod backoff;
+pub mod config;
+pub mod discovery;
+pub mod facts;
+pub mod flow;
+pub mod identity;
+pub mod manager;
+pub mod state;
+pub mod swarm;

@@ -101,6 +101,13 @@ pub enum ConfigAnswer {
     /// Join the swarm with this role (and availability drain).
     Join {
         swarm: String,
+        /// The swarm's cluster id: a node already in this cluster skips
+        /// joining; one in another cluster is left alone and reported.
+        cluster_id: Option<String>,
+        /// The node id this device last reported: a worker cannot see the
+        /// cluster id, but can see its own node id.
+        #[serde(default)]
+        node_id: Option<String>,
         role: Role,
         /// Every known manager address (host:port).
         managers: Vec<String>,
@@ -409,6 +416,8 @@ mod tests {
     fn secrets_never_show_in_debug() {
         let answer = ConfigAnswer::Join {
             swarm: "s".into(),
+            cluster_id: Some("c".into()),
+            node_id: None,
             role: Role::Worker,
             managers: vec!["10.0.0.1:2377".into()],
             token: Secret::new("SWMTKN-1-abc"),

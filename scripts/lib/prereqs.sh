@@ -2,7 +2,7 @@
 # fresh machine lacks and makes sure a Docker daemon answers. Every failure
 # stops the run with a message; nothing is skipped silently.
 
-APT_PACKAGES=(docker-registry skopeo debootstrap qemu-user-static gcc-arm-linux-gnueabihf umoci curl)
+APT_PACKAGES=(docker-registry skopeo debootstrap qemu-user-static gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu umoci curl)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 
 say() { printf '==> %s\n' "$*" >&2; }

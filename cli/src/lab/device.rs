@@ -34,6 +34,43 @@ pub struct DeviceSpec {
     pub host_dir: PathBuf,
     pub registry: String,
     pub dockerd_args: Vec<String>,
+    /// The agent this device boots, if any.
+    pub agent: Option<AgentSetup>,
+}
+
+/// What a device needs to run the agent at boot.
+#[derive(Debug, Clone)]
+pub struct AgentSetup {
+    /// Static agent binary for the device's platform.
+    pub binary: PathBuf,
+    /// The agent's config file (server, pin, key file, state dir).
+    pub config: serde_json::Value,
+    /// The fleet's provisioning key, copied into the device (0600).
+    pub provisioning_key: String,
+    /// Boot without starting the agent until `lab start-agent`.
+    pub hold: bool,
+}
+
+/// A device's boot: its engine, then (once enabled) the agent, restarted
+/// whenever it exits, as an init system would.
+const BOOT_SCRIPT: &str = r#"#!/bin/sh
+dockerd --config-file /lab/daemon.json "$@" &
+engine=$!
+if [ -x /lab/fogswarm-agent ]; then
+  (
+    while [ ! -e /lab/agent.enabled ]; do sleep 1; done
+    while true; do
+      /lab/fogswarm-agent run --config /lab/agent.json >>/lab/agent.log 2>&1
+      sleep 3
+    done
+  ) &
+fi
+wait "$engine"
+"#;
+
+/// The file whose presence lets a device's boot start its agent.
+pub fn agent_enabled_file(host_dir: &std::path::Path) -> PathBuf {
+    host_dir.join("agent.enabled")
 }
 
 impl DeviceSpec {
@@ -57,11 +94,7 @@ impl DeviceSpec {
     }
 
     fn create_body(&self, mode: RunMode) -> serde_json::Value {
-        let mut cmd = vec![
-            "dockerd".to_string(),
-            "--config-file".to_string(),
-            format!("{LAB_MOUNT}/daemon.json"),
-        ];
+        let mut cmd = vec!["/bin/sh".to_string(), format!("{LAB_MOUNT}/boot.sh")];
         cmd.extend(self.dockerd_args.iter().cloned());
         let mut host_config = json!({
             "Init": true,
@@ -111,12 +144,7 @@ pub async fn create_and_start(
 ) -> Result<(String, RunMode)> {
     std::fs::create_dir_all(&spec.host_dir)
         .with_context(|| format!("creating {}", spec.host_dir.display()))?;
-    let daemon_json = spec.host_dir.join("daemon.json");
-    std::fs::write(
-        &daemon_json,
-        serde_json::to_vec_pretty(&spec.daemon_json())?,
-    )
-    .with_context(|| format!("writing {}", daemon_json.display()))?;
+    write_boot_files(spec)?;
     let modes: &[RunMode] = match mode {
         Some(RunMode::Privileged) => &[RunMode::Privileged],
         Some(RunMode::Capabilities) => &[RunMode::Capabilities],
@@ -156,6 +184,40 @@ pub async fn create_and_start(
         }
     }
     Err(last_error.unwrap_or_else(|| anyhow!("no run mode to try for {}", spec.container)))
+}
+
+/// The device's /lab: engine config, boot script, and the agent's binary,
+/// config and key when it has one.
+fn write_boot_files(spec: &DeviceSpec) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &spec.host_dir;
+    let write = |name: &str, bytes: &[u8], mode: u32| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", path.display()))
+    };
+    write(
+        "daemon.json",
+        &serde_json::to_vec_pretty(&spec.daemon_json())?,
+        0o644,
+    )?;
+    write("boot.sh", BOOT_SCRIPT.as_bytes(), 0o755)?;
+    if let Some(agent) = &spec.agent {
+        let bytes = std::fs::read(&agent.binary)
+            .with_context(|| format!("reading the agent binary {}", agent.binary.display()))?;
+        write("fogswarm-agent", &bytes, 0o755)?;
+        write(
+            "agent.json",
+            &serde_json::to_vec_pretty(&agent.config)?,
+            0o644,
+        )?;
+        write("provisioning.key", agent.provisioning_key.as_bytes(), 0o600)?;
+        if !agent.hold {
+            write("agent.enabled", b"", 0o644)?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the device's engine to answer on its socket. Fails at once

@@ -8,24 +8,30 @@
 
 pub mod binfmt;
 pub mod device;
+pub mod fleet;
 pub mod image;
 pub mod net;
 pub mod progress;
 pub mod registry;
+pub mod server;
 pub mod state;
+pub mod supervisor;
 pub mod tools;
 
 use crate::engine::{Engine, EngineAddr};
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
-use device::DeviceSpec;
+use device::{AgentSetup, DeviceSpec};
+use fleet::Fleet;
+use fogswarm_client::{Client, Endpoint};
+use fogswarm_protocol::api::{DeviceCreate, DeviceState, Secret, SwarmCreate};
 use image::DevicePlatform;
 use net::Subnet;
 use progress::Step;
 use serde::{Deserialize, Serialize};
 use state::{DeviceRecord, LabPaths, LabState, LAB_LABEL};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,8 +56,57 @@ pub struct UpOptions {
     pub root: PathBuf,
     /// Extra arguments for every device's dockerd.
     pub dockerd_args: Vec<String>,
-    /// The fogswarm binary, which runs the registry's supervisor.
+    /// The fogswarm binary, which runs the services' supervisor.
     pub fogswarm_exe: PathBuf,
+    /// Engines only: no config server, no agents (a swarm is formed by hand).
+    pub bare: bool,
+    /// Who the config server knows [default: `Fleet::default_for(devices)`].
+    pub fleet: Option<Fleet>,
+    /// Static agent binaries by platform (amd64, arm64), as given; missing
+    /// ones are looked up (see `agent_binary`).
+    pub agent_bins: BTreeMap<String, PathBuf>,
+    /// The agents' heartbeat, seconds.
+    pub heartbeat_secs: u64,
+    /// Wait until every declared device is an active node.
+    pub wait: bool,
+}
+
+/// The Rust target whose static agent runs on a device platform.
+fn agent_target(platform: DevicePlatform) -> &'static str {
+    match platform {
+        DevicePlatform::Amd64 => "x86_64-unknown-linux-musl",
+        DevicePlatform::Arm64 => "aarch64-unknown-linux-musl",
+    }
+}
+
+/// The static agent for a platform: as given, else
+/// `$FOGSWARM_AGENT_BIN_<PLATFORM>`, else where cargo puts it beside this
+/// fogswarm binary's target dir.
+pub fn agent_binary(
+    platform: DevicePlatform,
+    given: &BTreeMap<String, PathBuf>,
+    fogswarm_exe: &Path,
+) -> Result<PathBuf> {
+    let name = platform.docker_name();
+    if let Some(p) = given.get(name) {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os(format!("FOGSWARM_AGENT_BIN_{}", name.to_uppercase()))
+        .filter(|p| !p.is_empty())
+    {
+        return Ok(p.into());
+    }
+    let target = agent_target(platform);
+    let candidate = fogswarm_exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join(target).join("release-small").join("fogswarm-agent"));
+    match candidate.filter(|p| p.exists()) {
+        Some(p) => Ok(p),
+        None => Err(anyhow!(
+            "no static fogswarm-agent for {name}: build it with `cargo build -p fogswarm-agent --profile release-small --target {target}`, or give --agent-bin {name}=PATH"
+        )),
+    }
 }
 
 /// Lab names become parts of container and network names.
@@ -128,10 +183,44 @@ pub async fn up(opts: &UpOptions) -> Result<LabStatus> {
         }
     }
     tools::require_tool("docker-registry", "docker-registry")?;
+    let mut services = None;
+    if !opts.bare {
+        let server_exe = server::find_binary(&opts.fogswarm_exe)?;
+        let mut agents = BTreeMap::new();
+        for &platform in &platforms {
+            let bin = agent_binary(platform, &opts.agent_bins, &opts.fogswarm_exe)?;
+            if !bin.exists() {
+                return Err(bad_input(format!(
+                    "agent binary {} does not exist",
+                    bin.display()
+                )));
+            }
+            agents.insert(platform.docker_name().to_string(), bin);
+        }
+        let fleet = opts
+            .fleet
+            .clone()
+            .unwrap_or_else(|| Fleet::default_for(opts.devices));
+        services = Some(Services {
+            server_exe,
+            agents,
+            fleet,
+        });
+    }
 
     let mut state = LabState::new(&opts.name, subnet.to_string(), subnet.gateway().to_string());
+    state.dockerd_args = opts.dockerd_args.clone();
     paths.save(&state)?;
-    let result = bring_up(&engine, opts, &paths, subnet, &missing_images, &mut state).await;
+    let result = bring_up(
+        &engine,
+        opts,
+        &paths,
+        subnet,
+        &missing_images,
+        services.as_ref(),
+        &mut state,
+    )
+    .await;
     match result {
         Ok(()) => status_of(&engine, &state).await,
         Err(e) => {
@@ -173,12 +262,28 @@ async fn ensure_not_up(engine: &Engine, paths: &LabPaths, lab: &str) -> Result<(
     Ok(())
 }
 
+/// What a lab with a config server needs besides engines.
+struct Services {
+    server_exe: PathBuf,
+    agents: BTreeMap<String, PathBuf>,
+    fleet: Fleet,
+}
+
+/// The bridge interface name for a lab (at most 15 characters).
+fn bridge_name(lab: &str) -> String {
+    let hash = lab.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("fsl{hash:08x}")
+}
+
 async fn bring_up(
     engine: &Engine,
     opts: &UpOptions,
     paths: &LabPaths,
     subnet: Subnet,
     missing_images: &[(DevicePlatform, String)],
+    services: Option<&Services>,
     state: &mut LabState,
 ) -> Result<()> {
     let cache_dir = opts.root.join(".cache");
@@ -190,6 +295,7 @@ async fn bring_up(
     }
 
     let network = network_name(&opts.name);
+    let bridge = bridge_name(&opts.name);
     let created = engine
         .docker
         .create_network(NetworkCreateRequest {
@@ -204,6 +310,7 @@ async fn bring_up(
                 ..Default::default()
             }),
             labels: Some(HashMap::from([(LAB_LABEL.to_string(), opts.name.clone())])),
+            options: Some(HashMap::from([("com.docker.network.bridge.name".to_string(), bridge.clone())])),
             ..Default::default()
         })
         .await
@@ -211,6 +318,7 @@ async fn bring_up(
             anyhow!("creating network {network} on {subnet}: {e}; if another network uses that range, choose one with --subnet")
         })?;
     state.network = Some(created.id);
+    state.bridge = Some(bridge.clone());
     paths.save(state)?;
 
     let registry_step = Step::spinner(format!(
@@ -236,6 +344,40 @@ async fn bring_up(
         .map(|r| r.addr.clone())
         .unwrap_or_default();
 
+    // The config server, and the fleet declared on it.
+    let mut agent_base = None;
+    if let Some(services) = services {
+        let step = Step::spinner(format!(
+            "starting the config server on {}:{}",
+            subnet.gateway(),
+            server::SERVER_PORT
+        ));
+        let record = match server::start(
+            paths,
+            &opts.name,
+            subnet.gateway(),
+            &bridge,
+            &services.server_exe,
+            &opts.fogswarm_exe,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                step.fail();
+                return Err(e);
+            }
+        };
+        step.done();
+        state.server = Some(record.clone());
+        state.fleet = Some(services.fleet.clone());
+        paths.save(state)?;
+        declare_fleet(&record, &services.fleet, subnet).await?;
+        let key = std::fs::read_to_string(record.data.join("provisioning.key"))
+            .context("reading the provisioning key")?;
+        agent_base = Some((record, key.trim().to_string()));
+    }
+
     let mut specs = Vec::new();
     for index in 1..=opts.devices {
         let name = format!("dev{index}");
@@ -244,6 +386,20 @@ async fn bring_up(
             DevicePlatform::Arm64
         } else {
             DevicePlatform::Amd64
+        };
+        let fleet_entry = services.and_then(|s| s.fleet.devices.get(&name));
+        let agent = match (services, &agent_base) {
+            (Some(services), Some((record, key))) => Some(AgentSetup {
+                binary: services.agents[platform.docker_name()].clone(),
+                config: agent_config(
+                    record,
+                    fleet_entry.is_some_and(|d| d.discover),
+                    opts.heartbeat_secs,
+                ),
+                provisioning_key: key.clone(),
+                hold: fleet_entry.is_some_and(|d| d.hold),
+            }),
+            _ => None,
         };
         specs.push(DeviceSpec {
             lab: opts.name.clone(),
@@ -257,6 +413,7 @@ async fn bring_up(
             network: network.clone(),
             registry: registry_addr.clone(),
             dockerd_args: opts.dockerd_args.clone(),
+            agent,
         });
     }
     let start_step = Step::count("starting devices", specs.len() as u64);
@@ -273,6 +430,7 @@ async fn bring_up(
             platform: spec.platform.docker_name().to_string(),
             image: spec.image.clone(),
             socket: spec.socket(),
+            agent: spec.agent.is_some(),
         });
         paths.save(state)?;
         containers.push(id);
@@ -295,7 +453,113 @@ async fn bring_up(
         return Err(err);
     }
     wait_step.done();
+    if opts.wait {
+        if let (Some(services), Some((record, _))) = (services, &agent_base) {
+            wait_for_formation(record, &services.fleet).await?;
+        }
+    }
     Ok(())
+}
+
+/// The agent's config file inside a device.
+fn agent_config(
+    server: &state::ServerRecord,
+    discover: bool,
+    heartbeat_secs: u64,
+) -> serde_json::Value {
+    let mut config = serde_json::json!({
+        "ca_fingerprint": server.ca_fingerprint,
+        "provisioning_key_file": "/lab/provisioning.key",
+        "state_dir": "/var/lib/fogswarm-agent",
+        "heartbeat_secs": heartbeat_secs,
+    });
+    if !discover {
+        config["server"] = serde_json::Value::String(server.url.clone());
+    }
+    config
+}
+
+/// An operator client for the lab's server.
+pub fn admin_client(server: &state::ServerRecord) -> Result<Client> {
+    let token = std::fs::read_to_string(server.data.join("admin.token"))
+        .context("reading the lab server's admin token")?;
+    let endpoint = Endpoint::new(&server.url, Some(&server.ca_fingerprint))?;
+    Ok(Client::new(&endpoint, Some(Secret::new(token.trim())))?)
+}
+
+/// Declares the fleet's swarm and devices (by the MACs the lab assigns).
+async fn declare_fleet(server: &state::ServerRecord, fleet: &Fleet, subnet: Subnet) -> Result<()> {
+    let admin = admin_client(server)?;
+    admin
+        .create_swarm(&SwarmCreate {
+            name: fleet.swarm.clone(),
+            auto_enrol: fleet.auto_enrol,
+        })
+        .await
+        .context("declaring the lab's swarm")?;
+    let rows: Vec<DeviceCreate> = fleet
+        .devices
+        .iter()
+        .filter_map(|(name, d)| {
+            let index: u32 = name.strip_prefix("dev")?.parse().ok()?;
+            Some(DeviceCreate {
+                id: net::device_mac(subnet.device_ip(index)).to_string(),
+                swarm: fleet.swarm.clone(),
+                role: d.role,
+                labels: d.labels.clone(),
+            })
+        })
+        .collect();
+    if !rows.is_empty() {
+        admin
+            .import_devices("application/json", serde_json::to_vec(&rows)?)
+            .await
+            .context("declaring the lab's devices")?;
+    }
+    Ok(())
+}
+
+/// Waits until every declared device that boots its agent is active.
+async fn wait_for_formation(server: &state::ServerRecord, fleet: &Fleet) -> Result<()> {
+    let expected = fleet.devices.values().filter(|d| !d.hold).count();
+    let step = Step::count(
+        format!("waiting for swarm {} to form", fleet.swarm),
+        expected as u64,
+    );
+    let admin = admin_client(server)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let mut last = Vec::new();
+    loop {
+        if let Ok(devices) = admin.list_devices(Some(&fleet.swarm)).await {
+            let active = devices
+                .iter()
+                .filter(|d| d.state == DeviceState::Active)
+                .count();
+            step.set(active as u64);
+            last = devices
+                .iter()
+                .map(|d| (d.id.to_string(), d.state, d.last_error.clone()))
+                .collect();
+            if active >= expected {
+                step.done();
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            step.fail();
+            let states: Vec<String> = last
+                .iter()
+                .map(|(id, s, e)| {
+                    format!(
+                        "{id} {s}{}",
+                        e.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            bail!("the swarm did not form within 300s: {}", states.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// What `down` removed.
@@ -304,6 +568,7 @@ pub struct DownReport {
     pub containers: usize,
     pub networks: usize,
     pub registry_stopped: bool,
+    pub server_stopped: bool,
     pub removed_dir: Option<PathBuf>,
 }
 
@@ -377,8 +642,12 @@ async fn teardown(
     }
 
     if let Some(record) = state.and_then(|s| s.registry.as_ref()) {
-        report.registry_stopped = registry::is_our_supervisor(record.supervisor_pid, name);
-        registry::stop(record, name)?;
+        report.registry_stopped = supervisor::is_our_supervisor(record.supervisor_pid, name);
+        supervisor::stop(record.supervisor_pid, name)?;
+    }
+    if let Some(record) = state.and_then(|s| s.server.as_ref()) {
+        report.server_stopped = supervisor::is_our_supervisor(record.supervisor_pid, name);
+        supervisor::stop(record.supervisor_pid, name)?;
     }
     if paths.dir.exists() {
         std::fs::remove_dir_all(&paths.dir)
@@ -386,6 +655,115 @@ async fn teardown(
         report.removed_dir = Some(paths.dir.clone());
     }
     Ok(report)
+}
+
+fn loaded(name: &str, root: &Path) -> Result<(LabPaths, LabState)> {
+    validate_name(name)?;
+    let paths = LabPaths::new(root, name);
+    let state = paths.load()?.ok_or_else(|| {
+        anyhow!(
+            "no lab named {name} is up (no state in {})",
+            paths.dir.display()
+        )
+    })?;
+    Ok((paths, state))
+}
+
+fn record<'a>(state: &'a LabState, device: &str) -> Result<&'a DeviceRecord> {
+    state
+        .devices
+        .iter()
+        .find(|d| d.name == device)
+        .ok_or_else(|| {
+            let known: Vec<&str> = state.devices.iter().map(|d| d.name.as_str()).collect();
+            bad_input(format!(
+                "lab {} has no device {device:?}; it has {}",
+                state.name,
+                known.join(", ")
+            ))
+        })
+}
+
+/// Lets a held device's boot start its agent.
+pub fn start_agent(name: &str, root: &Path, device: &str) -> Result<()> {
+    let (paths, state) = loaded(name, root)?;
+    let record = record(&state, device)?;
+    if !record.agent {
+        return Err(bad_input(format!("{device} boots no agent (a --bare lab)")));
+    }
+    let file = device::agent_enabled_file(&paths.device_dir(device));
+    std::fs::write(&file, b"").with_context(|| format!("writing {}", file.display()))
+}
+
+/// Restarts a device's container, as a power cycle would.
+pub async fn reboot(name: &str, root: &Path, device: &str) -> Result<()> {
+    let (_, state) = loaded(name, root)?;
+    let record = record(&state, device)?;
+    let engine = Engine::connect(&EngineAddr::from_env()?).await?;
+    engine
+        .docker
+        .restart_container(
+            &record.container,
+            Some(
+                bollard::query_parameters::RestartContainerOptionsBuilder::default()
+                    .t(5)
+                    .build(),
+            ),
+        )
+        .await
+        .with_context(|| format!("restarting {device}"))?;
+    let spec = spec_of(&state, record)?;
+    device::wait_for_engine(&engine, &spec, &record.container).await?;
+    Ok(())
+}
+
+/// Replaces a device's container with a fresh one from the image, same IP,
+/// MAC and host directory: a re-imaged device, whose engine and agent state
+/// are gone.
+pub async fn reimage(name: &str, root: &Path, device: &str) -> Result<()> {
+    let (paths, mut state) = loaded(name, root)?;
+    let old = record(&state, device)?.clone();
+    let engine = Engine::connect(&EngineAddr::from_env()?).await?;
+    device::remove(&engine, &old.container).await?;
+    let spec = spec_of(&state, &old)?;
+    let (id, _) = device::create_and_start(&engine, &spec, state.run_mode).await?;
+    if let Some(r) = state.devices.iter_mut().find(|d| d.name == device) {
+        r.container = id.clone();
+    }
+    paths.save(&state)?;
+    device::wait_for_engine(&engine, &spec, &id).await?;
+    Ok(())
+}
+
+/// The spec a recorded device was made from. Its host directory already
+/// holds the boot files, so no agent setup is rewritten.
+fn spec_of(state: &LabState, record: &DeviceRecord) -> Result<DeviceSpec> {
+    let platform = match record.platform.as_str() {
+        "arm64" => DevicePlatform::Arm64,
+        _ => DevicePlatform::Amd64,
+    };
+    Ok(DeviceSpec {
+        lab: state.name.clone(),
+        name: record.name.clone(),
+        container: container_name(&state.name, &record.name),
+        ip: record.ip.parse().context("device ip in state")?,
+        mac: record.mac.clone(),
+        platform,
+        image: record.image.clone(),
+        network: network_name(&state.name),
+        host_dir: record
+            .socket
+            .parent()
+            .map(Path::to_path_buf)
+            .context("device dir in state")?,
+        registry: state
+            .registry
+            .as_ref()
+            .map(|r| r.addr.clone())
+            .unwrap_or_default(),
+        dockerd_args: state.dockerd_args.clone(),
+        agent: None,
+    })
 }
 
 /// A lab as it is now, for `lab status` and for tests.
@@ -396,7 +774,21 @@ pub struct LabStatus {
     pub gateway: String,
     pub network: Option<String>,
     pub registry: Option<RegistryStatus>,
+    /// The config server, in labs that have one.
+    #[serde(default)]
+    pub server: Option<ServerStatus>,
+    #[serde(default)]
+    pub swarm: Option<String>,
     pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub url: String,
+    pub ca_fingerprint: String,
+    pub answering: bool,
+    /// Where its admin token is (for `fogswarm --token-file`).
+    pub admin_token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -417,6 +809,11 @@ pub struct DeviceStatus {
     /// Container state: running, exited, missing...
     pub state: String,
     pub engine: Option<DeviceEngine>,
+    /// The device as the config server sees it: its state, or "undeclared".
+    #[serde(default)]
+    pub fleet_state: Option<String>,
+    #[serde(default)]
+    pub fleet_error: Option<String>,
 }
 
 /// What a device's engine says of itself.
@@ -432,15 +829,8 @@ pub struct DeviceEngine {
 
 /// Reads a lab's state and asks the engines how things are.
 pub async fn status(name: &str, root: &Path) -> Result<LabStatus> {
-    validate_name(name)?;
+    let (_, state) = loaded(name, root)?;
     let engine = Engine::connect(&EngineAddr::from_env()?).await?;
-    let paths = LabPaths::new(root, name);
-    let state = paths.load()?.ok_or_else(|| {
-        anyhow!(
-            "no lab named {name} is up (no state in {})",
-            paths.dir.display()
-        )
-    })?;
     status_of(&engine, &state).await
 }
 
@@ -452,15 +842,41 @@ async fn status_of(engine: &Engine, state: &LabState) -> Result<LabStatus> {
         }),
         None => None,
     };
-    let devices =
+    let mut devices =
         futures_util::future::join_all(state.devices.iter().map(|d| device_status(engine, d)))
             .await;
+    let mut server = None;
+    if let Some(record) = &state.server {
+        let fleet = match admin_client(record) {
+            Ok(admin) => admin.list_devices(None).await.ok(),
+            Err(_) => None,
+        };
+        if let Some(fleet) = &fleet {
+            for d in &mut devices {
+                let known = fleet.iter().find(|f| f.id.as_str() == d.mac);
+                d.fleet_state = Some(
+                    known
+                        .map(|f| f.state.to_string())
+                        .unwrap_or_else(|| "undeclared".into()),
+                );
+                d.fleet_error = known.and_then(|f| f.last_error.clone());
+            }
+        }
+        server = Some(ServerStatus {
+            url: record.url.clone(),
+            ca_fingerprint: record.ca_fingerprint.clone(),
+            answering: fleet.is_some(),
+            admin_token_file: record.data.join("admin.token"),
+        });
+    }
     Ok(LabStatus {
         name: state.name.clone(),
         subnet: state.subnet.clone(),
         gateway: state.gateway.clone(),
         network: state.network.clone(),
         registry,
+        server,
+        swarm: state.fleet.as_ref().map(|f| f.swarm.clone()),
         devices,
     })
 }
@@ -504,6 +920,8 @@ async fn device_status(engine: &Engine, record: &DeviceRecord) -> DeviceStatus {
         socket: record.socket.clone(),
         state: container_state,
         engine: device_engine,
+        fleet_state: None,
+        fleet_error: None,
     }
 }
 

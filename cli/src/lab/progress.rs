@@ -62,6 +62,10 @@ impl Step {
         self.bar.set_message(msg.to_string());
     }
 
+    pub fn set(&self, n: u64) {
+        self.bar.set_position(n);
+    }
+
     pub fn advance(&self, n: u64) {
         self.bar.inc(n);
     }

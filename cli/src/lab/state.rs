@@ -32,6 +32,9 @@ pub struct DeviceRecord {
     pub image: String,
     /// The device engine's socket on the host (bind-mounted from the device).
     pub socket: PathBuf,
+    /// Whether the device boots the agent.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,14 +47,33 @@ pub struct RegistryRecord {
     pub log: PathBuf,
 }
 
+/// The lab's configuration server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerRecord {
+    pub url: String,
+    pub ca_fingerprint: String,
+    pub supervisor_pid: u32,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LabState {
     pub name: String,
     pub subnet: String,
     pub gateway: String,
     pub network: Option<String>,
+    /// The bridge interface on the host (for mDNS).
+    #[serde(default)]
+    pub bridge: Option<String>,
     pub run_mode: Option<RunMode>,
     pub registry: Option<RegistryRecord>,
+    #[serde(default)]
+    pub server: Option<ServerRecord>,
+    #[serde(default)]
+    pub fleet: Option<super::fleet::Fleet>,
+    #[serde(default)]
+    pub dockerd_args: Vec<String>,
     pub devices: Vec<DeviceRecord>,
 }
 
@@ -62,8 +84,12 @@ impl LabState {
             subnet,
             gateway,
             network: None,
+            bridge: None,
             run_mode: None,
             registry: None,
+            server: None,
+            fleet: None,
+            dockerd_args: Vec::new(),
             devices: Vec::new(),
         }
     }

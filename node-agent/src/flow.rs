@@ -1,0 +1,401 @@
+//! The bootstrap flow of DESIGN.md as one loop, run at every boot:
+//!
+//! ```text
+//! find server -> enrol once (credential kept 0600) -> loop {
+//!     look at the local node; ask the server for config:
+//!       init  -> swarm init (drained), post cluster id and tokens
+//!       join  -> already in that cluster? nothing : swarm join (drained)
+//!       wait  -> back off with full jitter, ask again
+//!       leave -> demote, leave, report left
+//!     report state (at once on change, else every heartbeat)
+//!     as a manager, run manager duty alongside
+//! }
+//! ```
+//!
+//! Every pass is idempotent: a node already active in the expected cluster
+//! is left alone; one in another cluster is reported as an error and never
+//! touched.
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::state::{ServerRecord, StateDir, Status};
+use crate::{discovery, facts, identity, manager, swarm};
+use anyhow::{bail, Context, Result};
+use fogswarm_client::engine::{Engine, EngineAddr};
+use fogswarm_client::{Client, ClientError, Endpoint};
+use fogswarm_protocol::api::{
+    ConfigAnswer, DeviceState, EnrolRequest, Facts, ReportRequest, Secret, SwarmTokens,
+};
+use fogswarm_protocol::DeviceId;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+/// What one pass of the loop concluded.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// Active in the expected swarm.
+    Active { manager: bool, node_id: String },
+    /// Nothing to do yet; ask again after about this long.
+    Wait(Duration),
+    /// Left the swarm for good.
+    Left,
+    /// Something is wrong that the operator must see.
+    Error(String),
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    state: StateDir,
+    device_id: DeviceId,
+    engine: Engine,
+    facts: Facts,
+    status: Status,
+}
+
+impl Agent {
+    /// Everything that must hold before the loop: identity, state dir, and
+    /// a local engine that answers (waited for: at boot it may start after us).
+    pub async fn start(config: AgentConfig) -> Result<Agent> {
+        let state = StateDir::open(&config.state_dir)?;
+        let device_id = identity::device_id(Path::new("/"), config.device_id.as_deref())?;
+        let addr = EngineAddr::socket(&config.docker_socket);
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+        let engine = loop {
+            match Engine::connect(&addr).await {
+                Ok(e) => break e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "local engine not answering yet");
+                    tokio::time::sleep(backoff.next(None)).await;
+                }
+            }
+        };
+        let facts = facts::detect(Path::new("/"));
+        let status = Status {
+            device_id: Some(device_id.to_string()),
+            phase: "starting".into(),
+            ..state.status().unwrap_or_default()
+        };
+        tracing::info!(device = %device_id, facts = ?facts, "agent starting");
+        Ok(Agent {
+            config,
+            state,
+            device_id,
+            engine,
+            facts,
+            status,
+        })
+    }
+
+    /// Runs until the device has left its swarm.
+    pub async fn run(mut self) -> Result<()> {
+        let server = self.server().await;
+        self.status.server = Some(server.url.clone());
+        let endpoint = Endpoint::new(&server.url, server.ca_fingerprint.as_deref())?;
+        let anonymous = Client::new(&endpoint, None)?;
+        let mut device = self.enrolled(&anonymous).await;
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut duty: Option<(String, tokio::task::JoinHandle<()>)> = None;
+        loop {
+            let outcome = match self.pass(&device).await {
+                Ok(o) => o,
+                Err(e) => match e
+                    .downcast_ref::<ClientError>()
+                    .and_then(ClientError::status)
+                {
+                    // The server no longer knows this credential (device
+                    // re-declared, or the database restored): enrol again.
+                    Some(401) => {
+                        tracing::warn!("the server refused our credential; enrolling again");
+                        self.state.forget_credential()?;
+                        device = self.enrolled(&anonymous).await;
+                        continue;
+                    }
+                    _ => Outcome::Error(format!("{e:#}")),
+                },
+            };
+            let wait = match &outcome {
+                Outcome::Active { manager, node_id } => {
+                    backoff.reset();
+                    self.ensure_duty(&mut duty, *manager, node_id, &device);
+                    self.config.heartbeat
+                }
+                Outcome::Wait(floor) => backoff.next(Some(*floor)),
+                Outcome::Left => {
+                    if let Some((_, task)) = duty.take() {
+                        task.abort();
+                    }
+                    self.save_status("left", None);
+                    tracing::info!("left the swarm: decommissioned");
+                    return Ok(());
+                }
+                Outcome::Error(message) => {
+                    tracing::warn!(error = %message, "formation pass failed");
+                    self.save_status("error", Some(message.clone()));
+                    let _ = self
+                        .report(&device, DeviceState::Error, Some(message.clone()))
+                        .await;
+                    backoff.next(Some(Duration::from_secs(5)))
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Where the server is: configured, else remembered from enrolment,
+    /// else found over mDNS (retried until it is).
+    async fn server(&self) -> ServerRecord {
+        if let Some(url) = &self.config.server {
+            return ServerRecord {
+                url: url.clone(),
+                ca_fingerprint: self.config.ca_fingerprint.clone(),
+            };
+        }
+        if let Some(record) = self.state.server() {
+            return record;
+        }
+        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+        loop {
+            match discovery::find_server(
+                self.config.ca_fingerprint.as_deref(),
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                Ok(found) => {
+                    tracing::info!(url = %found.url, "found the server over mDNS");
+                    return ServerRecord {
+                        url: found.url,
+                        ca_fingerprint: self.config.ca_fingerprint.clone().or(found.ca_fingerprint),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for the server");
+                    tokio::time::sleep(backoff.next(None)).await;
+                }
+            }
+        }
+    }
+
+    /// A client with this device's credential, enrolling first if there is
+    /// none. Retries until enrolled: a device not declared yet may be
+    /// declared later.
+    async fn enrolled(&mut self, anonymous: &Client) -> Client {
+        if let Some(credential) = self.state.credential() {
+            return anonymous.with_token(credential);
+        }
+        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+        loop {
+            match self.enrol(anonymous).await {
+                Ok(credential) => return anonymous.with_token(credential),
+                Err(e) => {
+                    let message = format!("enrolment: {e:#}");
+                    tracing::warn!(error = %message, "not enrolled yet");
+                    self.save_status("enrolling", Some(message));
+                    tokio::time::sleep(backoff.next(Some(Duration::from_secs(5)))).await;
+                }
+            }
+        }
+    }
+
+    async fn enrol(&mut self, anonymous: &Client) -> Result<Secret> {
+        let path =
+            self.config.provisioning_key_file.clone().context(
+                "no credential and no provisioning key file: give --provisioning-key-file",
+            )?;
+        let key = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the provisioning key from {}", path.display()))?;
+        let response = anonymous
+            .enrol(&EnrolRequest {
+                device_id: self.device_id.clone(),
+                provisioning_key: Secret::new(key.trim()),
+                swarm: self.config.swarm.clone(),
+                facts: self.facts.clone(),
+            })
+            .await?;
+        self.state.save_credential(&response.credential)?;
+        if let Some(url) = &self.status.server {
+            self.state.save_server(&ServerRecord {
+                url: url.clone(),
+                ca_fingerprint: self
+                    .config
+                    .ca_fingerprint
+                    .clone()
+                    .or_else(|| self.state.server().and_then(|s| s.ca_fingerprint)),
+            })?;
+        }
+        self.status.swarm = Some(response.swarm.clone());
+        self.status.role = Some(response.role.to_string());
+        tracing::info!(swarm = %response.swarm, role = %response.role, pending = response.pending, "enrolled");
+        Ok(response.credential)
+    }
+
+    /// One pass: look at the node, ask the server, act, report.
+    async fn pass(&mut self, device: &Client) -> Result<Outcome> {
+        let node = swarm::local(&self.engine).await?;
+        let answer = device.config().await?;
+        let node = match answer {
+            ConfigAnswer::Wait {
+                retry_after_secs,
+                reason,
+            } => {
+                tracing::info!(%reason, "waiting");
+                self.save_status("waiting", None);
+                self.report(device, DeviceState::Waiting, None).await?;
+                return Ok(Outcome::Wait(Duration::from_secs(retry_after_secs)));
+            }
+            ConfigAnswer::Leave { swarm } => {
+                tracing::info!(%swarm, "decommissioned: leaving the swarm");
+                if node.active() || node.state == "pending" {
+                    swarm::leave(&self.engine, &node).await?;
+                }
+                self.report(device, DeviceState::Left, None).await?;
+                self.state.forget_credential()?;
+                return Ok(Outcome::Left);
+            }
+            ConfigAnswer::Init { swarm, .. } => {
+                self.status.swarm = Some(swarm.clone());
+                let node = if node.active() {
+                    // Initialized before and crashed before posting the
+                    // tokens: post them now, from the swarm we made.
+                    if !node.is_manager {
+                        bail!("told to initialize swarm {swarm}, but this node is already a worker of cluster {}", node.cluster_id.unwrap_or_default());
+                    }
+                    node
+                } else {
+                    self.save_status("initializing", None);
+                    self.report(device, DeviceState::Initializing, None).await?;
+                    tracing::info!(%swarm, "initializing the swarm");
+                    swarm::init(&self.engine, self.advertise()?).await?
+                };
+                let (cluster_id, worker, manager) = swarm::tokens(&self.engine).await?;
+                let addr = node.node_addr.clone().unwrap_or_default();
+                device
+                    .post_swarm_tokens(&SwarmTokens {
+                        cluster_id,
+                        manager_addrs: vec![format!("{addr}:{}", swarm::SWARM_PORT)],
+                        worker_token: Secret::new(worker),
+                        manager_token: Secret::new(manager),
+                    })
+                    .await?;
+                node
+            }
+            ConfigAnswer::Join {
+                swarm,
+                cluster_id,
+                node_id,
+                role,
+                managers,
+                token,
+            } => {
+                self.status.swarm = Some(swarm.clone());
+                self.status.role = Some(role.to_string());
+                if node.active() || node.state == "locked" {
+                    if node.in_swarm(cluster_id.as_deref(), node_id.as_deref(), &managers) {
+                        node // every later boot: nothing to do
+                    } else {
+                        let theirs = match (&node.cluster_id, node.remote_managers.first()) {
+                            (Some(c), _) => format!("cluster {c}"),
+                            (None, Some(m)) => format!("the swarm managed from {m}"),
+                            (None, None) => "another swarm".into(),
+                        };
+                        return Ok(Outcome::Error(format!(
+                            "this node is in {theirs}, not in swarm {swarm} (cluster {}); left alone",
+                            cluster_id.unwrap_or_else(|| "?".into())
+                        )));
+                    }
+                } else {
+                    self.save_status("joining", None);
+                    self.report(device, DeviceState::Joining, None).await?;
+                    tracing::info!(%swarm, %role, managers = ?managers, "joining the swarm");
+                    let joined =
+                        swarm::join(&self.engine, &managers, token.expose(), self.advertise()?)
+                            .await?;
+                    if role.is_manager() != joined.is_manager {
+                        tracing::warn!(%role, "joined with a role other than declared");
+                    }
+                    joined
+                }
+            }
+        };
+        let node_id = node
+            .node_id
+            .clone()
+            .context("an active node without an id")?;
+        self.status.node_id = Some(node_id.clone());
+        self.status.cluster_id = node.cluster_id.clone();
+        self.save_status("active", None);
+        self.report(device, DeviceState::Active, None).await?;
+        Ok(Outcome::Active {
+            manager: node.is_manager,
+            node_id,
+        })
+    }
+
+    fn advertise(&self) -> Result<Ipv4Addr> {
+        identity::advertise_addr(Path::new("/"), self.config.advertise_addr.as_deref())
+    }
+
+    /// Reports the device's state; every pass reports, so in steady state
+    /// the pass interval is the heartbeat.
+    async fn report(
+        &mut self,
+        device: &Client,
+        state: DeviceState,
+        error: Option<String>,
+    ) -> Result<()> {
+        let node = swarm::local(&self.engine).await.ok();
+        let report = ReportRequest {
+            state: Some(state),
+            node_id: node.as_ref().and_then(|n| n.node_id.clone()),
+            cluster_id: node.as_ref().and_then(|n| n.cluster_id.clone()),
+            engine_version: node.map(|n| n.engine_version),
+            facts: Some(self.facts.clone()),
+            error,
+        };
+        device.report(&report).await?;
+        Ok(())
+    }
+
+    fn save_status(&mut self, phase: &str, error: Option<String>) {
+        self.status.phase = phase.into();
+        self.status.last_error = error;
+        self.status.updated_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if let Err(e) = self.state.save_status(&self.status) {
+            tracing::warn!(error = %e, "saving the status file");
+        }
+    }
+
+    /// Manager duty runs while the node is a manager, restarted if the node
+    /// id changed.
+    fn ensure_duty(
+        &self,
+        duty: &mut Option<(String, tokio::task::JoinHandle<()>)>,
+        manager: bool,
+        node_id: &str,
+        device: &Client,
+    ) {
+        let running = duty
+            .as_ref()
+            .is_some_and(|(id, task)| id == node_id && !task.is_finished());
+        if manager && !running {
+            if let Some((_, old)) = duty.take() {
+                old.abort();
+            }
+            tracing::info!("manager duty started");
+            let task = tokio::spawn(manager::duty(
+                self.engine.clone(),
+                device.clone(),
+                node_id.to_string(),
+            ));
+            *duty = Some((node_id.to_string(), task));
+        } else if !manager {
+            if let Some((_, task)) = duty.take() {
+                task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Manager duty: on every manager the agent follows the server's desired
+//! state (long poll); the one whose engine is the raft leader applies it.
+//!
+//! For each node: operator labels plus `fog.` facts, then availability, in
+//! one node update, so a node is never active without its labels. Labels
+//! fogswarm owns are the `fog.` ones and the operator keys listed in the
+//! node label `io.fogswarm.owned`; every other label is left as it is, so
+//! labels set by hand survive. Stale nodes of re-imaged devices are removed
+//! once the new node is active.
+
+use anyhow::{Context, Result};
+use bollard::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState};
+use fogswarm_client::engine::Engine;
+use fogswarm_client::Client;
+use fogswarm_protocol::api::{Availability, DesiredNode, DesiredState};
+use fogswarm_protocol::validate::FACT_PREFIX;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Node label listing the operator label keys fogswarm applied.
+pub const OWNED_LABEL: &str = "io.fogswarm.owned";
+
+/// What one pass changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    pub updated: Vec<String>,
+    pub removed_stale: Vec<String>,
+}
+
+/// Whether this node is the raft leader.
+pub async fn is_raft_leader(engine: &Engine, node_id: &str) -> bool {
+    match engine.docker.inspect_node(node_id).await {
+        Ok(node) => node.manager_status.and_then(|m| m.leader).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Labels a node should have: what it has, minus what fogswarm owned
+/// before, plus what is desired now.
+pub fn merge_labels(
+    current: &HashMap<String, String>,
+    desired: &DesiredNode,
+) -> HashMap<String, String> {
+    let previously_owned: BTreeSet<&str> = current
+        .get(OWNED_LABEL)
+        .map(|s| s.split(',').filter(|k| !k.is_empty()).collect())
+        .unwrap_or_default();
+    let mut labels: HashMap<String, String> = current
+        .iter()
+        .filter(|(k, _)| {
+            k.as_str() != OWNED_LABEL
+                && !k.starts_with(FACT_PREFIX)
+                && !previously_owned.contains(k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let operator_keys: Vec<&str> = desired
+        .labels
+        .keys()
+        .filter(|k| !k.starts_with(FACT_PREFIX))
+        .map(String::as_str)
+        .collect();
+    for (k, v) in &desired.labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    labels.insert(OWNED_LABEL.into(), operator_keys.join(","));
+    labels
+}
+
+fn availability(a: Availability) -> NodeSpecAvailabilityEnum {
+    match a {
+        Availability::Active => NodeSpecAvailabilityEnum::ACTIVE,
+        Availability::Drain => NodeSpecAvailabilityEnum::DRAIN,
+        Availability::Pause => NodeSpecAvailabilityEnum::PAUSE,
+    }
+}
+
+/// Updates a node's spec with `change`, inspecting for the current version
+/// and retrying when a heartbeat moved it ("update out of sequence").
+async fn update_node(
+    engine: &Engine,
+    node_id: &str,
+    change: impl Fn(&mut NodeSpec) -> bool,
+) -> Result<bool> {
+    for attempt in 0..8 {
+        let node = engine
+            .docker
+            .inspect_node(node_id)
+            .await
+            .with_context(|| format!("inspecting node {node_id}"))?;
+        let version = node
+            .version
+            .and_then(|v| v.index)
+            .context("node without version")?;
+        let mut spec = node.spec.context("node without spec")?;
+        if !change(&mut spec) {
+            return Ok(false);
+        }
+        let options = bollard::query_parameters::UpdateNodeOptionsBuilder::default()
+            .version(version as i64)
+            .build();
+        match engine.docker.update_node(node_id, spec, options).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.to_string().contains("out of sequence") && attempt < 7 => {
+                tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("updating node {node_id}")),
+        }
+    }
+    anyhow::bail!("node {node_id} kept changing under the update")
+}
+
+pub async fn set_role(engine: &Engine, node_id: &str, role: NodeSpecRoleEnum) -> Result<()> {
+    update_node(engine, node_id, |spec| {
+        if spec.role == Some(role) {
+            return false;
+        }
+        spec.role = Some(role);
+        true
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Makes the swarm's nodes match the desired state.
+pub async fn apply(engine: &Engine, desired: &DesiredState) -> Result<Applied> {
+    let mut applied = Applied::default();
+    let nodes = engine
+        .docker
+        .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+        .await
+        .context("listing nodes")?;
+    let ready: HashMap<String, bool> = nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.id.clone()?,
+                n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY),
+            ))
+        })
+        .collect();
+    for want in &desired.nodes {
+        let Some(node_id) = &want.node_id else {
+            continue;
+        };
+        if !ready.contains_key(node_id) {
+            continue; // reported but not (or no longer) in this swarm
+        }
+        let changed = update_node(engine, node_id, |spec| {
+            let current = spec.labels.clone().unwrap_or_default();
+            let labels = merge_labels(&current, want);
+            let avail = availability(want.availability);
+            if labels == current && spec.availability == Some(avail) {
+                return false;
+            }
+            spec.labels = Some(labels);
+            spec.availability = Some(avail);
+            true
+        })
+        .await?;
+        if changed {
+            tracing::info!(device = %want.device_id, node = %node_id, "applied labels and availability");
+            applied.updated.push(want.device_id.to_string());
+        }
+        // A re-imaged device's old node goes once the new one is ready.
+        if ready.get(node_id) == Some(&true) {
+            for stale in &want.stale_node_ids {
+                if stale == node_id || !ready.contains_key(stale) {
+                    continue;
+                }
+                remove_node(engine, stale).await?;
+                tracing::info!(device = %want.device_id, node = %stale, "removed the stale node of a re-imaged device");
+                applied.removed_stale.push(stale.clone());
+            }
+        }
+    }
+    Ok(applied)
+}
+
+async fn remove_node(engine: &Engine, node_id: &str) -> Result<()> {
+    // A manager must be demoted first, or the quorum keeps counting it.
+    let _ = set_role(engine, node_id, NodeSpecRoleEnum::WORKER).await;
+    let options = bollard::query_parameters::DeleteNodeOptionsBuilder::default()
+        .force(true)
+        .build();
+    match engine.docker.delete_node(node_id, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing node {node_id}")),
+    }
+}
+
+/// The duty loop, for as long as this node is a manager: long-poll the
+/// desired state; apply it whenever this node is the raft leader. Non-leaders
+/// poll with short waits, so a new leader takes over within seconds.
+pub async fn duty(engine: Engine, device: Client, node_id: String) {
+    let mut since: Option<u64> = None;
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let leader = is_raft_leader(&engine, &node_id).await;
+        let wait = if leader { 20 } else { 5 };
+        let desired = match device.desired(since, wait).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the desired state");
+                tokio::time::sleep(backoff.next(None)).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        since = Some(desired.revision);
+        if !is_raft_leader(&engine, &node_id).await {
+            continue;
+        }
+        match apply(&engine, &desired).await {
+            Ok(a) if a != Applied::default() => tracing::info!(
+                revision = desired.revision,
+                updated = a.updated.len(),
+                removed = a.removed_stale.len(),
+                "desired state applied"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "applying the desired state");
+                since = None; // try again soon rather than at the next change
+                tokio::time::sleep(backoff.next(None)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fogswarm_protocol::DeviceId;
+
+    fn desired(labels: &[(&str, &str)]) -> DesiredNode {
+        DesiredNode {
+            device_id: DeviceId::parse("dev1").expect("id"),
+            node_id: Some("n1".into()),
+            role: fogswarm_protocol::Role::Worker,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            availability: Availability::Active,
+            stale_node_ids: vec![],
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn first_application_keeps_foreign_labels() {
+        let merged = merge_labels(
+            &map(&[("by-hand", "x")]),
+            &desired(&[("location", "hall1"), ("fog.arch", "amd64")]),
+        );
+        assert_eq!(
+            merged,
+            map(&[
+                ("by-hand", "x"),
+                ("location", "hall1"),
+                ("fog.arch", "amd64"),
+                (OWNED_LABEL, "location")
+            ])
+        );
+    }
+
+    #[test]
+    fn removed_operator_labels_and_stale_facts_go_foreign_ones_stay() {
+        let current = map(&[
+            ("by-hand", "x"),
+            ("location", "hall1"),
+            ("temperature_sensor", "1"),
+            ("fog.arch", "amd64"),
+            ("fog.video", "video0"),
+            (OWNED_LABEL, "location,temperature_sensor"),
+        ]);
+        let merged = merge_labels(
+            &current,
+            &desired(&[("location", "hall2"), ("fog.arch", "amd64")]),
+        );
+        assert_eq!(
+            merged,
+            map(&[
+                ("by-hand", "x"),
+                ("location", "hall2"),
+                ("fog.arch", "amd64"),
+                (OWNED_LABEL, "location")
+            ])
+        );
+    }
+
+    #[test]
+    fn merging_is_idempotent() {
+        let want = desired(&[("location", "hall1"), ("fog.cpus", "2")]);
+        let once = merge_labels(&map(&[]), &want);
+        assert_eq!(merge_labels(&once, &want), once);
+    }
+}

@@ -1,0 +1,132 @@
+//! What the agent keeps between boots, under its state dir: the device
+//! credential (0600, the only secret), the server it enrolled with (so a
+//! server found by mDNS stays pinned), and a status file for
+//! `fogswarm-agent status`.
+
+use anyhow::{Context, Result};
+use fogswarm_protocol::api::Secret;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerRecord {
+    pub url: String,
+    pub ca_fingerprint: Option<String>,
+}
+
+/// What the agent knows, for people: never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct Status {
+    pub server: Option<String>,
+    pub device_id: Option<String>,
+    pub swarm: Option<String>,
+    pub role: Option<String>,
+    pub phase: String,
+    pub node_id: Option<String>,
+    pub cluster_id: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the state dir {}", dir.display()))?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn credential(&self) -> Option<Secret> {
+        std::fs::read_to_string(self.dir.join("credential"))
+            .ok()
+            .map(|s| Secret::new(s.trim()))
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn save_credential(&self, credential: &Secret) -> Result<()> {
+        write_private(&self.dir.join("credential"), credential.expose().as_bytes())
+    }
+
+    pub fn forget_credential(&self) -> Result<()> {
+        match std::fs::remove_file(self.dir.join("credential")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn server(&self) -> Option<ServerRecord> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("server.json")).ok()?).ok()
+    }
+
+    pub fn save_server(&self, record: &ServerRecord) -> Result<()> {
+        write_private(
+            &self.dir.join("server.json"),
+            &serde_json::to_vec_pretty(record)?,
+        )
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("status.json")).ok()?).ok()
+    }
+
+    pub fn save_status(&self, status: &Status) -> Result<()> {
+        write_private(
+            &self.dir.join("status.json"),
+            &serde_json::to_vec_pretty(status)?,
+        )
+    }
+}
+
+/// Atomic write with mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn credential_round_trip_is_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open(&dir.path().join("s")).expect("open");
+        assert!(state.credential().is_none());
+        state.save_credential(&Secret::new("fsd_x")).expect("save");
+        assert_eq!(state.credential(), Some(Secret::new("fsd_x")));
+        let mode = std::fs::metadata(dir.path().join("s/credential"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(dir.path().join("s"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        state.forget_credential().expect("forget");
+        assert!(state.credential().is_none());
+    }
+}
