@@ -106,6 +106,21 @@ impl Lab {
             root,
             down: false,
         };
+        if !args.contains(&"--bare") {
+            // The real binaries the lab runs: the server on the host, the
+            // static agent in every device.
+            std::env::set_var("FOGSWARM_SERVER_BIN", server::server_binary());
+            std::env::set_var(
+                "FOGSWARM_AGENT_BIN_AMD64",
+                static_binary("fogswarm-agent", "x86_64-unknown-linux-musl"),
+            );
+            if args.iter().any(|a| a.starts_with("--arm64")) {
+                std::env::set_var(
+                    "FOGSWARM_AGENT_BIN_ARM64",
+                    static_binary("fogswarm-agent", "aarch64-unknown-linux-musl"),
+                );
+            }
+        }
         let run = lab.fogswarm(&["lab", "up", "--name", name, "--subnet", subnet], args);
         if run.code != 0 {
             bail!("lab up failed ({}):\n{}", run.code, run.stderr);
@@ -145,6 +160,68 @@ impl Lab {
         Engine::connect(&EngineAddr::socket(self.device(device)?.socket)).await
     }
 
+    /// An operator client for the lab's config server.
+    pub fn admin(&self) -> Result<fogswarm_client::Client> {
+        let server = self
+            .status()?
+            .server
+            .context("this lab has no config server")?;
+        let token = std::fs::read_to_string(&server.admin_token_file)?;
+        let endpoint = fogswarm_client::Endpoint::new(&server.url, Some(&server.ca_fingerprint))?;
+        Ok(fogswarm_client::Client::new(
+            &endpoint,
+            Some(fogswarm_protocol::api::Secret::new(token.trim())),
+        )?)
+    }
+
+    /// Environment for running the `fogswarm` CLI against the lab's server.
+    pub fn cli_env(&self) -> Result<Vec<(String, String)>> {
+        let server = self
+            .status()?
+            .server
+            .context("this lab has no config server")?;
+        Ok(vec![
+            ("FOGSWARM_SERVER".into(), server.url),
+            ("FOGSWARM_CA_FINGERPRINT".into(), server.ca_fingerprint),
+            (
+                "FOGSWARM_TOKEN_FILE".into(),
+                server.admin_token_file.display().to_string(),
+            ),
+        ])
+    }
+
+    /// The agent's log of a device (kept in its host directory).
+    pub fn agent_log(&self, device: &str) -> String {
+        std::fs::read_to_string(
+            self.root
+                .path()
+                .join(&self.name)
+                .join("devices")
+                .join(device)
+                .join("agent.log"),
+        )
+        .unwrap_or_default()
+    }
+
+    /// A device's directory on the host (its /lab).
+    pub fn device_dir(&self, device: &str) -> PathBuf {
+        self.root
+            .path()
+            .join(&self.name)
+            .join("devices")
+            .join(device)
+    }
+
+    /// Runs a command in a device; answers its output, failing on a
+    /// non-zero exit.
+    pub fn exec(&self, device: &str, cmd: &[&str]) -> Result<String> {
+        let run = self.fogswarm(&["lab", "exec", "--name", &self.name, device, "--"], cmd);
+        if run.code != 0 {
+            bail!("{device}: {cmd:?} exited {}: {}", run.code, run.stderr);
+        }
+        Ok(run.stdout)
+    }
+
     /// `fogswarm lab down`, answering its result; after it the drop does
     /// nothing.
     pub fn down(&mut self) -> Run {
@@ -168,6 +245,43 @@ impl Drop for Lab {
 pub fn http() -> reqwest::Client {
     fogswarm_client::ensure_crypto_provider();
     reqwest::Client::new()
+}
+
+/// Heavy end-to-end tests (labs of several devices, each running an engine)
+/// take this lock, so they run one at a time on 2 cores.
+/// Held for a whole test, across awaits: tokio's mutex works from any
+/// runtime (each test has its own).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Builds fog-hello as a static FROM-scratch image on the host engine and
+/// pushes it to the lab registry; answers the reference devices pull.
+pub fn push_fog_hello(registry: &str, tag: &str) -> Result<String> {
+    let binary = static_binary("fog-hello", "x86_64-unknown-linux-musl");
+    let context = tempfile::tempdir()?;
+    std::fs::copy(&binary, context.path().join("fog-hello"))?;
+    let local_tag = format!("fogswarm-e2e/fog-hello:{tag}");
+    let build = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &local_tag, "-f"])
+        .arg(workspace_root().join("Dockerfiles/Dockerfile.fog-hello"))
+        .arg(context.path())
+        .output()?;
+    if !build.status.success() {
+        bail!("docker build: {}", String::from_utf8_lossy(&build.stderr));
+    }
+    let remote = format!("{registry}/fog-hello:{tag}");
+    let push = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("docker-daemon:{local_tag}"))
+        .arg(format!("docker://{remote}"))
+        .output()?;
+    if !push.status.success() {
+        bail!("skopeo copy: {}", String::from_utf8_lossy(&push.stderr));
+    }
+    Ok(remote)
 }
 
 /// A plain HTTP GET with std only, answering status and body. Tests use it

@@ -6,17 +6,16 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, NodeState, PortBinding, SwarmInitRequest, SwarmJoinRequest,
 };
 use bollard::query_parameters::{CreateContainerOptionsBuilder, CreateImageOptionsBuilder};
-use fogswarm_e2e::{eventually, http_get, static_binary, workspace_root, Lab};
+use fogswarm_e2e::{eventually, http_get, Lab};
 use futures_util::TryStreamExt;
 use std::collections::HashMap;
-use std::process::Command;
 
 const LAB: &str = "e2e-swarm";
 const SUBNET: &str = "10.213.201.0/24";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_device_lab_forms_a_swarm_runs_fog_hello_and_goes_down_clean() -> Result<()> {
-    let mut lab = Lab::up(LAB, SUBNET, &["--devices", "3"])?;
+    let mut lab = Lab::up(LAB, SUBNET, &["--devices", "3", "--bare"])?;
     let status = lab.status()?;
     assert_eq!(status.devices.len(), 3);
     let registry = status.registry.clone().context("registry in status")?;
@@ -59,7 +58,10 @@ async fn three_device_lab_forms_a_swarm_runs_fog_hello_and_goes_down_clean() -> 
     }
 
     // A second `up` of the same lab is refused and changes nothing.
-    let again = lab.fogswarm(&["lab", "up", "--name", LAB, "--subnet", SUBNET], &[]);
+    let again = lab.fogswarm(
+        &["lab", "up", "--name", LAB, "--subnet", SUBNET],
+        &["--bare"],
+    );
     assert_eq!(again.code, 2, "{}", again.stderr);
     assert!(
         again.stderr.contains("lab e2e-swarm is already up"),
@@ -105,7 +107,7 @@ async fn three_device_lab_forms_a_swarm_runs_fog_hello_and_goes_down_clean() -> 
         .await
         .is_err());
     assert!(
-        !fogswarm::lab::registry::alive(supervisor),
+        !fogswarm::lab::supervisor::alive(supervisor),
         "registry supervisor {supervisor} still running"
     );
     assert!(
@@ -178,35 +180,7 @@ async fn form_swarm_by_hand(lab: &Lab) -> Result<()> {
 }
 
 async fn fog_hello_through_the_registry(lab: &Lab, registry: &str) -> Result<()> {
-    // Build: static musl binary in a FROM-scratch image on the host engine.
-    let binary = static_binary("fog-hello", "x86_64-unknown-linux-musl");
-    let context = tempfile::tempdir()?;
-    std::fs::copy(&binary, context.path().join("fog-hello"))?;
-    let local_tag = "fogswarm-e2e/fog-hello:lab";
-    let build = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", local_tag, "-f"])
-        .arg(workspace_root().join("Dockerfiles/Dockerfile.fog-hello"))
-        .arg(context.path())
-        .output()?;
-    assert!(
-        build.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-
-    // Push from the host to the lab registry (plain HTTP on the gateway).
-    let remote = format!("{registry}/fog-hello:lab");
-    let push = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("docker-daemon:{local_tag}"))
-        .arg(format!("docker://{remote}"))
-        .output()?;
-    assert!(
-        push.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    let remote = fogswarm_e2e::push_fog_hello(registry, "lab")?;
 
     // Pull and run on dev2, publishing on the device's address.
     let dev2 = lab.device("dev2")?;
@@ -302,7 +276,7 @@ fn registry_process_running(lab: &Lab) -> bool {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|pid| fogswarm::lab::registry::alive(*pid))
+        .filter(|pid| fogswarm::lab::supervisor::alive(*pid))
         .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
         .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(&config))
 }

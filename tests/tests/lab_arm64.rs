@@ -8,7 +8,7 @@ fn arm64_device_engine_reports_aarch64() -> Result<()> {
     let mut lab = Lab::up(
         "e2e-arm",
         "10.213.204.0/24",
-        &["--devices", "2", "--arm64", "1"],
+        &["--devices", "2", "--arm64", "1", "--bare"],
     )?;
     let status = lab.status()?;
     let by_name = |n: &str| {

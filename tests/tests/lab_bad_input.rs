@@ -110,7 +110,7 @@ const BAD_NAME_MESSAGE: &str = "lab name \"Bad_Name\" is invalid";
 
 fn run_up(name: &str, case: &Case, root: &Path) -> Run {
     let mut cmd = Command::new(fogswarm());
-    cmd.args(["lab", "up", "--name", name]);
+    cmd.args(["lab", "up", "--name", name, "--bare"]);
     if !case.args.contains(&"--subnet") {
         cmd.args(["--subnet", "10.213.202.0/24"]);
     }
