@@ -71,6 +71,7 @@ fn fleet_file(dir: &tempfile::TempDir, json: serde_json::Value) -> Result<String
 
 async fn metric(lab: &Lab, needle: &str) -> Result<u64> {
     let server = lab.status()?.server.context("server")?;
+    fogswarm_client::ensure_crypto_provider();
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .build()?;
@@ -577,18 +578,14 @@ async fn a_second_leader_is_refused_and_reported_never_two_inits() -> Result<()>
     assert_eq!(promote.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&promote.stderr).contains("already has a leader"));
     // Someone makes dev4 the leader of a swarm of its own, by hand.
-    // In one command: between the two, dev4's agent would (rightly) rejoin.
-    lab.exec(
-        "dev4",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "docker swarm leave --force && docker swarm init --advertise-addr {}",
-                dev4.ip
-            ),
-        ],
-    )?;
+    // dev4's agent rightly rejoins a device that left its swarm, and may do
+    // so between the two commands: retry until the hand-made init wins.
+    let takeover = format!(
+        "for i in 1 2 3 4 5 6 7 8; do docker swarm leave --force >/dev/null 2>&1; \
+         docker swarm init --advertise-addr {} >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1",
+        dev4.ip
+    );
+    lab.exec("dev4", &["sh", "-c", &takeover])?;
     let problem = eventually(30, || async {
         let out = Command::new(fogswarm())
             .args(["status"])

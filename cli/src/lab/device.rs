@@ -58,7 +58,7 @@ dockerd --config-file /lab/daemon.json "$@" &
 engine=$!
 if [ -x /lab/fogswarm-agent ]; then
   (
-    while [ ! -e /lab/agent.enabled ]; do sleep 1; done
+    while [ ! -e /lab/agent.enabled ]; do sleep 0.2; done
     while true; do
       /lab/fogswarm-agent run --config /lab/agent.json >>/lab/agent.log 2>&1
       sleep 3
