@@ -4,5 +4,6 @@
 /// Engine access lives with the other clients; re-exported for the lab.
 pub use fogswarm_client::engine;
 pub mod fleet;
+pub mod image;
 pub mod lab;
 pub mod table;

@@ -27,6 +27,11 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Multi-arch scratch images, built and pushed without a Docker daemon.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Swarms on the configuration server.
     Swarm {
         #[command(flatten)]
@@ -59,6 +64,21 @@ enum Command {
         /// Only events about this swarm or device.
         #[arg(long)]
         subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build an image for several platforms and push it, or write it out.
+    Build(Box<fogswarm::image::BuildArgs>),
+    /// Show an image's index, platform manifests and layer sizes.
+    Inspect {
+        reference: String,
+        /// Plain HTTP to the registry.
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -205,6 +225,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Lab { command } => run_lab(command).await,
+        Command::Image { command } => match command {
+            ImageCommand::Build(args) => fogswarm::image::build(*args).await.map(|_| ExitCode::SUCCESS),
+            ImageCommand::Inspect { reference, insecure, json } => {
+                fogswarm::image::inspect(&reference, insecure, json).await.map(|_| ExitCode::SUCCESS)
+            }
+        },
         Command::Swarm { conn, command } => fleet::swarm(&conn, command)
             .await
             .map(|_| ExitCode::SUCCESS),

@@ -17,14 +17,22 @@ fn handler(platform: DevicePlatform) -> &'static str {
     }
 }
 
+fn conf_file_of(handler: &str) -> PathBuf {
+    Path::new("/usr/lib/binfmt.d").join(format!("{handler}.conf"))
+}
+
 fn conf_file(platform: DevicePlatform) -> PathBuf {
-    Path::new("/usr/lib/binfmt.d").join(format!("{}.conf", handler(platform)))
+    conf_file_of(handler(platform))
+}
+
+fn registered_handler(handler: &str) -> bool {
+    std::fs::read_to_string(Path::new(BINFMT_DIR).join(handler))
+        .map(|s| s.lines().next() == Some("enabled"))
+        .unwrap_or(false)
 }
 
 fn registered(platform: DevicePlatform) -> bool {
-    std::fs::read_to_string(Path::new(BINFMT_DIR).join(handler(platform)))
-        .map(|s| s.lines().next() == Some("enabled"))
-        .unwrap_or(false)
+    registered_handler(handler(platform))
 }
 
 /// Fails with the package to install when emulation cannot be set up.
@@ -42,10 +50,20 @@ pub fn check_available(platform: DevicePlatform) -> Result<()> {
 /// Registers the qemu handler for `platform` unless it already is, mounting
 /// binfmt_misc first where needed.
 pub fn ensure_registered(platform: DevicePlatform) -> Result<()> {
-    if registered(platform) {
+    check_available(platform)?;
+    ensure_handler(handler(platform))
+}
+
+/// Registers a qemu handler by name (`qemu-aarch64`, `qemu-arm`, ...) from
+/// qemu-user-static's binfmt.d file, unless it already is.
+pub fn ensure_handler(handler: &str) -> Result<()> {
+    if registered_handler(handler) {
         return Ok(());
     }
-    check_available(platform)?;
+    let conf_path = conf_file_of(handler);
+    if !conf_path.exists() {
+        bail!("{} missing: install it with `apt-get install qemu-user-static`", conf_path.display());
+    }
     if !Path::new(BINFMT_DIR).join("register").exists() {
         let status = std::process::Command::new("mount")
             .args(["-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR])
@@ -55,20 +73,15 @@ pub fn ensure_registered(platform: DevicePlatform) -> Result<()> {
             bail!("cannot mount binfmt_misc on {BINFMT_DIR} (needs root)");
         }
     }
-    let conf = std::fs::read_to_string(conf_file(platform))
-        .with_context(|| format!("reading {}", conf_file(platform).display()))?;
+    let conf = std::fs::read_to_string(&conf_path).with_context(|| format!("reading {}", conf_path.display()))?;
     let rule = conf
         .lines()
         .find(|l| l.starts_with(':'))
-        .with_context(|| format!("no binfmt rule in {}", conf_file(platform).display()))?;
-    std::fs::write(Path::new(BINFMT_DIR).join("register"), rule).with_context(|| {
-        format!(
-            "registering {} with binfmt_misc (needs root)",
-            handler(platform)
-        )
-    })?;
-    if !registered(platform) {
-        bail!("{} did not register with binfmt_misc", handler(platform));
+        .with_context(|| format!("no binfmt rule in {}", conf_path.display()))?;
+    std::fs::write(Path::new(BINFMT_DIR).join("register"), rule)
+        .with_context(|| format!("registering {handler} with binfmt_misc (needs root)"))?;
+    if !registered_handler(handler) {
+        bail!("{handler} did not register with binfmt_misc");
     }
     Ok(())
 }

@@ -1,0 +1,425 @@
+//! A distribution-API client: push an image (blobs, then each platform's
+//! manifest by digest, then the index, the tag last) and read one back.
+//!
+//! Blobs the registry has are skipped (HEAD); blobs another repository of
+//! the same registry has are mounted; small blobs go in one PUT, large ones
+//! in PATCH chunks. Credentials come from the Docker config file (basic
+//! auth, and the bearer token flow); `--insecure` speaks plain HTTP.
+
+use crate::build::{Blob, BuiltImage};
+use base64::Engine as _;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Blobs larger than this are uploaded in chunks of this size.
+pub const CHUNK: usize = 4 * 1024 * 1024;
+
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Reference(String),
+    #[error("cannot reach the registry {registry}: {reason}")]
+    Unreachable { registry: String, reason: String },
+    #[error("the registry {registry} refused the credentials{hint}")]
+    Unauthorized { registry: String, hint: String },
+    #[error("the registry answered {status} to {what}: {body}")]
+    Status { what: String, status: u16, body: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// `registry/name:tag` (or `@sha256:...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    pub registry: String,
+    pub name: String,
+    pub tag: String,
+}
+
+impl Reference {
+    pub fn parse(s: &str) -> Result<Reference> {
+        let bad = |why: &str| RegistryError::Reference(format!("image reference {s:?} {why}"));
+        let (registry, rest) = s.split_once('/').ok_or_else(|| bad("has no registry (like 10.0.0.1:5000/app:tag)"))?;
+        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+            return Err(bad("must start with a registry host (like 10.0.0.1:5000/app:tag); Docker Hub is not reachable here"));
+        }
+        let (name, tag) = match rest.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, t),
+            _ => (rest, "latest"),
+        };
+        let name_ok = !name.is_empty()
+            && name.split('/').all(|c| {
+                !c.is_empty()
+                    && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+                    && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            });
+        if !name_ok {
+            return Err(bad("has an invalid repository name (lower-case letters, digits, '.', '_', '-', '/')"));
+        }
+        let tag_ok = !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !tag_ok {
+            return Err(bad("has an invalid tag"));
+        }
+        Ok(Reference {
+            registry: registry.into(),
+            name: name.into(),
+            tag: tag.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.registry, self.name, self.tag)
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PushReport {
+    pub uploaded_bytes: u64,
+    pub skipped_bytes: u64,
+    pub mounted_bytes: u64,
+    pub blobs_uploaded: usize,
+    pub blobs_skipped: usize,
+}
+
+/// Basic credentials from the Docker config file for a registry.
+pub fn docker_config_auth(registry: &str) -> Option<String> {
+    let path = std::env::var_os("DOCKER_CONFIG")
+        .map(|d| std::path::PathBuf::from(d).join("config.json"))
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json")))?;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    auths
+        .iter()
+        .find(|(k, _)| {
+            let k = k.trim_start_matches("https://").trim_start_matches("http://");
+            k == registry || k.trim_end_matches('/') == registry
+        })
+        .and_then(|(_, v)| v.get("auth")?.as_str().map(str::to_string))
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    registry: String,
+    basic: Option<String>,
+    /// Bearer tokens by scope, from the token flow.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl RegistryClient {
+    pub fn new(registry: &str, insecure: bool) -> Result<RegistryClient> {
+        fogswarm_client::ensure_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(300))
+            .build()
+            .map_err(|e| RegistryError::Other(format!("HTTP client: {e}")))?;
+        Ok(RegistryClient {
+            http,
+            base: format!("{}://{registry}", if insecure { "http" } else { "https" }),
+            registry: registry.into(),
+            basic: docker_config_auth(registry),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends a request, answering auth challenges (basic or the bearer
+    /// token flow) once.
+    async fn send(&self, method: Method, url: &str, scope: &str, headers: HeaderMap, body: Option<Vec<u8>>) -> Result<reqwest::Response> {
+        for attempt in 0..2 {
+            let mut request = self.http.request(method.clone(), url).headers(headers.clone());
+            let token = self.tokens.lock().map(|t| t.get(scope).cloned()).unwrap_or(None);
+            if let Some(token) = token {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            } else if let Some(basic) = &self.basic {
+                request = request.header(AUTHORIZATION, format!("Basic {basic}"));
+            }
+            if let Some(b) = &body {
+                request = request.body(b.clone());
+            }
+            let response = request.send().await.map_err(|e| RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                reason: describe(&e),
+            })?;
+            if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    return Err(self.unauthorized());
+                }
+                return Ok(response);
+            }
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if challenge.to_ascii_lowercase().starts_with("bearer") {
+                let token = self.fetch_token(&challenge, scope).await?;
+                if let Ok(mut t) = self.tokens.lock() {
+                    t.insert(scope.to_string(), token);
+                }
+            } else if self.basic.is_none() {
+                return Err(self.unauthorized());
+            }
+        }
+        Err(self.unauthorized())
+    }
+
+    fn unauthorized(&self) -> RegistryError {
+        RegistryError::Unauthorized {
+            registry: self.registry.clone(),
+            hint: if self.basic.is_none() {
+                format!(" (no credentials for {} in the Docker config file: `docker login {}`)", self.registry, self.registry)
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    /// The bearer token flow: GET realm?service=..&scope=.. with the basic
+    /// credentials (or none, for anonymous pulls).
+    async fn fetch_token(&self, challenge: &str, scope: &str) -> Result<String> {
+        let params: HashMap<String, String> = challenge[6..]
+            .split(',')
+            .filter_map(|kv| kv.trim().split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"').to_string()))
+            .collect();
+        let realm = params.get("realm").ok_or_else(|| RegistryError::Other("bearer challenge without a realm".into()))?;
+        let mut query = vec![("scope", scope.to_string())];
+        if let Some(service) = params.get("service") {
+            query.push(("service", service.clone()));
+        }
+        let url = reqwest::Url::parse_with_params(realm, &query).map_err(|e| RegistryError::Other(format!("token realm {realm}: {e}")))?;
+        let mut request = self.http.get(url);
+        if let Some(basic) = &self.basic {
+            request = request.header(AUTHORIZATION, format!("Basic {basic}"));
+        }
+        let response = request.send().await.map_err(|e| RegistryError::Unreachable {
+            registry: realm.clone(),
+            reason: describe(&e),
+        })?;
+        if !response.status().is_success() {
+            return Err(self.unauthorized());
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| RegistryError::Other(format!("token answer: {e}")))?;
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::Other("the token answer holds no token".into()))
+    }
+
+    fn scope(name: &str) -> String {
+        format!("repository:{name}:pull,push")
+    }
+
+    async fn status_error(what: String, response: reqwest::Response) -> RegistryError {
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        RegistryError::Status {
+            what,
+            status,
+            body: body.chars().take(300).collect(),
+        }
+    }
+
+    /// Whether the repository has the blob.
+    pub async fn has_blob(&self, name: &str, digest: &str) -> Result<bool> {
+        let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
+        let response = self.send(Method::HEAD, &url, &Self::scope(name), HeaderMap::new(), None).await?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(Self::status_error(format!("HEAD blob {digest}"), response).await),
+        }
+    }
+
+    /// Uploads a blob: mounted from `mount_from` if the registry has it
+    /// there, else in one PUT or in chunks. Answers whether bytes moved.
+    async fn upload_blob(&self, name: &str, blob: &Blob, mount_from: Option<&str>) -> Result<bool> {
+        let mut start = format!("{}/v2/{name}/blobs/uploads/", self.base);
+        if let Some(from) = mount_from.filter(|f| *f != name) {
+            start.push_str(&format!("?mount={}&from={from}", blob.digest));
+        }
+        let response = self.send(Method::POST, &start, &Self::scope(name), HeaderMap::new(), None).await?;
+        if response.status() == StatusCode::CREATED {
+            return Ok(false); // mounted
+        }
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(Self::status_error(format!("starting the upload of {}", blob.digest), response).await);
+        }
+        let mut location = self.location(&response)?;
+        if blob.bytes.len() > CHUNK {
+            let mut offset = 0;
+            while offset < blob.bytes.len() {
+                let end = (offset + CHUNK).min(blob.bytes.len());
+                let mut headers = HeaderMap::new();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                headers.insert(CONTENT_RANGE, header(&format!("{offset}-{}", end - 1))?);
+                headers.insert(CONTENT_LENGTH, header(&(end - offset).to_string())?);
+                let response = self
+                    .send(Method::PATCH, &location, &Self::scope(name), headers, Some(blob.bytes[offset..end].to_vec()))
+                    .await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    return Err(Self::status_error(format!("uploading a chunk of {}", blob.digest), response).await);
+                }
+                location = self.location(&response)?;
+                offset = end;
+            }
+            let url = with_digest(&location, &blob.digest);
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+            let response = self.send(Method::PUT, &url, &Self::scope(name), headers, Some(Vec::new())).await?;
+            if response.status() != StatusCode::CREATED {
+                return Err(Self::status_error(format!("closing the upload of {}", blob.digest), response).await);
+            }
+        } else {
+            let url = with_digest(&location, &blob.digest);
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            let response = self.send(Method::PUT, &url, &Self::scope(name), headers, Some(blob.bytes.clone())).await?;
+            if response.status() != StatusCode::CREATED {
+                return Err(Self::status_error(format!("uploading {}", blob.digest), response).await);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Absolute upload URL from a Location header (which may be relative).
+    fn location(&self, response: &reqwest::Response) -> Result<String> {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Other("the registry gave no upload location".into()))?;
+        Ok(if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{location}", self.base)
+        })
+    }
+
+    /// PUTs a manifest or index under a digest or tag, as its exact bytes.
+    pub async fn put_manifest(&self, name: &str, reference: &str, blob: &Blob) -> Result<()> {
+        let url = format!("{}/v2/{name}/manifests/{reference}", self.base);
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, header(&blob.media_type)?);
+        let response = self.send(Method::PUT, &url, &Self::scope(name), headers, Some(blob.bytes.clone())).await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(Self::status_error(format!("PUT manifest {reference}"), response).await);
+        }
+        Ok(())
+    }
+
+    /// Reads a manifest or index by tag or digest: media type and bytes.
+    pub async fn get_manifest(&self, name: &str, reference: &str) -> Result<Blob> {
+        let url = format!("{}/v2/{name}/manifests/{reference}", self.base);
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
+        let response = self
+            .send(Method::GET, &url, &format!("repository:{name}:pull"), headers, None)
+            .await?;
+        if !response.status().is_success() {
+            return Err(Self::status_error(format!("GET manifest {reference}"), response).await);
+        }
+        let media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = response.bytes().await.map_err(|e| RegistryError::Other(e.to_string()))?.to_vec();
+        Ok(Blob::new(&media_type, bytes))
+    }
+
+    /// Pushes an image so the tag never points at something incomplete:
+    /// blobs, each platform manifest by digest, the index by digest, the tag.
+    pub async fn push(&self, reference: &Reference, image: &BuiltImage, mount_from: Option<&str>) -> Result<PushReport> {
+        let mut report = PushReport::default();
+        for blob in image.blobs() {
+            if self.has_blob(&reference.name, &blob.digest).await? {
+                report.skipped_bytes += blob.size();
+                report.blobs_skipped += 1;
+                continue;
+            }
+            if self.upload_blob(&reference.name, blob, mount_from).await? {
+                report.uploaded_bytes += blob.size();
+                report.blobs_uploaded += 1;
+            } else {
+                report.mounted_bytes += blob.size();
+                report.blobs_skipped += 1;
+            }
+        }
+        for platform_image in &image.images {
+            self.put_manifest(&reference.name, &platform_image.manifest.digest, &platform_image.manifest).await?;
+        }
+        self.put_manifest(&reference.name, &image.index.digest, &image.index).await?;
+        self.put_manifest(&reference.name, &reference.tag, &image.index).await?;
+        Ok(report)
+    }
+}
+
+fn header(value: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(value).map_err(|e| RegistryError::Other(format!("header {value:?}: {e}")))
+}
+
+/// Appends `digest=` to an upload URL, which may carry a query already.
+pub fn with_digest(location: &str, digest: &str) -> String {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{separator}digest={digest}")
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// `user:password` as Docker's config stores it.
+pub fn encode_basic(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let r = Reference::parse("10.213.7.1:5000/team/fog-hello:v1.2").expect("ok");
+        assert_eq!((r.registry.as_str(), r.name.as_str(), r.tag.as_str()), ("10.213.7.1:5000", "team/fog-hello", "v1.2"));
+        assert_eq!(Reference::parse("localhost:5000/app").expect("ok").tag, "latest");
+        assert!(Reference::parse("app:v1").is_err(), "no registry");
+        assert!(Reference::parse("library/app:v1").is_err(), "not a host");
+        assert!(Reference::parse("127.0.0.1:5000/App:v1").is_err(), "upper case");
+        assert!(Reference::parse("127.0.0.1:5000/app:v 1").is_err(), "bad tag");
+    }
+
+    #[test]
+    fn upload_urls_take_the_digest_with_the_right_separator() {
+        assert_eq!(with_digest("http://r/v2/a/blobs/uploads/x", "sha256:1"), "http://r/v2/a/blobs/uploads/x?digest=sha256:1");
+        assert_eq!(with_digest("http://r/u?_state=abc", "sha256:1"), "http://r/u?_state=abc&digest=sha256:1");
+    }
+
+    #[test]
+    fn basic_auth_encoding() {
+        assert_eq!(encode_basic("fog", "swarm"), "Zm9nOnN3YXJt");
+    }
+}

@@ -1,0 +1,63 @@
+//! A real registry (Debian's docker-registry) on a free loopback port, for
+//! tests that need the host engine to pull (it trusts 127.0.0.0/8 registries
+//! over plain HTTP) or a registry with htpasswd authentication.
+
+use anyhow::{bail, Context, Result};
+use std::process::{Child, Command, Stdio};
+
+pub struct LocalRegistry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    /// Starts a registry; with `user`, it requires that user's password
+    /// (htpasswd, bcrypt).
+    pub fn start(user: Option<(&str, &str)>) -> Result<LocalRegistry> {
+        let dir = tempfile::tempdir()?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("storage").display()
+        );
+        if let Some((name, password)) = user {
+            let out = Command::new("htpasswd").args(["-Bbn", name, password]).output().context("htpasswd (apache2-utils)")?;
+            if !out.status.success() {
+                bail!("htpasswd failed");
+            }
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout)?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: fogswarm-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config)?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting docker-registry")?;
+        let registry = LocalRegistry { child, addr, _dir: dir };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&registry.addr).is_ok() {
+                return Ok(registry);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("the test registry did not start on {}", registry.addr)
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
