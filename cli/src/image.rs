@@ -94,7 +94,8 @@ fn key_value(flag: &str, s: &str) -> Result<(String, String)> {
 
 fn words(flag: &str, s: &str) -> Result<Vec<String>> {
     if s.trim_start().starts_with('[') {
-        return serde_json::from_str(s).map_err(|e| bad(format!("{flag}: not a JSON array of strings: {e}")));
+        return serde_json::from_str(s)
+            .map_err(|e| bad(format!("{flag}: not a JSON array of strings: {e}")));
     }
     Ok(s.split_whitespace().map(str::to_string).collect())
 }
@@ -120,7 +121,9 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
     let reference = Reference::parse(&args.tag).map_err(|e| bad(e.to_string()))?;
     let format: Format = args.format.parse().map_err(bad)?;
     if !(args.push || args.oci_layout.is_some() || args.docker_archive.is_some()) {
-        return Err(bad("say where the image goes: --push, --oci-layout DIR or --docker-archive FILE"));
+        return Err(bad(
+            "say where the image goes: --push, --oci-layout DIR or --docker-archive FILE",
+        ));
     }
     if args.oci_layout.is_some() && format != Format::Oci {
         return Err(bad("an OCI layout holds OCI media types: use --format oci"));
@@ -149,13 +152,17 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
         }
         for p in binaries.keys() {
             if !platforms.contains(p) {
-                return Err(bad(format!("--binary for {p}, which --platform does not list")));
+                return Err(bad(format!(
+                    "--binary for {p}, which --platform does not list"
+                )));
             }
         }
     }
     let mut files = Vec::new();
     for f in &args.file {
-        let (src, dest) = f.split_once(':').ok_or_else(|| bad(format!("--file {f:?} is not SRC:DEST")))?;
+        let (src, dest) = f
+            .split_once(':')
+            .ok_or_else(|| bad(format!("--file {f:?} is not SRC:DEST")))?;
         if !dest.starts_with('/') {
             return Err(bad(format!("--file destination {dest:?} must be absolute")));
         }
@@ -166,12 +173,19 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
     }
     let name = match (&args.package, binaries.values().next()) {
         (Some(p), _) => p.clone(),
-        (None, Some(path)) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app".into()),
+        (None, Some(path)) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "app".into()),
         (None, None) => "app".into(),
     };
     let spec = ImageSpec {
         binary_path: format!("/{name}"),
-        entrypoint: args.entrypoint.as_deref().map(|e| words("--entrypoint", e)).transpose()?,
+        entrypoint: args
+            .entrypoint
+            .as_deref()
+            .map(|e| words("--entrypoint", e))
+            .transpose()?,
         cmd: args.cmd.as_deref().map(|c| words("--cmd", c)).transpose()?,
         env: args
             .env
@@ -179,8 +193,16 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
             .map(|e| key_value("--env", e).map(|(k, v)| format!("{k}={v}")))
             .collect::<Result<_>>()?,
         expose: args.expose.iter().map(|p| port(p)).collect::<Result<_>>()?,
-        labels: args.label.iter().map(|l| key_value("--label", l)).collect::<Result<_>>()?,
-        annotations: args.annotation.iter().map(|a| key_value("--annotation", a)).collect::<Result<_>>()?,
+        labels: args
+            .label
+            .iter()
+            .map(|l| key_value("--label", l))
+            .collect::<Result<_>>()?,
+        annotations: args
+            .annotation
+            .iter()
+            .map(|a| key_value("--annotation", a))
+            .collect::<Result<_>>()?,
         user: args.user.clone(),
         files,
         source_date_epoch: args.source_date_epoch.unwrap_or(0),
@@ -189,7 +211,10 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
     // Binaries: present and right for their platform.
     for (p, path) in &binaries {
         if !path.is_file() {
-            return Err(bad(format!("--binary {p}={} does not exist", path.display())));
+            return Err(bad(format!(
+                "--binary {p}={} does not exist",
+                path.display()
+            )));
         }
         elf::check(path, *p).map_err(bad)?;
     }
@@ -204,22 +229,43 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
 /// `cargo build` of the package for one platform; answers the executable.
 fn cargo_build(args: &BuildArgs, package: &str, platform: Platform) -> Result<PathBuf> {
     let target = platform.rust_target();
-    let installed = std::process::Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     if let Ok(out) = installed {
-        if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) {
+        if !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == target)
+        {
             bail!("the Rust target for {platform} is missing: run `rustup target add {target}`");
         }
     }
-    if platform == Platform::ArmV7 && crate::lab::tools::find_on_path("arm-linux-gnueabihf-gcc").is_none() {
-        bail!("building for {platform} needs a linker: run `apt-get install gcc-arm-linux-gnueabihf`");
+    if platform == Platform::ArmV7
+        && crate::lab::tools::find_on_path("arm-linux-gnueabihf-gcc").is_none()
+    {
+        bail!(
+            "building for {platform} needs a linker: run `apt-get install gcc-arm-linux-gnueabihf`"
+        );
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--message-format=json-render-diagnostics", "-p", package, "--profile", &args.profile, "--target", target]);
+    cmd.args([
+        "build",
+        "--message-format=json-render-diagnostics",
+        "-p",
+        package,
+        "--profile",
+        &args.profile,
+        "--target",
+        target,
+    ]);
     if let Some(m) = &args.manifest_path {
         cmd.arg("--manifest-path").arg(m);
     }
-    let out = cmd.stderr(std::process::Stdio::inherit()).output().context("running cargo build")?;
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
     if !out.status.success() {
         bail!("cargo build -p {package} --target {target} failed");
     }
@@ -240,7 +286,8 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             Some(package) => {
                 eprintln!("... cargo build -p {package} for {p}");
                 let path = cargo_build(&args, package, *p)?;
-                elf::check(&path, *p).map_err(|e| anyhow::anyhow!("{e}: build it static (musl, or +crt-static)"))?;
+                elf::check(&path, *p)
+                    .map_err(|e| anyhow::anyhow!("{e}: build it static (musl, or +crt-static)"))?;
                 path
             }
             None => args
@@ -254,15 +301,24 @@ pub async fn build(args: BuildArgs) -> Result<()> {
         };
         binaries.push((*p, path));
     }
-    let image = fogswarm_images::build(&plan.spec, &binaries, plan.format).map_err(|e| anyhow::anyhow!(e))?;
+    let image = fogswarm_images::build(&plan.spec, &binaries, plan.format)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let mut report = None;
     if args.push {
-        eprintln!("... pushing {} to {}", plan.reference, plan.reference.registry);
+        eprintln!(
+            "... pushing {} to {}",
+            plan.reference, plan.reference.registry
+        );
         let client = RegistryClient::new(&plan.reference.registry, args.insecure)?;
-        report = Some(client.push(&plan.reference, &image, args.mount_from.as_deref()).await?);
+        report = Some(
+            client
+                .push(&plan.reference, &image, args.mount_from.as_deref())
+                .await?,
+        );
     }
     if let Some(dir) = &args.oci_layout {
-        fogswarm_images::layout::write_oci_layout(dir, &image, &plan.reference.tag).map_err(|e| anyhow::anyhow!(e))?;
+        fogswarm_images::layout::write_oci_layout(dir, &image, &plan.reference.tag)
+            .map_err(|e| anyhow::anyhow!(e))?;
     }
     if let Some(file) = &args.docker_archive {
         let host = match std::env::consts::ARCH {
@@ -272,10 +328,22 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             "riscv64" => Platform::Riscv64,
             _ => Platform::Amd64,
         };
-        let chosen = if plan.platforms.contains(&host) { host } else { plan.platforms[0] };
-        fogswarm_images::layout::write_docker_archive(file, &image, &plan.reference.to_string(), chosen).map_err(|e| anyhow::anyhow!(e))?;
+        let chosen = if plan.platforms.contains(&host) {
+            host
+        } else {
+            plan.platforms[0]
+        };
+        fogswarm_images::layout::write_docker_archive(
+            file,
+            &image,
+            &plan.reference.to_string(),
+            chosen,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         if plan.platforms.len() > 1 {
-            eprintln!("note: the docker archive holds {chosen} (docker load takes one platform per tag)");
+            eprintln!(
+                "note: the docker archive holds {chosen} (docker load takes one platform per tag)"
+            );
         }
     }
     let summary = serde_json::json!({
@@ -297,7 +365,11 @@ pub async fn build(args: BuildArgs) -> Result<()> {
     }
     let mut table = Table::new(&["PLATFORM", "MANIFEST", "LAYER BYTES"]);
     for i in &image.images {
-        table.row([i.platform.to_string(), i.manifest.digest.clone(), i.layer.size().to_string()]);
+        table.row([
+            i.platform.to_string(),
+            i.manifest.digest.clone(),
+            i.layer.size().to_string(),
+        ]);
     }
     table.print();
     println!("{} {}", plan.reference, image.index.digest);
@@ -319,17 +391,29 @@ pub async fn inspect(reference: &str, insecure: bool, json: bool) -> Result<()> 
     let reference = Reference::parse(reference).map_err(|e| bad(e.to_string()))?;
     let client = RegistryClient::new(&reference.registry, insecure)?;
     let top = client.get_manifest(&reference.name, &reference.tag).await?;
-    let doc: serde_json::Value = serde_json::from_slice(&top.bytes).context("the registry's manifest is not JSON")?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&top.bytes).context("the registry's manifest is not JSON")?;
     let mut rows = Vec::new();
     let entries: Vec<serde_json::Value> = doc["manifests"].as_array().cloned().unwrap_or_default();
-    let single: Vec<serde_json::Value> = if entries.is_empty() { vec![serde_json::json!({"digest": top.digest, "platform": null})] } else { entries };
+    let single: Vec<serde_json::Value> = if entries.is_empty() {
+        vec![serde_json::json!({"digest": top.digest, "platform": null})]
+    } else {
+        entries
+    };
     for entry in single {
         let digest = entry["digest"].as_str().unwrap_or_default().to_string();
         let manifest: Blob = client.get_manifest(&reference.name, &digest).await?;
         let m: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap_or_default();
-        let layers: Vec<u64> = m["layers"].as_array().map(|l| l.iter().filter_map(|x| x["size"].as_u64()).collect()).unwrap_or_default();
+        let layers: Vec<u64> = m["layers"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|x| x["size"].as_u64()).collect())
+            .unwrap_or_default();
         let p = &entry["platform"];
-        let platform = match (p["os"].as_str(), p["architecture"].as_str(), p["variant"].as_str()) {
+        let platform = match (
+            p["os"].as_str(),
+            p["architecture"].as_str(),
+            p["variant"].as_str(),
+        ) {
             (Some(os), Some(arch), Some(v)) => format!("{os}/{arch}/{v}"),
             (Some(os), Some(arch), None) => format!("{os}/{arch}"),
             _ => "-".into(),
@@ -339,7 +423,9 @@ pub async fn inspect(reference: &str, insecure: bool, json: bool) -> Result<()> 
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"reference": reference.to_string(), "digest": top.digest, "media_type": top.media_type, "manifests": rows}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"reference": reference.to_string(), "digest": top.digest, "media_type": top.media_type, "manifests": rows})
+            )?
         );
         return Ok(());
     }
@@ -349,7 +435,15 @@ pub async fn inspect(reference: &str, insecure: bool, json: bool) -> Result<()> 
         table.row([
             r["platform"].as_str().unwrap_or("-").to_string(),
             r["digest"].as_str().unwrap_or("").to_string(),
-            r["layer_sizes"].as_array().map(|l| l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+            r["layer_sizes"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
         ]);
     }
     table.print();

@@ -226,10 +226,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Lab { command } => run_lab(command).await,
         Command::Image { command } => match command {
-            ImageCommand::Build(args) => fogswarm::image::build(*args).await.map(|_| ExitCode::SUCCESS),
-            ImageCommand::Inspect { reference, insecure, json } => {
-                fogswarm::image::inspect(&reference, insecure, json).await.map(|_| ExitCode::SUCCESS)
-            }
+            ImageCommand::Build(args) => fogswarm::image::build(*args)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            ImageCommand::Inspect {
+                reference,
+                insecure,
+                json,
+            } => fogswarm::image::inspect(&reference, insecure, json)
+                .await
+                .map(|_| ExitCode::SUCCESS),
         },
         Command::Swarm { conn, command } => fleet::swarm(&conn, command)
             .await

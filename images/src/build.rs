@@ -8,8 +8,8 @@
 use crate::platform::Platform;
 use flate2::{Compression, GzBuilder};
 use oci_spec::image::{
-    Arch, ConfigBuilder, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder,
-    MediaType, Os, PlatformBuilder, RootFsBuilder,
+    Arch, ConfigBuilder, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -135,7 +135,11 @@ pub struct ImageSpec {
 }
 
 /// Builds the image for every platform from its binary.
-pub fn build(spec: &ImageSpec, binaries: &[(Platform, PathBuf)], format: Format) -> Result<BuiltImage, String> {
+pub fn build(
+    spec: &ImageSpec,
+    binaries: &[(Platform, PathBuf)],
+    format: Format,
+) -> Result<BuiltImage, String> {
     let mut images = Vec::new();
     for (platform, binary) in binaries {
         images.push(build_one(spec, *platform, binary, format)?);
@@ -176,7 +180,10 @@ pub fn build(spec: &ImageSpec, binaries: &[(Platform, PathBuf)], format: Format)
 }
 
 fn oci_annotations(spec: &ImageSpec) -> BTreeMap<String, String> {
-    let mut a = BTreeMap::from([("org.opencontainers.image.created".to_string(), rfc3339(spec.source_date_epoch))]);
+    let mut a = BTreeMap::from([(
+        "org.opencontainers.image.created".to_string(),
+        rfc3339(spec.source_date_epoch),
+    )]);
     if let Some(title) = &spec.title {
         a.insert("org.opencontainers.image.title".into(), title.clone());
     }
@@ -187,7 +194,12 @@ fn digest(s: &str) -> Result<oci_spec::image::Digest, String> {
     oci_spec::image::Digest::from_str(s).map_err(|e| e.to_string())
 }
 
-fn build_one(spec: &ImageSpec, platform: Platform, binary: &std::path::Path, format: Format) -> Result<PlatformImage, String> {
+fn build_one(
+    spec: &ImageSpec,
+    platform: Platform,
+    binary: &std::path::Path,
+    format: Format,
+) -> Result<PlatformImage, String> {
     let tar = layer_tar(spec, binary)?;
     let diff_id = sha256(&tar);
     let layer = Blob::new(format.layer(), gzip(&tar)?);
@@ -196,7 +208,11 @@ fn build_one(spec: &ImageSpec, platform: Platform, binary: &std::path::Path, for
     let mut labels = oci_annotations(spec);
     labels.extend(spec.labels.clone());
     let mut config = ConfigBuilder::default()
-        .entrypoint(spec.entrypoint.clone().unwrap_or_else(|| vec![spec.binary_path.clone()]))
+        .entrypoint(
+            spec.entrypoint
+                .clone()
+                .unwrap_or_else(|| vec![spec.binary_path.clone()]),
+        )
         .labels(labels.into_iter().collect::<HashMap<_, _>>());
     if let Some(cmd) = &spec.cmd {
         config = config.cmd(cmd.clone());
@@ -230,7 +246,10 @@ fn build_one(spec: &ImageSpec, platform: Platform, binary: &std::path::Path, for
     if let Some(v) = platform.variant() {
         image_config = image_config.variant(v.to_string());
     }
-    let config = Blob::new(format.config(), canonical_json(&image_config.build().map_err(|e| e.to_string())?)?);
+    let config = Blob::new(
+        format.config(),
+        canonical_json(&image_config.build().map_err(|e| e.to_string())?)?,
+    );
 
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -250,9 +269,17 @@ fn build_one(spec: &ImageSpec, platform: Platform, binary: &std::path::Path, for
             .build()
             .map_err(|e| e.to_string())?]);
     if format == Format::Oci && !spec.annotations.is_empty() {
-        manifest = manifest.annotations(spec.annotations.clone().into_iter().collect::<HashMap<_, _>>());
+        manifest = manifest.annotations(
+            spec.annotations
+                .clone()
+                .into_iter()
+                .collect::<HashMap<_, _>>(),
+        );
     }
-    let manifest = Blob::new(format.manifest(), canonical_json(&manifest.build().map_err(|e| e.to_string())?)?);
+    let manifest = Blob::new(
+        format.manifest(),
+        canonical_json(&manifest.build().map_err(|e| e.to_string())?)?,
+    );
     Ok(PlatformImage {
         platform,
         manifest,
@@ -267,13 +294,20 @@ fn build_one(spec: &ImageSpec, platform: Platform, binary: &std::path::Path, for
 pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, String> {
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    files.insert(spec.binary_path.trim_start_matches('/').to_string(), (read(binary)?, 0o755));
+    files.insert(
+        spec.binary_path.trim_start_matches('/').to_string(),
+        (read(binary)?, 0o755),
+    );
     for (src, dest) in &spec.files {
         let dest = dest.trim_start_matches('/').to_string();
         if dest.is_empty() || dest.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(format!("--file destination {dest:?} is not a clean absolute path"));
+            return Err(format!(
+                "--file destination {dest:?} is not a clean absolute path"
+            ));
         }
-        let executable = std::fs::metadata(src).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0).unwrap_or(false);
+        let executable = std::fs::metadata(src)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+            .unwrap_or(false);
         files.insert(dest, (read(src)?, if executable { 0o755 } else { 0o644 }));
     }
     let mut dirs = std::collections::BTreeSet::new();
@@ -284,7 +318,8 @@ pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, 
             dirs.insert(format!("{}/", parts[..i].join("/")));
         }
     }
-    let mut entries: Vec<(String, Option<(&Vec<u8>, u32)>)> = dirs.into_iter().map(|d| (d, None)).collect();
+    let mut entries: Vec<(String, Option<(&Vec<u8>, u32)>)> =
+        dirs.into_iter().map(|d| (d, None)).collect();
     entries.extend(files.iter().map(|(p, (b, m))| (p.clone(), Some((b, *m)))));
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut builder = tar::Builder::new(Vec::new());
@@ -298,13 +333,17 @@ pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, 
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(0o755);
                 header.set_size(0);
-                builder.append_data(&mut header, &path, std::io::empty()).map_err(|e| e.to_string())?;
+                builder
+                    .append_data(&mut header, &path, std::io::empty())
+                    .map_err(|e| e.to_string())?;
             }
             Some((bytes, mode)) => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(mode);
                 header.set_size(bytes.len() as u64);
-                builder.append_data(&mut header, &path, bytes.as_slice()).map_err(|e| e.to_string())?;
+                builder
+                    .append_data(&mut header, &path, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
             }
         }
     }
@@ -313,7 +352,9 @@ pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, 
 
 /// gzip with a fixed header (mtime 0, no file name) and level.
 pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let mut encoder = GzBuilder::new().mtime(0).write(Vec::new(), Compression::best());
+    let mut encoder = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::best());
     encoder.write_all(bytes).map_err(|e| e.to_string())?;
     encoder.finish().map_err(|e| e.to_string())
 }
@@ -324,10 +365,13 @@ pub fn canonical_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String>
     fn sort(v: serde_json::Value) -> serde_json::Value {
         match v {
             serde_json::Value::Object(map) => {
-                let sorted: BTreeMap<String, serde_json::Value> = map.into_iter().map(|(k, v)| (k, sort(v))).collect();
+                let sorted: BTreeMap<String, serde_json::Value> =
+                    map.into_iter().map(|(k, v)| (k, sort(v))).collect();
                 serde_json::Value::Object(sorted.into_iter().collect())
             }
-            serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(sort).collect()),
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sort).collect())
+            }
             other => other,
         }
     }
@@ -349,7 +393,12 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs % 3600) / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]
@@ -381,8 +430,21 @@ mod tests {
     fn same_inputs_same_digests() {
         let dir = tempfile::tempdir().expect("tmp");
         let bin = binary(&dir);
-        let a = build(&spec(), &[(Platform::Amd64, bin.clone()), (Platform::ArmV7, bin.clone())], Format::Oci).expect("a");
-        let b = build(&spec(), &[(Platform::Amd64, bin.clone()), (Platform::ArmV7, bin)], Format::Oci).expect("b");
+        let a = build(
+            &spec(),
+            &[
+                (Platform::Amd64, bin.clone()),
+                (Platform::ArmV7, bin.clone()),
+            ],
+            Format::Oci,
+        )
+        .expect("a");
+        let b = build(
+            &spec(),
+            &[(Platform::Amd64, bin.clone()), (Platform::ArmV7, bin)],
+            Format::Oci,
+        )
+        .expect("b");
         assert_eq!(a.index.digest, b.index.digest);
         assert_eq!(a.index.bytes, b.index.bytes);
     }
@@ -404,7 +466,12 @@ mod tests {
             .map(|e| {
                 let e = e.expect("entry");
                 let h = e.header();
-                (e.path().expect("path").display().to_string(), h.mode().expect("mode"), h.uid().expect("uid"), h.mtime().expect("mtime"))
+                (
+                    e.path().expect("path").display().to_string(),
+                    h.mode().expect("mode"),
+                    h.uid().expect("uid"),
+                    h.mtime().expect("mtime"),
+                )
             })
             .collect();
         assert_eq!(
@@ -424,16 +491,39 @@ mod tests {
         let bin = binary(&dir);
         let built = build(&spec(), &[(Platform::ArmV7, bin)], Format::Docker).expect("build");
         let index: serde_json::Value = serde_json::from_slice(&built.index.bytes).expect("json");
-        assert_eq!(index["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json");
-        assert!(index.get("annotations").is_none(), "Docker lists carry no annotations");
-        assert_eq!(index["manifests"][0]["platform"], serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"}));
-        let config: serde_json::Value = serde_json::from_slice(&built.images[0].config.bytes).expect("json");
-        assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some("arm"), Some("v7")));
-        assert_eq!(config["rootfs"]["diff_ids"][0], built.images[0].diff_id.as_str());
+        assert_eq!(
+            index["mediaType"],
+            "application/vnd.docker.distribution.manifest.list.v2+json"
+        );
+        assert!(
+            index.get("annotations").is_none(),
+            "Docker lists carry no annotations"
+        );
+        assert_eq!(
+            index["manifests"][0]["platform"],
+            serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"})
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&built.images[0].config.bytes).expect("json");
+        assert_eq!(
+            (config["architecture"].as_str(), config["variant"].as_str()),
+            (Some("arm"), Some("v7"))
+        );
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            built.images[0].diff_id.as_str()
+        );
         assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/app"]));
-        let manifest: serde_json::Value = serde_json::from_slice(&built.images[0].manifest.bytes).expect("json");
-        assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
-        assert_eq!(manifest["config"]["mediaType"], "application/vnd.docker.container.image.v1+json");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&built.images[0].manifest.bytes).expect("json");
+        assert_eq!(
+            manifest["layers"][0]["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+        assert_eq!(
+            manifest["config"]["mediaType"],
+            "application/vnd.docker.container.image.v1+json"
+        );
         // Canonical: keys sorted.
         let text = String::from_utf8(built.images[0].config.bytes.clone()).expect("utf8");
         assert!(text.find("\"architecture\"") < text.find("\"config\""));

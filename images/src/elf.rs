@@ -40,15 +40,35 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo, String> {
     if bytes[5] != 1 {
         return Err("is big-endian; only little-endian platforms are supported".into());
     }
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    };
     let bad = || "has a truncated ELF header".to_string();
     let machine = u16_at(18).ok_or_else(bad)?;
     let (phoff, phentsize, phnum) = if class == 64 {
-        (u64_at(32).ok_or_else(bad)? as usize, u16_at(54).ok_or_else(bad)? as usize, u16_at(56).ok_or_else(bad)? as usize)
+        (
+            u64_at(32).ok_or_else(bad)? as usize,
+            u16_at(54).ok_or_else(bad)? as usize,
+            u16_at(56).ok_or_else(bad)? as usize,
+        )
     } else {
-        (u32_at(28).ok_or_else(bad)? as usize, u16_at(42).ok_or_else(bad)? as usize, u16_at(44).ok_or_else(bad)? as usize)
+        (
+            u32_at(28).ok_or_else(bad)? as usize,
+            u16_at(42).ok_or_else(bad)? as usize,
+            u16_at(44).ok_or_else(bad)? as usize,
+        )
     };
     let mut dynamic = false;
     for i in 0..phnum {
@@ -57,7 +77,11 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo, String> {
             dynamic = true;
         }
     }
-    Ok(ElfInfo { class, machine, dynamic })
+    Ok(ElfInfo {
+        class,
+        machine,
+        dynamic,
+    })
 }
 
 /// Refuses a binary that would not run in a scratch image of `platform`.
@@ -93,16 +117,23 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             assert_eq!((info.class, info.machine), (64, 62));
             let err = check(&exe, Platform::Arm64).expect_err("wrong platform");
-            assert!(err.contains("x86-64 (amd64) binary, not one for linux/arm64"), "{err}");
+            assert!(
+                err.contains("x86-64 (amd64) binary, not one for linux/arm64"),
+                "{err}"
+            );
         }
         if cfg!(target_env = "gnu") {
             assert!(info.dynamic);
-            assert!(check(&exe, Platform::Amd64).expect_err("dynamic").contains("dynamically linked"));
+            assert!(check(&exe, Platform::Amd64)
+                .expect_err("dynamic")
+                .contains("dynamically linked"));
         }
     }
 
     #[test]
     fn non_elf_is_refused() {
-        assert!(inspect(b"#!/bin/sh\necho hi\n").expect_err("script").contains("not an ELF"));
+        assert!(inspect(b"#!/bin/sh\necho hi\n")
+            .expect_err("script")
+            .contains("not an ELF"));
     }
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 fn write_blob(dir: &Path, blob: &Blob) -> Result<(), String> {
     let hex = blob.digest.trim_start_matches("sha256:");
     let path = dir.join("blobs/sha256").join(hex);
-    std::fs::create_dir_all(path.parent().unwrap_or(dir)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(path.parent().unwrap_or(dir))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::write(&path, &blob.bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -19,7 +20,8 @@ pub fn write_oci_layout(dir: &Path, image: &BuiltImage, tag: &str) -> Result<(),
         return Err("an OCI layout holds OCI media types: use --format oci".into());
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| e.to_string())?;
     for blob in image.blobs() {
         write_blob(dir, blob)?;
     }
@@ -37,13 +39,19 @@ pub fn write_oci_layout(dir: &Path, image: &BuiltImage, tag: &str) -> Result<(),
             "annotations": {"org.opencontainers.image.ref.name": tag},
         }],
     });
-    std::fs::write(dir.join("index.json"), crate::build::canonical_json(&top)?).map_err(|e| e.to_string())
+    std::fs::write(dir.join("index.json"), crate::build::canonical_json(&top)?)
+        .map_err(|e| e.to_string())
 }
 
 /// An archive for `docker load`: `manifest.json` with the config, the tag
 /// and the layer, and the blobs. `docker load` takes one platform per tag,
 /// so the archive holds `platform`'s image.
-pub fn write_docker_archive(file: &Path, image: &BuiltImage, tag: &str, platform: Platform) -> Result<(), String> {
+pub fn write_docker_archive(
+    file: &Path,
+    image: &BuiltImage,
+    tag: &str,
+    platform: Platform,
+) -> Result<(), String> {
     let chosen = image
         .images
         .iter()
@@ -68,14 +76,20 @@ pub fn write_docker_archive(file: &Path, image: &BuiltImage, tag: &str, platform
         if let Some((dir, _)) = name.rsplit_once('/') {
             let mut acc = String::new();
             for part in dir.split('/') {
-                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+                acc = if acc.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{acc}/{part}")
+                };
                 if dirs_done.insert(acc.clone()) {
                     let mut h = tar::Header::new_ustar();
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_mode(0o755);
                     h.set_size(0);
                     h.set_mtime(0);
-                    builder.append_data(&mut h, format!("{acc}/"), std::io::empty()).map_err(|e| e.to_string())?;
+                    builder
+                        .append_data(&mut h, format!("{acc}/"), std::io::empty())
+                        .map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -83,7 +97,9 @@ pub fn write_docker_archive(file: &Path, image: &BuiltImage, tag: &str, platform
         h.set_mode(0o644);
         h.set_size(bytes.len() as u64);
         h.set_mtime(0);
-        builder.append_data(&mut h, &name, bytes).map_err(|e| e.to_string())?;
+        builder
+            .append_data(&mut h, &name, bytes)
+            .map_err(|e| e.to_string())?;
     }
     let bytes = builder.into_inner().map_err(|e| e.to_string())?;
     std::fs::write(file, bytes).map_err(|e| format!("{}: {e}", file.display()))

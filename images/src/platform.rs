@@ -14,7 +14,13 @@ pub enum Platform {
     Riscv64,
 }
 
-pub const ALL: [Platform; 5] = [Platform::Amd64, Platform::Arm64, Platform::ArmV7, Platform::I386, Platform::Riscv64];
+pub const ALL: [Platform; 5] = [
+    Platform::Amd64,
+    Platform::Arm64,
+    Platform::ArmV7,
+    Platform::I386,
+    Platform::Riscv64,
+];
 pub const DEFAULT: [Platform; 3] = [Platform::Amd64, Platform::Arm64, Platform::ArmV7];
 
 impl Platform {
@@ -85,7 +91,10 @@ impl FromStr for Platform {
             "linux/riscv64" => Ok(Platform::Riscv64),
             other => Err(format!(
                 "unknown platform {other:?}; known: {}",
-                ALL.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ALL.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -121,9 +130,16 @@ mod tests {
 
     #[test]
     fn lists() {
-        assert_eq!(parse_list("linux/amd64,linux/arm/v7"), Ok(vec![Platform::Amd64, Platform::ArmV7]));
-        assert!(parse_list("linux/amd64,linux/amd64").expect_err("dup").contains("twice"));
-        assert!(parse_list("linux/s390x").expect_err("unknown").contains("unknown platform"));
+        assert_eq!(
+            parse_list("linux/amd64,linux/arm/v7"),
+            Ok(vec![Platform::Amd64, Platform::ArmV7])
+        );
+        assert!(parse_list("linux/amd64,linux/amd64")
+            .expect_err("dup")
+            .contains("twice"));
+        assert!(parse_list("linux/s390x")
+            .expect_err("unknown")
+            .contains("unknown platform"));
         assert!(parse_list("").is_err());
     }
 }

@@ -8,7 +8,10 @@
 
 use crate::build::{Blob, BuiltImage};
 use base64::Engine as _;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,7 +31,11 @@ pub enum RegistryError {
     #[error("the registry {registry} refused the credentials{hint}")]
     Unauthorized { registry: String, hint: String },
     #[error("the registry answered {status} to {what}: {body}")]
-    Status { what: String, status: u16, body: String },
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -46,7 +53,9 @@ pub struct Reference {
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference> {
         let bad = |why: &str| RegistryError::Reference(format!("image reference {s:?} {why}"));
-        let (registry, rest) = s.split_once('/').ok_or_else(|| bad("has no registry (like 10.0.0.1:5000/app:tag)"))?;
+        let (registry, rest) = s
+            .split_once('/')
+            .ok_or_else(|| bad("has no registry (like 10.0.0.1:5000/app:tag)"))?;
         if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
             return Err(bad("must start with a registry host (like 10.0.0.1:5000/app:tag); Docker Hub is not reachable here"));
         }
@@ -57,13 +66,21 @@ impl Reference {
         let name_ok = !name.is_empty()
             && name.split('/').all(|c| {
                 !c.is_empty()
-                    && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+                    && c.chars().all(|ch| {
+                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)
+                    })
                     && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
             });
         if !name_ok {
-            return Err(bad("has an invalid repository name (lower-case letters, digits, '.', '_', '-', '/')"));
+            return Err(bad(
+                "has an invalid repository name (lower-case letters, digits, '.', '_', '-', '/')",
+            ));
         }
-        let tag_ok = !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !tag_ok {
             return Err(bad("has an invalid tag"));
         }
@@ -95,13 +112,18 @@ pub struct PushReport {
 pub fn docker_config_auth(registry: &str) -> Option<String> {
     let path = std::env::var_os("DOCKER_CONFIG")
         .map(|d| std::path::PathBuf::from(d).join("config.json"))
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".docker/config.json"))
+        })?;
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let auths = config.get("auths")?.as_object()?;
     auths
         .iter()
         .find(|(k, _)| {
-            let k = k.trim_start_matches("https://").trim_start_matches("http://");
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
             k == registry || k.trim_end_matches('/') == registry
         })
         .and_then(|(_, v)| v.get("auth")?.as_str().map(str::to_string))
@@ -134,10 +156,24 @@ impl RegistryClient {
 
     /// Sends a request, answering auth challenges (basic or the bearer
     /// token flow) once.
-    async fn send(&self, method: Method, url: &str, scope: &str, headers: HeaderMap, body: Option<Vec<u8>>) -> Result<reqwest::Response> {
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        headers: HeaderMap,
+        body: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response> {
         for attempt in 0..2 {
-            let mut request = self.http.request(method.clone(), url).headers(headers.clone());
-            let token = self.tokens.lock().map(|t| t.get(scope).cloned()).unwrap_or(None);
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            let token = self
+                .tokens
+                .lock()
+                .map(|t| t.get(scope).cloned())
+                .unwrap_or(None);
             if let Some(token) = token {
                 request = request.header(AUTHORIZATION, format!("Bearer {token}"));
             } else if let Some(basic) = &self.basic {
@@ -146,10 +182,13 @@ impl RegistryClient {
             if let Some(b) = &body {
                 request = request.body(b.clone());
             }
-            let response = request.send().await.map_err(|e| RegistryError::Unreachable {
-                registry: self.registry.clone(),
-                reason: describe(&e),
-            })?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| RegistryError::Unreachable {
+                    registry: self.registry.clone(),
+                    reason: describe(&e),
+                })?;
             if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 if response.status() == StatusCode::UNAUTHORIZED {
                     return Err(self.unauthorized());
@@ -178,7 +217,10 @@ impl RegistryClient {
         RegistryError::Unauthorized {
             registry: self.registry.clone(),
             hint: if self.basic.is_none() {
-                format!(" (no credentials for {} in the Docker config file: `docker login {}`)", self.registry, self.registry)
+                format!(
+                    " (no credentials for {} in the Docker config file: `docker login {}`)",
+                    self.registry, self.registry
+                )
             } else {
                 String::new()
             },
@@ -191,26 +233,40 @@ impl RegistryClient {
         let params: HashMap<String, String> = challenge[6..]
             .split(',')
             .filter_map(|kv| kv.trim().split_once('='))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"').to_string()))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_ascii_lowercase(),
+                    v.trim().trim_matches('"').to_string(),
+                )
+            })
             .collect();
-        let realm = params.get("realm").ok_or_else(|| RegistryError::Other("bearer challenge without a realm".into()))?;
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| RegistryError::Other("bearer challenge without a realm".into()))?;
         let mut query = vec![("scope", scope.to_string())];
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));
         }
-        let url = reqwest::Url::parse_with_params(realm, &query).map_err(|e| RegistryError::Other(format!("token realm {realm}: {e}")))?;
+        let url = reqwest::Url::parse_with_params(realm, &query)
+            .map_err(|e| RegistryError::Other(format!("token realm {realm}: {e}")))?;
         let mut request = self.http.get(url);
         if let Some(basic) = &self.basic {
             request = request.header(AUTHORIZATION, format!("Basic {basic}"));
         }
-        let response = request.send().await.map_err(|e| RegistryError::Unreachable {
-            registry: realm.clone(),
-            reason: describe(&e),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unreachable {
+                registry: realm.clone(),
+                reason: describe(&e),
+            })?;
         if !response.status().is_success() {
             return Err(self.unauthorized());
         }
-        let body: serde_json::Value = response.json().await.map_err(|e| RegistryError::Other(format!("token answer: {e}")))?;
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| RegistryError::Other(format!("token answer: {e}")))?;
         body.get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
@@ -235,7 +291,15 @@ impl RegistryClient {
     /// Whether the repository has the blob.
     pub async fn has_blob(&self, name: &str, digest: &str) -> Result<bool> {
         let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
-        let response = self.send(Method::HEAD, &url, &Self::scope(name), HeaderMap::new(), None).await?;
+        let response = self
+            .send(
+                Method::HEAD,
+                &url,
+                &Self::scope(name),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
         match response.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -250,12 +314,24 @@ impl RegistryClient {
         if let Some(from) = mount_from.filter(|f| *f != name) {
             start.push_str(&format!("?mount={}&from={from}", blob.digest));
         }
-        let response = self.send(Method::POST, &start, &Self::scope(name), HeaderMap::new(), None).await?;
+        let response = self
+            .send(
+                Method::POST,
+                &start,
+                &Self::scope(name),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
         if response.status() == StatusCode::CREATED {
             return Ok(false); // mounted
         }
         if response.status() != StatusCode::ACCEPTED {
-            return Err(Self::status_error(format!("starting the upload of {}", blob.digest), response).await);
+            return Err(Self::status_error(
+                format!("starting the upload of {}", blob.digest),
+                response,
+            )
+            .await);
         }
         let mut location = self.location(&response)?;
         if blob.bytes.len() > CHUNK {
@@ -263,14 +339,27 @@ impl RegistryClient {
             while offset < blob.bytes.len() {
                 let end = (offset + CHUNK).min(blob.bytes.len());
                 let mut headers = HeaderMap::new();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 headers.insert(CONTENT_RANGE, header(&format!("{offset}-{}", end - 1))?);
                 headers.insert(CONTENT_LENGTH, header(&(end - offset).to_string())?);
                 let response = self
-                    .send(Method::PATCH, &location, &Self::scope(name), headers, Some(blob.bytes[offset..end].to_vec()))
+                    .send(
+                        Method::PATCH,
+                        &location,
+                        &Self::scope(name),
+                        headers,
+                        Some(blob.bytes[offset..end].to_vec()),
+                    )
                     .await?;
                 if response.status() != StatusCode::ACCEPTED {
-                    return Err(Self::status_error(format!("uploading a chunk of {}", blob.digest), response).await);
+                    return Err(Self::status_error(
+                        format!("uploading a chunk of {}", blob.digest),
+                        response,
+                    )
+                    .await);
                 }
                 location = self.location(&response)?;
                 offset = end;
@@ -278,17 +367,42 @@ impl RegistryClient {
             let url = with_digest(&location, &blob.digest);
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-            let response = self.send(Method::PUT, &url, &Self::scope(name), headers, Some(Vec::new())).await?;
+            let response = self
+                .send(
+                    Method::PUT,
+                    &url,
+                    &Self::scope(name),
+                    headers,
+                    Some(Vec::new()),
+                )
+                .await?;
             if response.status() != StatusCode::CREATED {
-                return Err(Self::status_error(format!("closing the upload of {}", blob.digest), response).await);
+                return Err(Self::status_error(
+                    format!("closing the upload of {}", blob.digest),
+                    response,
+                )
+                .await);
             }
         } else {
             let url = with_digest(&location, &blob.digest);
             let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            let response = self.send(Method::PUT, &url, &Self::scope(name), headers, Some(blob.bytes.clone())).await?;
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let response = self
+                .send(
+                    Method::PUT,
+                    &url,
+                    &Self::scope(name),
+                    headers,
+                    Some(blob.bytes.clone()),
+                )
+                .await?;
             if response.status() != StatusCode::CREATED {
-                return Err(Self::status_error(format!("uploading {}", blob.digest), response).await);
+                return Err(
+                    Self::status_error(format!("uploading {}", blob.digest), response).await,
+                );
             }
         }
         Ok(true)
@@ -301,11 +415,13 @@ impl RegistryClient {
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| RegistryError::Other("the registry gave no upload location".into()))?;
-        Ok(if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_string()
-        } else {
-            format!("{}{location}", self.base)
-        })
+        Ok(
+            if location.starts_with("http://") || location.starts_with("https://") {
+                location.to_string()
+            } else {
+                format!("{}{location}", self.base)
+            },
+        )
     }
 
     /// PUTs a manifest or index under a digest or tag, as its exact bytes.
@@ -313,7 +429,15 @@ impl RegistryClient {
         let url = format!("{}/v2/{name}/manifests/{reference}", self.base);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, header(&blob.media_type)?);
-        let response = self.send(Method::PUT, &url, &Self::scope(name), headers, Some(blob.bytes.clone())).await?;
+        let response = self
+            .send(
+                Method::PUT,
+                &url,
+                &Self::scope(name),
+                headers,
+                Some(blob.bytes.clone()),
+            )
+            .await?;
         if response.status() != StatusCode::CREATED {
             return Err(Self::status_error(format!("PUT manifest {reference}"), response).await);
         }
@@ -326,7 +450,13 @@ impl RegistryClient {
         let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static(ACCEPT));
         let response = self
-            .send(Method::GET, &url, &format!("repository:{name}:pull"), headers, None)
+            .send(
+                Method::GET,
+                &url,
+                &format!("repository:{name}:pull"),
+                headers,
+                None,
+            )
             .await?;
         if !response.status().is_success() {
             return Err(Self::status_error(format!("GET manifest {reference}"), response).await);
@@ -337,13 +467,22 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let bytes = response.bytes().await.map_err(|e| RegistryError::Other(e.to_string()))?.to_vec();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| RegistryError::Other(e.to_string()))?
+            .to_vec();
         Ok(Blob::new(&media_type, bytes))
     }
 
     /// Pushes an image so the tag never points at something incomplete:
     /// blobs, each platform manifest by digest, the index by digest, the tag.
-    pub async fn push(&self, reference: &Reference, image: &BuiltImage, mount_from: Option<&str>) -> Result<PushReport> {
+    pub async fn push(
+        &self,
+        reference: &Reference,
+        image: &BuiltImage,
+        mount_from: Option<&str>,
+    ) -> Result<PushReport> {
         let mut report = PushReport::default();
         for blob in image.blobs() {
             if self.has_blob(&reference.name, &blob.digest).await? {
@@ -360,10 +499,17 @@ impl RegistryClient {
             }
         }
         for platform_image in &image.images {
-            self.put_manifest(&reference.name, &platform_image.manifest.digest, &platform_image.manifest).await?;
+            self.put_manifest(
+                &reference.name,
+                &platform_image.manifest.digest,
+                &platform_image.manifest,
+            )
+            .await?;
         }
-        self.put_manifest(&reference.name, &image.index.digest, &image.index).await?;
-        self.put_manifest(&reference.name, &reference.tag, &image.index).await?;
+        self.put_manifest(&reference.name, &image.index.digest, &image.index)
+            .await?;
+        self.put_manifest(&reference.name, &reference.tag, &image.index)
+            .await?;
         Ok(report)
     }
 }
@@ -404,18 +550,36 @@ mod tests {
     #[test]
     fn references() {
         let r = Reference::parse("10.213.7.1:5000/team/fog-hello:v1.2").expect("ok");
-        assert_eq!((r.registry.as_str(), r.name.as_str(), r.tag.as_str()), ("10.213.7.1:5000", "team/fog-hello", "v1.2"));
-        assert_eq!(Reference::parse("localhost:5000/app").expect("ok").tag, "latest");
+        assert_eq!(
+            (r.registry.as_str(), r.name.as_str(), r.tag.as_str()),
+            ("10.213.7.1:5000", "team/fog-hello", "v1.2")
+        );
+        assert_eq!(
+            Reference::parse("localhost:5000/app").expect("ok").tag,
+            "latest"
+        );
         assert!(Reference::parse("app:v1").is_err(), "no registry");
         assert!(Reference::parse("library/app:v1").is_err(), "not a host");
-        assert!(Reference::parse("127.0.0.1:5000/App:v1").is_err(), "upper case");
-        assert!(Reference::parse("127.0.0.1:5000/app:v 1").is_err(), "bad tag");
+        assert!(
+            Reference::parse("127.0.0.1:5000/App:v1").is_err(),
+            "upper case"
+        );
+        assert!(
+            Reference::parse("127.0.0.1:5000/app:v 1").is_err(),
+            "bad tag"
+        );
     }
 
     #[test]
     fn upload_urls_take_the_digest_with_the_right_separator() {
-        assert_eq!(with_digest("http://r/v2/a/blobs/uploads/x", "sha256:1"), "http://r/v2/a/blobs/uploads/x?digest=sha256:1");
-        assert_eq!(with_digest("http://r/u?_state=abc", "sha256:1"), "http://r/u?_state=abc&digest=sha256:1");
+        assert_eq!(
+            with_digest("http://r/v2/a/blobs/uploads/x", "sha256:1"),
+            "http://r/v2/a/blobs/uploads/x?digest=sha256:1"
+        );
+        assert_eq!(
+            with_digest("http://r/u?_state=abc", "sha256:1"),
+            "http://r/u?_state=abc&digest=sha256:1"
+        );
     }
 
     #[test]

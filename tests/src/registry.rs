@@ -26,7 +26,10 @@ impl LocalRegistry {
             dir.path().join("storage").display()
         );
         if let Some((name, password)) = user {
-            let out = Command::new("htpasswd").args(["-Bbn", name, password]).output().context("htpasswd (apache2-utils)")?;
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", name, password])
+                .output()
+                .context("htpasswd (apache2-utils)")?;
             if !out.status.success() {
                 bail!("htpasswd failed");
             }
@@ -44,7 +47,11 @@ impl LocalRegistry {
             .stderr(Stdio::null())
             .spawn()
             .context("starting docker-registry")?;
-        let registry = LocalRegistry { child, addr, _dir: dir };
+        let registry = LocalRegistry {
+            child,
+            addr,
+            _dir: dir,
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(&registry.addr).is_ok() {
                 return Ok(registry);

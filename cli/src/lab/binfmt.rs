@@ -62,7 +62,10 @@ pub fn ensure_handler(handler: &str) -> Result<()> {
     }
     let conf_path = conf_file_of(handler);
     if !conf_path.exists() {
-        bail!("{} missing: install it with `apt-get install qemu-user-static`", conf_path.display());
+        bail!(
+            "{} missing: install it with `apt-get install qemu-user-static`",
+            conf_path.display()
+        );
     }
     if !Path::new(BINFMT_DIR).join("register").exists() {
         let status = std::process::Command::new("mount")
@@ -73,7 +76,8 @@ pub fn ensure_handler(handler: &str) -> Result<()> {
             bail!("cannot mount binfmt_misc on {BINFMT_DIR} (needs root)");
         }
     }
-    let conf = std::fs::read_to_string(&conf_path).with_context(|| format!("reading {}", conf_path.display()))?;
+    let conf = std::fs::read_to_string(&conf_path)
+        .with_context(|| format!("reading {}", conf_path.display()))?;
     let rule = conf
         .lines()
         .find(|l| l.starts_with(':'))
