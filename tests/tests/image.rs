@@ -356,6 +356,88 @@ async fn basic_auth_from_the_docker_config() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_chunked_uploads_and_mounts() -> Result<()> {
+    let _serial = serial().await;
+    let registry = LocalRegistry::start(None)?;
+    // --package: cargo builds fog-hello for each platform.
+    let dir = tempfile::tempdir()?;
+    let layout = dir.path().join("pkg");
+    let manifest = fogswarm_e2e::workspace_root().join("Cargo.toml");
+    let run = image(
+        &s(&[
+            "--tag",
+            &format!("{}/fog-hello:pkg", registry.addr),
+            "--package",
+            "fog-hello",
+            "--manifest-path",
+            manifest.to_str().unwrap_or_default(),
+            "--profile",
+            "release-small",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--oci-layout",
+            layout.to_str().unwrap_or_default(),
+            "--json",
+        ]),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    assert_eq!(summary["platforms"].as_array().map(Vec::len), Some(2));
+    assert_eq!(summary["platforms"][1]["platform"], "linux/arm64");
+
+    // A layer over the chunk size goes up in PATCH chunks, and comes back whole.
+    let big = dir.path().join("big.bin");
+    // Random bytes, so gzip cannot shrink them under the chunk size.
+    let mut data = vec![0u8; 6_000_000];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut data)?;
+    std::fs::write(&big, &data)?;
+    let chunked = format!("{}/fog-hello:chunked", registry.addr);
+    let mut args = s(&[
+        "--tag",
+        &chunked,
+        "--push",
+        "--insecure",
+        "--json",
+        "--file",
+        &format!("{}:/data/big.bin", big.display()),
+    ]);
+    args.extend(binaries(&PLATFORMS[..1]));
+    let run = image(&args, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pushed: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    assert!(
+        pushed["platforms"][0]["layer_bytes"].as_u64().unwrap_or(0)
+            > fogswarm_images::registry::CHUNK as u64
+    );
+    docker(&["pull", &chunked])?;
+    let _ = docker(&["rmi", "-f", &chunked]);
+
+    // Mount: another repository of the same registry takes the blobs
+    // without their bytes.
+    let mounted = format!("{}/other/fog-hello:chunked", registry.addr);
+    let mut args = s(&[
+        "--tag",
+        &mounted,
+        "--push",
+        "--insecure",
+        "--json",
+        "--mount-from",
+        "fog-hello",
+        "--file",
+        &format!("{}:/data/big.bin", big.display()),
+    ]);
+    args.extend(binaries(&PLATFORMS[..1]));
+    let run = image(&args, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let again: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    assert_eq!(again["uploaded_bytes"], 0, "mounted, not uploaded");
+    assert_eq!(again["index_digest"], pushed["index_digest"]);
+    skopeo_raw(&mounted)?;
+    Ok(())
+}
+
 #[test]
 fn bad_input_is_refused_and_no_tag_moves() -> Result<()> {
     let registry = LocalRegistry::start(None)?;
