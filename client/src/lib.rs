@@ -435,7 +435,7 @@ fn seg(s: &str) -> String {
 
 /// A reqwest error with its causes, which say what actually went wrong
 /// (refused, TLS verification, timeout).
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -289,6 +289,12 @@ fn build_one(
     })
 }
 
+/// One entry of a layer: a directory, or a file's bytes and mode.
+enum LayerEntry<'a> {
+    Dir,
+    File(&'a [u8], u32),
+}
+
 /// A tar of the binary and extra files: entries sorted, parent directories
 /// included, owner 0:0, fixed modes, one mtime.
 pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, String> {
@@ -318,9 +324,13 @@ pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, 
             dirs.insert(format!("{}/", parts[..i].join("/")));
         }
     }
-    let mut entries: Vec<(String, Option<(&Vec<u8>, u32)>)> =
-        dirs.into_iter().map(|d| (d, None)).collect();
-    entries.extend(files.iter().map(|(p, (b, m))| (p.clone(), Some((b, *m)))));
+    let mut entries: Vec<(String, LayerEntry)> =
+        dirs.into_iter().map(|d| (d, LayerEntry::Dir)).collect();
+    entries.extend(
+        files
+            .iter()
+            .map(|(p, (b, m))| (p.clone(), LayerEntry::File(b, *m))),
+    );
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut builder = tar::Builder::new(Vec::new());
     for (path, file) in entries {
@@ -329,7 +339,7 @@ pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, 
         header.set_gid(0);
         header.set_mtime(spec.source_date_epoch);
         match file {
-            None => {
+            LayerEntry::Dir => {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(0o755);
                 header.set_size(0);
@@ -337,12 +347,12 @@ pub fn layer_tar(spec: &ImageSpec, binary: &std::path::Path) -> Result<Vec<u8>, 
                     .append_data(&mut header, &path, std::io::empty())
                     .map_err(|e| e.to_string())?;
             }
-            Some((bytes, mode)) => {
+            LayerEntry::File(bytes, mode) => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(mode);
                 header.set_size(bytes.len() as u64);
                 builder
-                    .append_data(&mut header, &path, bytes.as_slice())
+                    .append_data(&mut header, &path, bytes)
                     .map_err(|e| e.to_string())?;
             }
         }

@@ -187,7 +187,7 @@ impl RegistryClient {
                 .await
                 .map_err(|e| RegistryError::Unreachable {
                     registry: self.registry.clone(),
-                    reason: describe(&e),
+                    reason: fogswarm_client::describe(&e),
                 })?;
             if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 if response.status() == StatusCode::UNAUTHORIZED {
@@ -258,7 +258,7 @@ impl RegistryClient {
             .await
             .map_err(|e| RegistryError::Unreachable {
                 registry: realm.clone(),
-                reason: describe(&e),
+                reason: fogswarm_client::describe(&e),
             })?;
         if !response.status().is_success() {
             return Err(self.unauthorized());
@@ -334,24 +334,28 @@ impl RegistryClient {
             .await);
         }
         let mut location = self.location(&response)?;
-        if blob.bytes.len() > CHUNK {
-            let mut offset = 0;
-            while offset < blob.bytes.len() {
-                let end = (offset + CHUNK).min(blob.bytes.len());
+        // Large blobs go up in PATCH chunks and close with an empty PUT;
+        // small ones go up whole in the closing PUT.
+        let closing_body = if blob.bytes.len() > CHUNK {
+            for (n, chunk) in blob.bytes.chunks(CHUNK).enumerate() {
+                let offset = n * CHUNK;
                 let mut headers = HeaderMap::new();
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
                 );
-                headers.insert(CONTENT_RANGE, header(&format!("{offset}-{}", end - 1))?);
-                headers.insert(CONTENT_LENGTH, header(&(end - offset).to_string())?);
+                headers.insert(
+                    CONTENT_RANGE,
+                    header(&format!("{offset}-{}", offset + chunk.len() - 1))?,
+                );
+                headers.insert(CONTENT_LENGTH, header(&chunk.len().to_string())?);
                 let response = self
                     .send(
                         Method::PATCH,
                         &location,
                         &Self::scope(name),
                         headers,
-                        Some(blob.bytes[offset..end].to_vec()),
+                        Some(chunk.to_vec()),
                     )
                     .await?;
                 if response.status() != StatusCode::ACCEPTED {
@@ -362,48 +366,27 @@ impl RegistryClient {
                     .await);
                 }
                 location = self.location(&response)?;
-                offset = end;
             }
-            let url = with_digest(&location, &blob.digest);
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-            let response = self
-                .send(
-                    Method::PUT,
-                    &url,
-                    &Self::scope(name),
-                    headers,
-                    Some(Vec::new()),
-                )
-                .await?;
-            if response.status() != StatusCode::CREATED {
-                return Err(Self::status_error(
-                    format!("closing the upload of {}", blob.digest),
-                    response,
-                )
-                .await);
-            }
+            Vec::new()
         } else {
-            let url = with_digest(&location, &blob.digest);
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            let response = self
-                .send(
-                    Method::PUT,
-                    &url,
-                    &Self::scope(name),
-                    headers,
-                    Some(blob.bytes.clone()),
-                )
-                .await?;
-            if response.status() != StatusCode::CREATED {
-                return Err(
-                    Self::status_error(format!("uploading {}", blob.digest), response).await,
-                );
-            }
+            blob.bytes.clone()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let response = self
+            .send(
+                Method::PUT,
+                &with_digest(&location, &blob.digest),
+                &Self::scope(name),
+                headers,
+                Some(closing_body),
+            )
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(Self::status_error(format!("uploading {}", blob.digest), response).await);
         }
         Ok(true)
     }
@@ -522,20 +505,6 @@ fn header(value: &str) -> Result<HeaderValue> {
 pub fn with_digest(location: &str, digest: &str) -> String {
     let separator = if location.contains('?') { '&' } else { '?' };
     format!("{location}{separator}digest={digest}")
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// `user:password` as Docker's config stores it.

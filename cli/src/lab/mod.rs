@@ -951,25 +951,12 @@ async fn probe_engine(socket: &Path) -> Option<DeviceEngine> {
 /// Runs a command in a device, streaming its output; answers its exit code.
 pub async fn exec(name: &str, root: &Path, device: &str, cmd: &[String]) -> Result<i64> {
     use futures_util::StreamExt;
-    validate_name(name)?;
     if cmd.is_empty() {
         return Err(bad_input("lab exec needs a command after --"));
     }
+    let (_, state) = loaded(name, root)?;
+    let record = record(&state, device)?;
     let engine = Engine::connect(&EngineAddr::from_env()?).await?;
-    let state = LabPaths::new(root, name)
-        .load()?
-        .ok_or_else(|| anyhow!("no lab named {name} is up"))?;
-    let record = state
-        .devices
-        .iter()
-        .find(|d| d.name == device)
-        .ok_or_else(|| {
-            let known: Vec<&str> = state.devices.iter().map(|d| d.name.as_str()).collect();
-            bad_input(format!(
-                "lab {name} has no device {device:?}; it has {}",
-                known.join(", ")
-            ))
-        })?;
     let exec = engine
         .docker
         .create_exec(
