@@ -6,7 +6,8 @@
 //! fogswarm owns are the `fog.` ones and the operator keys listed in the
 //! node label `io.fogswarm.owned`; every other label is left as it is, so
 //! labels set by hand survive. Stale nodes of re-imaged devices are removed
-//! once the new node is active.
+//! once the new node is active, and the Down nodes of decommissioned devices
+//! (labelled by fogswarm, known to no device any more) are removed too.
 
 use anyhow::{Context, Result};
 use bollard::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState};
@@ -172,6 +173,24 @@ pub async fn apply(engine: &Engine, desired: &DesiredState) -> Result<Applied> {
                 tracing::info!(device = %want.device_id, node = %stale, "removed the stale node of a re-imaged device");
                 applied.removed_stale.push(stale.clone());
             }
+        }
+    }
+    // Nodes fogswarm labelled whose device is gone (decommissioned): once
+    // Down, they are stale. Nodes it never labelled are not its to remove.
+    let known: std::collections::HashSet<&str> = desired
+        .nodes
+        .iter()
+        .filter_map(|n| n.node_id.as_deref())
+        .chain(desired.nodes.iter().flat_map(|n| n.stale_node_ids.iter().map(String::as_str)))
+        .collect();
+    for node in &nodes {
+        let Some(id) = node.id.as_deref() else { continue };
+        let ours = node.spec.as_ref().and_then(|s| s.labels.as_ref()).is_some_and(|l| l.contains_key(OWNED_LABEL));
+        let down = node.status.as_ref().and_then(|s| s.state) == Some(NodeState::DOWN);
+        if ours && down && !known.contains(id) {
+            remove_node(engine, id).await?;
+            tracing::info!(node = %id, "removed the node of a decommissioned device");
+            applied.removed_stale.push(id.to_string());
         }
     }
     Ok(applied)

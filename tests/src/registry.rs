@@ -15,6 +15,16 @@ impl LocalRegistry {
     /// Starts a registry; with `user`, it requires that user's password
     /// (htpasswd, bcrypt).
     pub fn start(user: Option<(&str, &str)>) -> Result<LocalRegistry> {
+        Self::start_with(user, false)
+    }
+
+    /// A registry in read-only maintenance mode: it answers reads and
+    /// refuses every upload, a real failure in the middle of a push.
+    pub fn start_read_only() -> Result<LocalRegistry> {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(user: Option<(&str, &str)>, read_only: bool) -> Result<LocalRegistry> {
         let dir = tempfile::tempdir()?;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -22,8 +32,9 @@ impl LocalRegistry {
         };
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.path().join("storage").display()
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}http:\n  addr: {addr}\n",
+            dir.path().join("storage").display(),
+            if read_only { "  maintenance:\n    readonly:\n      enabled: true\n" } else { "" }
         );
         if let Some((name, password)) = user {
             let out = Command::new("htpasswd")
