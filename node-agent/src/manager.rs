@@ -181,11 +181,22 @@ pub async fn apply(engine: &Engine, desired: &DesiredState) -> Result<Applied> {
         .nodes
         .iter()
         .filter_map(|n| n.node_id.as_deref())
-        .chain(desired.nodes.iter().flat_map(|n| n.stale_node_ids.iter().map(String::as_str)))
+        .chain(
+            desired
+                .nodes
+                .iter()
+                .flat_map(|n| n.stale_node_ids.iter().map(String::as_str)),
+        )
         .collect();
     for node in &nodes {
-        let Some(id) = node.id.as_deref() else { continue };
-        let ours = node.spec.as_ref().and_then(|s| s.labels.as_ref()).is_some_and(|l| l.contains_key(OWNED_LABEL));
+        let Some(id) = node.id.as_deref() else {
+            continue;
+        };
+        let ours = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.labels.as_ref())
+            .is_some_and(|l| l.contains_key(OWNED_LABEL));
         let down = node.status.as_ref().and_then(|s| s.state) == Some(NodeState::DOWN);
         if ours && down && !known.contains(id) {
             remove_node(engine, id).await?;

@@ -336,22 +336,50 @@ async fn zero_touch_then_reboot_reimage_and_relabel() -> Result<()> {
 
     // Decommission: the device leaves, the server forgets it, and its node
     // goes from the swarm.
-    let dev5 = status.devices.iter().find(|d| d.name == "dev5").context("dev5")?.mac.clone();
-    let rm = Command::new(fogswarm()).args(["device", "rm", &dev5]).envs(lab.cli_env()?).output()?;
-    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    let dev5 = status
+        .devices
+        .iter()
+        .find(|d| d.name == "dev5")
+        .context("dev5")?
+        .mac
+        .clone();
+    let rm = Command::new(fogswarm())
+        .args(["device", "rm", &dev5])
+        .envs(lab.cli_env()?)
+        .output()?;
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
     assert!(String::from_utf8_lossy(&rm.stdout).contains("told to leave"));
     let admin = lab.admin()?;
     eventually(60, || async {
-        ensure!(admin.get_device(&dev5).await.is_err(), "dev5 still on the server");
+        ensure!(
+            admin.get_device(&dev5).await.is_err(),
+            "dev5 still on the server"
+        );
         let all = nodes(&leader).await?;
-        ensure!(!all.contains_key("dev5"), "dev5's node is still in the swarm");
+        ensure!(
+            !all.contains_key("dev5"),
+            "dev5's node is still in the swarm"
+        );
         Ok(())
     })
     .await
     .context("decommission")?;
-    assert!(lab.agent_log("dev5").contains("left the swarm: decommissioned"));
+    assert!(lab
+        .agent_log("dev5")
+        .contains("left the swarm: decommissioned"));
     let dev5_engine = lab.engine("dev5").await?.docker.info().await?;
-    assert_eq!(dev5_engine.swarm.and_then(|s| s.local_node_state).map(|s| s.to_string()).as_deref(), Some("inactive"));
+    assert_eq!(
+        dev5_engine
+            .swarm
+            .and_then(|s| s.local_node_state)
+            .map(|s| s.to_string())
+            .as_deref(),
+        Some("inactive")
+    );
 
     // The agents' logs and status files never hold a secret.
     let key = std::fs::read_to_string(lab.device_dir("dev1").join("provisioning.key"))?;

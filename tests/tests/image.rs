@@ -651,7 +651,21 @@ fn bad_input_is_refused_and_no_tag_moves() -> Result<()> {
     let read_only = LocalRegistry::start_read_only()?;
     let ro_ref = format!("{}/fog-hello:bad", read_only.addr);
     let mut cases = cases;
-    cases.push(("registry error mid-push", [tag(&ro_ref), s(&["--push", "--insecure", "--binary", &format!("linux/amd64={amd}")])].concat(), 1, "the registry answered 405".into()));
+    cases.push((
+        "registry error mid-push",
+        [
+            tag(&ro_ref),
+            s(&[
+                "--push",
+                "--insecure",
+                "--binary",
+                &format!("linux/amd64={amd}"),
+            ]),
+        ]
+        .concat(),
+        1,
+        "the registry answered 405".into(),
+    ));
     for (what, args, code, message) in cases {
         let run = image(&args, &[]);
         assert_eq!(run.code, code, "{what}: {}", run.stderr);
