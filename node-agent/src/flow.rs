@@ -344,7 +344,12 @@ impl Agent {
         state: DeviceState,
         error: Option<String>,
     ) -> Result<()> {
-        let node = swarm::local(&self.engine).await.ok();
+        // An error report names no node: the node may belong to another
+        // swarm, whose ids are not this device's.
+        let node = match state {
+            DeviceState::Error => None,
+            _ => swarm::local(&self.engine).await.ok(),
+        };
         let report = ReportRequest {
             state: Some(state),
             node_id: node.as_ref().and_then(|n| n.node_id.clone()),

@@ -4,6 +4,7 @@
 //! the same code, so a value the CLI accepts is a value the server accepts.
 
 pub mod api;
+pub mod constraint;
 pub mod device_id;
 pub mod validate;
 

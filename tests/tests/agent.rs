@@ -625,10 +625,12 @@ async fn a_second_leader_is_refused_and_reported_never_two_inits() -> Result<()>
     assert_eq!(promote.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&promote.stderr).contains("already has a leader"));
     // Someone makes dev4 the leader of a swarm of its own, by hand.
-    // dev4's agent rightly rejoins a device that left its swarm, and may do
-    // so between the two commands: retry until the hand-made init wins.
+    // Right after a leave the engine refuses init for a moment, and dev4's
+    // agent rightly rejoins a device that left its swarm. So: stop the agent
+    // (its boot loop restarts it 3 s later, to find the foreign swarm),
+    // leave, pause, init; retry until the hand-made init wins.
     let takeover = format!(
-        "for i in 1 2 3 4 5 6 7 8; do docker swarm leave --force >/dev/null 2>&1; \
+        "for i in 1 2 3 4 5 6 7 8 9 10; do pkill -x fogswarm-agent; docker swarm leave --force >/dev/null 2>&1; sleep 1; \
          docker swarm init --advertise-addr {} >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1",
         dev4.ip
     );
