@@ -192,7 +192,19 @@ enum LabCommand {
     },
 }
 
+/// Exits quietly when the reader of our output goes away (`| head`), as
+/// Unix tools do, instead of panicking on the broken pipe.
+fn default_sigpipe() {
+    // SAFETY: restoring the default disposition of one signal at start-up,
+    // before any thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
