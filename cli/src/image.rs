@@ -114,6 +114,8 @@ struct Plan {
     reference: Reference,
     format: Format,
     platforms: Vec<Platform>,
+    /// `--binary` files by platform, checked (empty with `--package`).
+    binaries: BTreeMap<Platform, PathBuf>,
     spec: ImageSpec,
 }
 
@@ -222,6 +224,7 @@ fn plan(args: &BuildArgs) -> Result<Plan> {
         reference,
         format,
         platforms,
+        binaries,
         spec,
     })
 }
@@ -290,13 +293,10 @@ pub async fn build(args: BuildArgs) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("{e}: build it static (musl, or +crt-static)"))?;
                 path
             }
-            None => args
+            None => plan
                 .binaries
-                .iter()
-                .find_map(|b| {
-                    let (k, v) = b.split_once('=')?;
-                    (k.parse::<Platform>().ok()? == *p).then(|| PathBuf::from(v))
-                })
+                .get(p)
+                .cloned()
                 .context("binary for platform")?,
         };
         binaries.push((*p, path));

@@ -171,16 +171,3 @@ pub struct EngineError {
     pub status: u16,
     pub message: String,
 }
-
-/// The status code of an engine error from either path (bollard or raw).
-pub fn error_status(err: &anyhow::Error) -> Option<u16> {
-    if let Some(e) = err.downcast_ref::<EngineError>() {
-        return Some(e.status);
-    }
-    match err.downcast_ref::<bollard::errors::Error>() {
-        Some(bollard::errors::Error::DockerResponseServerError { status_code, .. }) => {
-            Some(*status_code)
-        }
-        _ => None,
-    }
-}

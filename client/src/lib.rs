@@ -144,10 +144,6 @@ impl Client {
         }
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     async fn send(
         &self,
         method: Method,
@@ -202,12 +198,7 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T> {
-        let body = match body {
-            Some(b) => Some(Body::Json(serde_json::to_vec(b).map_err(|e| {
-                ClientError::Config(format!("encoding the request: {e}"))
-            })?)),
-            None => None,
-        };
+        let body = body.map(json_body).transpose()?;
         let (status, bytes) = self.send(method, path, body).await?;
         serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected {
             status: status.as_u16(),
@@ -221,12 +212,7 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<()> {
-        let body = match body {
-            Some(b) => Some(Body::Json(serde_json::to_vec(b).map_err(|e| {
-                ClientError::Config(format!("encoding the request: {e}"))
-            })?)),
-            None => None,
-        };
+        let body = body.map(json_body).transpose()?;
         self.send(method, path, body).await.map(|_| ())
     }
 
@@ -410,6 +396,12 @@ impl Client {
         }
         self.call(Method::GET, &path, None::<&()>).await
     }
+}
+
+fn json_body(value: &(impl Serialize + ?Sized)) -> Result<Body<'static>> {
+    serde_json::to_vec(value)
+        .map(Body::Json)
+        .map_err(|e| ClientError::Config(format!("encoding the request: {e}")))
 }
 
 enum Body<'a> {

@@ -924,19 +924,6 @@ impl Store {
         })
     }
 
-    /// Current revision of every swarm (to seed long-poll watchers).
-    pub fn revisions(&self) -> Result<Vec<(String, u64)>> {
-        self.read(|conn| {
-            let rows = conn
-                .prepare("SELECT name, revision FROM swarms")?
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })?
-                .collect::<std::result::Result<_, _>>()?;
-            Ok(rows)
-        })
-    }
-
     pub fn revision(&self, swarm: &str) -> Result<u64> {
         self.read(|conn| {
             Ok(conn.query_row(
