@@ -3,7 +3,9 @@
 
 /// Engine access lives with the other clients; re-exported for the lab.
 pub use fogswarm_client::engine;
+pub mod compose;
 pub mod fleet;
 pub mod image;
 pub mod lab;
+pub mod service;
 pub mod table;

@@ -46,6 +46,21 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Services a swarm should run: deployed through the server, made so by
+    /// the swarm's raft leader.
+    Service {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::service::ServiceCommand,
+    },
+    /// Compose files deployed as stacks of services.
+    Stack {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::service::StackCommand,
+    },
     /// The fleet at a glance: devices per swarm and state, and problems.
     Status {
         #[command(flatten)]
@@ -253,6 +268,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Device { conn, command } => fleet::device(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Service { conn, command } => fogswarm::service::service(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Stack { conn, command } => fogswarm::service::stack(&conn, command)
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Status { conn } => fleet::status(&conn).await.map(|_| ExitCode::SUCCESS),

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod pin;
 
 use fogswarm_protocol::api::*;
+use fogswarm_protocol::service::*;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -384,6 +385,64 @@ impl Client {
         self.call(Method::GET, "/v1/status", None::<&()>).await
     }
 
+    // ---- services ----
+
+    pub async fn list_services(&self, swarm: &str) -> Result<Vec<ServiceView>> {
+        self.call(Method::GET, &services_path(swarm, None), None::<&()>)
+            .await
+    }
+
+    pub async fn get_service(&self, swarm: &str, name: &str) -> Result<ServiceView> {
+        self.call(Method::GET, &services_path(swarm, Some(name)), None::<&()>)
+            .await
+    }
+
+    /// Creates a service; the server refuses a name that is taken.
+    pub async fn create_service(&self, swarm: &str, spec: &ServiceSpec) -> Result<ServiceView> {
+        self.call(Method::POST, &services_path(swarm, None), Some(spec))
+            .await
+    }
+
+    /// Creates or replaces a service.
+    pub async fn deploy_service(&self, swarm: &str, spec: &ServiceSpec) -> Result<ServiceDeployed> {
+        self.call(
+            Method::PUT,
+            &services_path(swarm, Some(&spec.name)),
+            Some(spec),
+        )
+        .await
+    }
+
+    pub async fn remove_service(&self, swarm: &str, name: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &services_path(swarm, Some(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn deploy_stack(
+        &self,
+        swarm: &str,
+        stack: &str,
+        request: &StackDeploy,
+    ) -> Result<Vec<StackServiceOutcome>> {
+        self.call(Method::PUT, &stack_path(swarm, stack), Some(request))
+            .await
+    }
+
+    pub async fn remove_stack(&self, swarm: &str, stack: &str) -> Result<Vec<StackServiceOutcome>> {
+        self.call(Method::DELETE, &stack_path(swarm, stack), None::<&()>)
+            .await
+    }
+
+    /// The raft leader's report of what its swarm runs.
+    pub async fn post_observed(&self, report: &ObservedReport) -> Result<()> {
+        self.call_empty(Method::POST, "/v1/observed", Some(report))
+            .await
+    }
+
     pub async fn events(
         &self,
         since: i64,
@@ -396,6 +455,17 @@ impl Client {
         }
         self.call(Method::GET, &path, None::<&()>).await
     }
+}
+
+fn services_path(swarm: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("/v1/swarms/{}/services/{}", seg(swarm), seg(n)),
+        None => format!("/v1/swarms/{}/services", seg(swarm)),
+    }
+}
+
+fn stack_path(swarm: &str, stack: &str) -> String {
+    format!("/v1/swarms/{}/stacks/{}", seg(swarm), seg(stack))
 }
 
 fn json_body(value: &(impl Serialize + ?Sized)) -> Result<Body<'static>> {

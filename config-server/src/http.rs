@@ -14,9 +14,10 @@ use axum::extract::{
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fogswarm_protocol::api::*;
+use fogswarm_protocol::service::*;
 use fogswarm_protocol::validate::Role;
 use fogswarm_protocol::DeviceId;
 use serde::Deserialize;
@@ -278,6 +279,18 @@ pub fn router(state: Shared) -> Router {
             "/v1/swarms/{name}",
             get(show_swarm).patch(update_swarm).delete(remove_swarm),
         )
+        .route(
+            "/v1/swarms/{name}/services",
+            get(list_services).post(create_service),
+        )
+        .route(
+            "/v1/swarms/{name}/services/{service}",
+            get(show_service).put(deploy_service).delete(remove_service),
+        )
+        .route(
+            "/v1/swarms/{name}/stacks/{stack}",
+            put(deploy_stack).delete(remove_stack),
+        )
         .route("/v1/devices", get(list_devices).post(create_device))
         .route(
             "/v1/devices/{id}",
@@ -291,6 +304,8 @@ pub fn router(state: Shared) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let import = Router::new()
         .route("/v1/devices/import", post(import_devices))
+        // A big swarm's observed tasks outgrow the small-body limit.
+        .route("/v1/observed", post(post_observed))
         .layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT));
     Router::new()
         .merge(api)
@@ -528,6 +543,137 @@ async fn remove_swarm(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- services ----
+
+/// A swarm's services, each with its status and latest observation.
+#[utoipa::path(get, path = "/v1/swarms/{name}/services", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<ServiceView>), (status = 404, body = ApiError)))]
+async fn list_services(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+) -> ApiResult<Json<Vec<ServiceView>>> {
+    Ok(Json(state.store.list_services(&swarm)?))
+}
+
+/// Create a service; refused (409) when the name is taken.
+#[utoipa::path(post, path = "/v1/swarms/{name}/services", tag = "operator", security(("admin" = [])), request_body = ServiceSpec,
+    responses((status = 201, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+async fn create_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let (view, touched) = state.store.create_service(&Actor::Admin, &swarm, &spec)?;
+    state.notify(&touched);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One service.
+#[utoipa::path(get, path = "/v1/swarms/{name}/services/{service}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
+async fn show_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<Json<ServiceView>> {
+    Ok(Json(state.store.get_service(&swarm, &name)?))
+}
+
+/// Create or replace a service (the body is the whole spec); an identical
+/// spec is a no-op.
+#[utoipa::path(put, path = "/v1/swarms/{name}/services/{service}", tag = "operator", security(("admin" = [])), request_body = ServiceSpec,
+    responses((status = 200, body = ServiceDeployed), (status = 201, body = ServiceDeployed), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+async fn deploy_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> ApiResult<(StatusCode, Json<ServiceDeployed>)> {
+    if spec.name != name {
+        return Err(ApiFailure::invalid(
+            "name",
+            format!(
+                "the body names service {:?} but the path names {name:?}",
+                spec.name
+            ),
+        ));
+    }
+    let (service, outcome, touched) = state.store.deploy_service(&Actor::Admin, &swarm, &spec)?;
+    state.notify(&touched);
+    let status = if outcome == DeployOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(ServiceDeployed { outcome, service })))
+}
+
+/// Remove a service; the swarm's manager removes it from the swarm.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/services/{service}", tag = "operator", security(("admin" = [])),
+    responses((status = 204), (status = 404, body = ApiError)))]
+async fn remove_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let touched = state.store.remove_service(&Actor::Admin, &swarm, &name)?;
+    state.notify(&touched);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deploy a stack: its services are checked together and written in one
+/// transaction.
+#[utoipa::path(put, path = "/v1/swarms/{name}/stacks/{stack}", tag = "operator", security(("admin" = [])), request_body = StackDeploy,
+    responses((status = 200, body = Vec<StackServiceOutcome>), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+async fn deploy_stack(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, stack)): Path<(String, String)>,
+    ApiJson(request): ApiJson<StackDeploy>,
+) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
+    let (outcome, touched) = state
+        .store
+        .deploy_stack(&Actor::Admin, &swarm, &stack, &request)?;
+    state.notify(&touched);
+    Ok(Json(outcome))
+}
+
+/// Remove every service of a stack.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/stacks/{stack}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<StackServiceOutcome>), (status = 404, body = ApiError)))]
+async fn remove_stack(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, stack)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
+    let (names, touched) = state.store.remove_stack(&Actor::Admin, &swarm, &stack)?;
+    state.notify(&touched);
+    Ok(Json(
+        names
+            .into_iter()
+            .map(|name| StackServiceOutcome {
+                name,
+                outcome: DeployOutcome::Removed,
+            })
+            .collect(),
+    ))
+}
+
+/// The raft leader's agent reports what its swarm runs.
+#[utoipa::path(post, path = "/v1/observed", tag = "device", security(("device" = [])), request_body = ObservedReport,
+    responses((status = 204), (status = 403, body = ApiError)))]
+async fn post_observed(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(report): ApiJson<ObservedReport>,
+) -> ApiResult<StatusCode> {
+    state.store.set_observed(&device, &report)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -814,7 +960,8 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
         enrol, config, report, post_tokens, desired,
         list_swarms, create_swarm, show_swarm, update_swarm, remove_swarm,
         list_devices, create_device, import_devices, show_device, update_device, change_labels, approve_device, remove_device,
-        rotate_provisioning_key, status, events
+        rotate_provisioning_key, status, events,
+        list_services, create_service, show_service, deploy_service, remove_service, deploy_stack, remove_stack, post_observed
     ),
     modifiers(&SecuritySchemes)
 )]

@@ -8,5 +8,6 @@ pub mod facts;
 pub mod flow;
 pub mod identity;
 pub mod manager;
+pub mod services;
 pub mod state;
 pub mod swarm;

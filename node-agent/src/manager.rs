@@ -14,6 +14,7 @@ use bollard::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, Node
 use fogswarm_client::engine::Engine;
 use fogswarm_client::Client;
 use fogswarm_protocol::api::{Availability, DesiredNode, DesiredState};
+use fogswarm_protocol::service::ObservedReport;
 use fogswarm_protocol::validate::FACT_PREFIX;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -224,13 +225,33 @@ async fn remove_node(engine: &Engine, node_id: &str) -> Result<()> {
 
 /// The duty loop, for as long as this node is a manager: long-poll the
 /// desired state; apply it whenever this node is the raft leader. Non-leaders
-/// poll with short waits, so a new leader takes over within seconds.
+/// poll with short waits, so a new leader takes over within seconds; so does
+/// a leader with services, whose tasks change without the desired state
+/// changing and whose observed state the server should see promptly (every
+/// second while a service converges).
 pub async fn duty(engine: Engine, device: Client, node_id: String) {
     let mut since: Option<u64> = None;
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut last_report: Option<ObservedReport> = None;
+    let mut services = crate::services::ServiceDuty::default();
+    let mut has_services = false;
     loop {
         let leader = is_raft_leader(&engine, &node_id).await;
-        let wait = if leader { 20 } else { 5 };
+        let converging = last_report.as_ref().is_some_and(|r| {
+            r.services.iter().any(|s| {
+                s.running_tasks != s.desired_tasks
+                    || s.apply_error.is_some()
+                    || matches!(
+                        s.update_state.as_deref(),
+                        Some("updating" | "rollback_started")
+                    )
+            })
+        });
+        let wait = match (leader, converging, has_services) {
+            (true, true, _) => 1,
+            (true, false, false) => 20,
+            _ => 5,
+        };
         let desired = match device.desired(since, wait).await {
             Ok(d) => d,
             Err(e) => {
@@ -241,7 +262,9 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
         };
         backoff.reset();
         since = Some(desired.revision);
+        has_services = !desired.services.is_empty();
         if !is_raft_leader(&engine, &node_id).await {
+            last_report = None; // a future leadership reports afresh
             continue;
         }
         match apply(&engine, &desired).await {
@@ -256,9 +279,57 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
                 tracing::warn!(error = %format!("{e:#}"), "applying the desired state");
                 since = None; // try again soon rather than at the next change
                 tokio::time::sleep(backoff.next(None)).await;
+                continue;
             }
         }
+        if let Err(e) =
+            services_pass(&engine, &device, &desired, &mut services, &mut last_report).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "reconciling services");
+            since = None;
+            tokio::time::sleep(backoff.next(None)).await;
+        }
     }
+}
+
+/// Reconciles the managed services and reports what runs, when that
+/// changed since the last report.
+async fn services_pass(
+    engine: &Engine,
+    device: &Client,
+    desired: &DesiredState,
+    duty: &mut crate::services::ServiceDuty,
+    last_report: &mut Option<ObservedReport>,
+) -> Result<()> {
+    let (changes, errors) = duty
+        .reconcile(engine, &desired.swarm, &desired.services)
+        .await?;
+    if !changes.is_empty() {
+        tracing::info!(
+            revision = desired.revision,
+            created = ?changes.created,
+            updated = ?changes.updated,
+            removed = ?changes.removed,
+            "services reconciled"
+        );
+    }
+    let report = duty
+        .observe(
+            engine,
+            &desired.swarm,
+            &desired.services,
+            &desired.nodes,
+            &errors,
+        )
+        .await?;
+    if last_report.as_ref() != Some(&report) {
+        device
+            .post_observed(&report)
+            .await
+            .context("reporting observed services")?;
+        *last_report = Some(report);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -262,6 +262,9 @@ pub struct DesiredState {
     pub revision: u64,
     pub cluster_id: Option<String>,
     pub nodes: Vec<DesiredNode>,
+    /// The services the swarm should run (the agent manages these only).
+    #[serde(default)]
+    pub services: Vec<crate::service::DesiredService>,
 }
 
 // ---- operator API ----

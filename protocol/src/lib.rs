@@ -6,6 +6,7 @@
 pub mod api;
 pub mod constraint;
 pub mod device_id;
+pub mod service;
 pub mod validate;
 
 pub use device_id::{DeviceId, DeviceIdError, MacAddress};

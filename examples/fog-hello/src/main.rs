@@ -1,9 +1,14 @@
 //! fog-hello: the sample fog service.
 //!
-//! Answers `GET /` with `{"hostname": ..., "arch": ..., "labels": {...}}` so a
-//! test or an operator can see which device (and which image variant) served a
-//! request. Labels come from `FOG_LABELS` (`key=value` pairs separated by commas
-//! or newlines), which a deployment fills from the node's labels.
+//! Answers `GET /` with `{"hostname": ..., "arch": ..., "version": ...,
+//! "labels": {...}}` so a test or an operator can see which device (and which
+//! image variant) served a request. Labels come from `FOG_LABELS` (`key=value`
+//! pairs separated by commas or newlines), which a deployment fills from the
+//! node's labels; the version from `FOG_VERSION`, which an image build sets.
+//!
+//! `GET /call/HOST:PORT` asks another service (by its swarm DNS name) for its
+//! `/` and answers `{"via": HOSTNAME, "answer": ...}`: the smallest proof that
+//! services of a stack reach each other over their overlay network.
 //!
 //! std only and single-threaded on purpose: the binary goes into a scratch
 //! image on small boards, and every dependency costs bytes there.
@@ -29,6 +34,7 @@ fn main() {
     let body = response_body(
         &hostname(),
         std::env::consts::ARCH,
+        &std::env::var("FOG_VERSION").unwrap_or_default(),
         &std::env::var("FOG_LABELS").unwrap_or_default(),
     );
     eprintln!("fog-hello: listening on {addr}");
@@ -54,13 +60,75 @@ fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
             break;
         }
     }
-    let (status, content) = route(&request_line, seen > MAX_HEAD_BYTES, body);
+    let (status, content) = match call_target(&request_line) {
+        Some(target) => call(target),
+        None => {
+            let (status, content) = route(&request_line, seen > MAX_HEAD_BYTES, body);
+            (status, content.to_string())
+        }
+    };
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
         content.len()
     )?;
     stream.flush()
+}
+
+/// The `HOST:PORT` of a `GET /call/HOST:PORT` request line.
+fn call_target(request_line: &str) -> Option<&str> {
+    let mut parts = request_line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => path.strip_prefix("/call/").filter(|t| !t.is_empty()),
+        _ => None,
+    }
+}
+
+/// Fetches `/` from `target` and wraps the answer; 502 when it fails.
+fn call(target: &str) -> (&'static str, String) {
+    match fetch(target) {
+        Ok(answer) => (
+            "200 OK",
+            format!(
+                "{{\"via\":{},\"answer\":{}}}\n",
+                json_string(&hostname()),
+                answer.trim()
+            ),
+        ),
+        Err(e) => (
+            "502 Bad Gateway",
+            format!(
+                "{{\"error\":{}}}",
+                json_string(&format!("calling {target}: {e}"))
+            ),
+        ),
+    }
+}
+
+fn fetch(target: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let addr = target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.take(64 * 1024).read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        Some((head, _)) => Err(std::io::Error::other(format!(
+            "answered {}",
+            head.lines().next().unwrap_or_default()
+        ))),
+        None => Err(std::io::Error::other("no HTTP answer")),
+    }
 }
 
 /// Picks the status line and body for a request line.
@@ -105,16 +173,17 @@ fn parse_labels(spec: &str) -> Vec<(String, String)> {
     labels
 }
 
-fn response_body(hostname: &str, arch: &str, labels: &str) -> String {
+fn response_body(hostname: &str, arch: &str, version: &str, labels: &str) -> String {
     let labels = parse_labels(labels)
         .iter()
         .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
         .collect::<Vec<_>>()
         .join(",");
     format!(
-        "{{\"hostname\":{},\"arch\":{},\"labels\":{{{labels}}}}}\n",
+        "{{\"hostname\":{},\"arch\":{},\"version\":{},\"labels\":{{{labels}}}}}\n",
         json_string(hostname),
-        json_string(arch)
+        json_string(arch),
+        json_string(version)
     )
 }
 
@@ -143,16 +212,21 @@ mod tests {
 
     #[test]
     fn body_carries_hostname_arch_and_sorted_labels() {
-        let body = response_body("dev1", "aarch64", "zone=b, temperature_sensor=1\nflag");
+        let body = response_body(
+            "dev1",
+            "aarch64",
+            "v2",
+            "zone=b, temperature_sensor=1\nflag",
+        );
         assert_eq!(
             body,
-            "{\"hostname\":\"dev1\",\"arch\":\"aarch64\",\"labels\":{\"flag\":\"\",\"temperature_sensor\":\"1\",\"zone\":\"b\"}}\n"
+            "{\"hostname\":\"dev1\",\"arch\":\"aarch64\",\"version\":\"v2\",\"labels\":{\"flag\":\"\",\"temperature_sensor\":\"1\",\"zone\":\"b\"}}\n"
         );
     }
 
     #[test]
     fn empty_labels_give_an_empty_object() {
-        assert!(response_body("h", "x86_64", "").ends_with("\"labels\":{}}\n"));
+        assert!(response_body("h", "x86_64", "", "").ends_with("\"labels\":{}}\n"));
     }
 
     #[test]
@@ -166,6 +240,35 @@ mod tests {
         assert_eq!(route("GET /x HTTP/1.1\r\n", false, "B").0, "404 Not Found");
         assert_eq!(route("garbage\r\n", false, "B").0, "400 Bad Request");
         assert!(route("GET / HTTP/1.1\r\n", true, "B").0.starts_with("431"));
+    }
+
+    #[test]
+    fn call_targets() {
+        assert_eq!(
+            call_target("GET /call/web:8080 HTTP/1.1\r\n"),
+            Some("web:8080")
+        );
+        assert_eq!(call_target("GET /call/ HTTP/1.1\r\n"), None);
+        assert_eq!(call_target("GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn calls_another_service_over_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            serve(s, "{\"hostname\":\"other\"}\n").expect("serve");
+        });
+        let (status, body) = call(&addr.to_string());
+        server.join().expect("server thread");
+        assert_eq!(status, "200 OK");
+        assert!(
+            body.contains("\"answer\":{\"hostname\":\"other\"}"),
+            "{body}"
+        );
+        let (status, body) = call("127.0.0.1:1");
+        assert_eq!(status, "502 Bad Gateway", "{body}");
     }
 
     #[test]

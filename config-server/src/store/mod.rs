@@ -20,13 +20,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
+mod services;
+
 /// How long a device may hold the leader lease before another init may be
 /// granted: long enough for `swarm init` and posting the tokens.
 pub const LEASE_SECS: u64 = 60;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records the
 /// last one applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE swarms (
     name TEXT PRIMARY KEY,
     auto_enrol TEXT NOT NULL DEFAULT 'off',
@@ -66,7 +69,26 @@ CREATE TABLE events (
     subject TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE services (
+    swarm TEXT NOT NULL REFERENCES swarms(name),
+    name TEXT NOT NULL,
+    stack TEXT,
+    spec TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (swarm, name)
+);
+CREATE TABLE observed (
+    swarm TEXT PRIMARY KEY REFERENCES swarms(name),
+    report TEXT NOT NULL,
+    device TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+"#,
+];
 
 /// Why a store operation was refused. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +320,8 @@ impl Store {
                 )));
             }
             tx.execute("DELETE FROM devices WHERE swarm = ?1", params![name])?;
+            tx.execute("DELETE FROM services WHERE swarm = ?1", params![name])?;
+            tx.execute("DELETE FROM observed WHERE swarm = ?1", params![name])?;
             tx.execute("DELETE FROM swarms WHERE name = ?1", params![name])?;
             log_event(
                 tx,
@@ -920,6 +944,7 @@ impl Store {
                 revision: revision as u64,
                 cluster_id,
                 nodes,
+                services: services::desired_services(conn, swarm)?,
             })
         })
     }
@@ -1021,7 +1046,7 @@ impl Store {
     pub fn fingerprint(&self) -> Result<String> {
         self.read(|conn| {
             let mut text = String::new();
-            for table in ["swarms", "devices"] {
+            for table in ["swarms", "devices", "services"] {
                 let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
                 let columns = stmt.column_count();
                 let mut rows = stmt.query([])?;

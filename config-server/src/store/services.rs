@@ -1,0 +1,421 @@
+//! Each swarm's desired services, and what its raft leader last observed.
+//!
+//! A change to a service bumps the swarm's revision, and the service
+//! records that revision: managers long-polling the desired state wake up,
+//! and the agent tells a current service from a stale one by the revision
+//! label it put on it. An unchanged spec deploys as a no-op.
+
+use super::{
+    bump, from_json, json_of, log_event, now, swarm_exists, Actor, Result, Store, StoreError,
+    Touched,
+};
+use fogswarm_protocol::service::{
+    DeployOutcome, DesiredService, ObservedReport, ServiceObserved, ServiceSpec, ServiceStatus,
+    ServiceView, StackDeploy, StackServiceOutcome,
+};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::{BTreeMap, BTreeSet};
+
+struct ServiceRow {
+    spec: ServiceSpec,
+    revision: u64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Store {
+    /// Creates a service; refused when the name is taken.
+    pub fn create_service(
+        &self,
+        actor: &Actor,
+        swarm: &str,
+        spec: &ServiceSpec,
+    ) -> Result<(ServiceView, Touched)> {
+        check_spec(spec)?;
+        self.write(|tx| {
+            require_swarm(tx, swarm)?;
+            if service_row(tx, swarm, &spec.name)?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "service {} already exists in swarm {swarm}",
+                    spec.name
+                )));
+            }
+            upsert(tx, actor, swarm, spec)?;
+            Ok((
+                service_view(tx, swarm, &spec.name)?,
+                vec![swarm.to_string()],
+            ))
+        })
+    }
+
+    /// Creates or replaces a service (declarative: the spec is the whole
+    /// truth). A stack's service is changed by deploying its stack.
+    pub fn deploy_service(
+        &self,
+        actor: &Actor,
+        swarm: &str,
+        spec: &ServiceSpec,
+    ) -> Result<(ServiceView, DeployOutcome, Touched)> {
+        check_spec(spec)?;
+        self.write(|tx| {
+            require_swarm(tx, swarm)?;
+            if let Some(existing) = service_row(tx, swarm, &spec.name)? {
+                check_same_stack(&existing.spec, spec)?;
+            }
+            let deployed = upsert(tx, actor, swarm, spec)?;
+            let touched = if deployed == DeployOutcome::Unchanged {
+                vec![]
+            } else {
+                vec![swarm.to_string()]
+            };
+            Ok((service_view(tx, swarm, &spec.name)?, deployed, touched))
+        })
+    }
+
+    /// Deploys a stack's services together: all are checked before any is
+    /// written, so a refused stack changes nothing.
+    pub fn deploy_stack(
+        &self,
+        actor: &Actor,
+        swarm: &str,
+        stack: &str,
+        request: &StackDeploy,
+    ) -> Result<(Vec<StackServiceOutcome>, Touched)> {
+        let mut names = BTreeSet::new();
+        for (i, spec) in request.services.iter().enumerate() {
+            check_spec(spec).map_err(|e| match e {
+                StoreError::Invalid { field, message } => StoreError::Invalid {
+                    field: Some(format!(
+                        "services[{i}].{}",
+                        field.unwrap_or_else(|| "spec".into())
+                    )),
+                    message,
+                },
+                e => e,
+            })?;
+            if spec.stack.as_deref() != Some(stack) {
+                return Err(StoreError::Invalid {
+                    field: Some(format!("services[{i}].stack")),
+                    message: format!(
+                        "service {} is not marked as part of stack {stack}",
+                        spec.name
+                    ),
+                });
+            }
+            if !names.insert(spec.name.as_str()) {
+                return Err(StoreError::Conflict(format!(
+                    "service {} is named twice in stack {stack}",
+                    spec.name
+                )));
+            }
+        }
+        if request.services.is_empty() {
+            return Err(StoreError::Invalid {
+                field: Some("services".into()),
+                message: format!("stack {stack} has no services"),
+            });
+        }
+        self.write(|tx| {
+            require_swarm(tx, swarm)?;
+            for spec in &request.services {
+                if let Some(existing) = service_row(tx, swarm, &spec.name)? {
+                    check_same_stack(&existing.spec, spec)?;
+                }
+            }
+            let mut outcome = Vec::new();
+            for spec in &request.services {
+                outcome.push(StackServiceOutcome {
+                    name: spec.name.clone(),
+                    outcome: upsert(tx, actor, swarm, spec)?,
+                });
+            }
+            if request.prune {
+                for row in list_rows(tx, swarm)? {
+                    if row.spec.stack.as_deref() == Some(stack)
+                        && !names.contains(row.spec.name.as_str())
+                    {
+                        delete(tx, actor, swarm, &row.spec.name)?;
+                        outcome.push(StackServiceOutcome {
+                            name: row.spec.name.clone(),
+                            outcome: DeployOutcome::Removed,
+                        });
+                    }
+                }
+            }
+            let changed = outcome
+                .iter()
+                .any(|o| o.outcome != DeployOutcome::Unchanged);
+            let touched = if changed {
+                vec![swarm.to_string()]
+            } else {
+                vec![]
+            };
+            Ok((outcome, touched))
+        })
+    }
+
+    pub fn remove_service(&self, actor: &Actor, swarm: &str, name: &str) -> Result<Touched> {
+        self.write(|tx| {
+            require_swarm(tx, swarm)?;
+            if service_row(tx, swarm, name)?.is_none() {
+                return Err(not_found(swarm, name));
+            }
+            delete(tx, actor, swarm, name)?;
+            Ok(vec![swarm.to_string()])
+        })
+    }
+
+    /// Removes every service of a stack.
+    pub fn remove_stack(
+        &self,
+        actor: &Actor,
+        swarm: &str,
+        stack: &str,
+    ) -> Result<(Vec<String>, Touched)> {
+        self.write(|tx| {
+            require_swarm(tx, swarm)?;
+            let names: Vec<String> = list_rows(tx, swarm)?
+                .into_iter()
+                .filter(|r| r.spec.stack.as_deref() == Some(stack))
+                .map(|r| r.spec.name)
+                .collect();
+            if names.is_empty() {
+                return Err(StoreError::NotFound(format!(
+                    "stack {stack} has no services in swarm {swarm}"
+                )));
+            }
+            for name in &names {
+                delete(tx, actor, swarm, name)?;
+            }
+            Ok((names, vec![swarm.to_string()]))
+        })
+    }
+
+    pub fn list_services(&self, swarm: &str) -> Result<Vec<ServiceView>> {
+        self.read(|conn| {
+            require_swarm(conn, swarm)?;
+            let (observed, at) = observed(conn, swarm)?;
+            Ok(list_rows(conn, swarm)?
+                .into_iter()
+                .map(|row| view_of(swarm, row, &observed, at))
+                .collect())
+        })
+    }
+
+    pub fn get_service(&self, swarm: &str, name: &str) -> Result<ServiceView> {
+        self.read(|conn| {
+            require_swarm(conn, swarm)?;
+            service_view(conn, swarm, name)
+        })
+    }
+
+    /// Records what a manager of the swarm observed. Only managed services
+    /// the server knows are kept.
+    pub fn set_observed(&self, device: &str, report: &ObservedReport) -> Result<()> {
+        let swarm = self.manager_swarm(device)?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO observed (swarm, report, device, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(swarm) DO UPDATE SET report = ?2, device = ?3, at = ?4",
+                params![swarm, json_of(report), device, now()],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// The services a swarm's managers should run, for the desired state.
+pub(super) fn desired_services(conn: &Connection, swarm: &str) -> Result<Vec<DesiredService>> {
+    let (observed, _) = observed(conn, swarm)?;
+    Ok(list_rows(conn, swarm)?
+        .into_iter()
+        .map(|r| DesiredService {
+            rolled_back: observed
+                .get(&r.spec.name)
+                .is_some_and(|o| o.rolled_back_revision == Some(r.revision)),
+            revision: r.revision,
+            spec: r.spec,
+        })
+        .collect())
+}
+
+fn check_spec(spec: &ServiceSpec) -> Result<()> {
+    Ok(spec.validate()?)
+}
+
+fn check_same_stack(existing: &ServiceSpec, new: &ServiceSpec) -> Result<()> {
+    if existing.stack == new.stack {
+        return Ok(());
+    }
+    let owner = |s: &Option<String>| match s {
+        Some(stack) => format!("stack {stack}"),
+        None => "no stack (it was deployed on its own)".to_string(),
+    };
+    Err(StoreError::Conflict(format!(
+        "service {} already exists and belongs to {}; it cannot be taken over by {}",
+        existing.name,
+        owner(&existing.stack),
+        owner(&new.stack)
+    )))
+}
+
+fn require_swarm(conn: &Connection, swarm: &str) -> Result<()> {
+    fogswarm_protocol::validate::validate_swarm_name(swarm)?;
+    if !swarm_exists(conn, swarm)? {
+        return Err(StoreError::NotFound(format!(
+            "swarm {swarm} does not exist"
+        )));
+    }
+    Ok(())
+}
+
+fn not_found(swarm: &str, name: &str) -> StoreError {
+    StoreError::NotFound(format!("service {name} does not exist in swarm {swarm}"))
+}
+
+/// Inserts or replaces; an identical spec changes nothing (no revision).
+fn upsert(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    swarm: &str,
+    spec: &ServiceSpec,
+) -> Result<DeployOutcome> {
+    let existing = service_row(tx, swarm, &spec.name)?;
+    if existing.as_ref().is_some_and(|e| &e.spec == spec) {
+        return Ok(DeployOutcome::Unchanged);
+    }
+    bump(tx, swarm)?;
+    let revision: i64 = tx.query_row(
+        "SELECT revision FROM swarms WHERE name = ?1",
+        params![swarm],
+        |r| r.get(0),
+    )?;
+    let at = now();
+    tx.execute(
+        "INSERT INTO services (swarm, name, stack, spec, revision, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT(swarm, name) DO UPDATE SET stack = ?3, spec = ?4, revision = ?5, updated_at = ?6",
+        params![swarm, spec.name, spec.stack, json_of(spec), revision, at],
+    )?;
+    let (action, deployed) = if existing.is_some() {
+        ("service.update", DeployOutcome::Updated)
+    } else {
+        ("service.create", DeployOutcome::Created)
+    };
+    // Environment values may hold credentials: the event names the image
+    // and the shape, never the env.
+    log_event(
+        tx,
+        actor,
+        action,
+        &format!("{swarm}/{}", spec.name),
+        &format!(
+            "image={} mode={} revision={revision}",
+            spec.image,
+            match spec.mode {
+                fogswarm_protocol::service::ServiceMode::Global => "global".to_string(),
+                fogswarm_protocol::service::ServiceMode::Replicated =>
+                    format!("replicated/{}", spec.replicas.unwrap_or(1)),
+            }
+        ),
+    )?;
+    Ok(deployed)
+}
+
+fn delete(tx: &Transaction<'_>, actor: &Actor, swarm: &str, name: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM services WHERE swarm = ?1 AND name = ?2",
+        params![swarm, name],
+    )?;
+    bump(tx, swarm)?;
+    log_event(tx, actor, "service.remove", &format!("{swarm}/{name}"), "")
+}
+
+fn service_row(conn: &Connection, swarm: &str, name: &str) -> Result<Option<ServiceRow>> {
+    conn.query_row(
+        "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = ?1 AND name = ?2",
+        params![swarm, name],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
+    )
+    .optional()?
+    .map(row_of)
+    .transpose()
+}
+
+fn list_rows(conn: &Connection, swarm: &str) -> Result<Vec<ServiceRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = ?1 ORDER BY name",
+    )?;
+    let rows: Vec<(String, i64, i64, i64)> = stmt
+        .query_map(params![swarm], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<std::result::Result<_, _>>()?;
+    rows.into_iter().map(row_of).collect()
+}
+
+fn row_of((spec, revision, created_at, updated_at): (String, i64, i64, i64)) -> Result<ServiceRow> {
+    Ok(ServiceRow {
+        spec: from_json(&spec)?,
+        revision: revision as u64,
+        created_at,
+        updated_at,
+    })
+}
+
+fn observed(
+    conn: &Connection,
+    swarm: &str,
+) -> Result<(BTreeMap<String, ServiceObserved>, Option<i64>)> {
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT report, at FROM observed WHERE swarm = ?1",
+            params![swarm],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((report, at)) = row else {
+        return Ok((BTreeMap::new(), None));
+    };
+    let report: ObservedReport = from_json(&report)?;
+    Ok((
+        report
+            .services
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect(),
+        Some(at),
+    ))
+}
+
+fn view_of(
+    swarm: &str,
+    row: ServiceRow,
+    observed: &BTreeMap<String, ServiceObserved>,
+    at: Option<i64>,
+) -> ServiceView {
+    let seen = observed.get(&row.spec.name).cloned();
+    ServiceView {
+        swarm: swarm.to_string(),
+        status: ServiceStatus::judge(row.revision, seen.as_ref()),
+        observed_at: seen.as_ref().and(at),
+        observed: seen,
+        revision: row.revision,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        spec: row.spec,
+    }
+}
+
+fn service_view(conn: &Connection, swarm: &str, name: &str) -> Result<ServiceView> {
+    let row = service_row(conn, swarm, name)?.ok_or_else(|| not_found(swarm, name))?;
+    let (observed, at) = observed(conn, swarm)?;
+    Ok(view_of(swarm, row, &observed, at))
+}
