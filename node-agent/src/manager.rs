@@ -227,26 +227,30 @@ async fn remove_node(engine: &Engine, node_id: &str) -> Result<()> {
 /// desired state; apply it whenever this node is the raft leader. Non-leaders
 /// poll with short waits, so a new leader takes over within seconds; so does
 /// a leader with services, whose tasks change without the desired state
-/// changing and whose observed state the server should see promptly (every
-/// second while a service converges).
+/// changing and whose observed state the server should see promptly: every
+/// second while a service converges and its state still moves (for at most
+/// 30 s after the last change, so a service that never converges does not
+/// keep the leader busy).
 pub async fn duty(engine: Engine, device: Client, node_id: String) {
     let mut since: Option<u64> = None;
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut last_report: Option<ObservedReport> = None;
     let mut services = crate::services::ServiceDuty::default();
     let mut has_services = false;
+    let mut moving_until = tokio::time::Instant::now();
     loop {
         let leader = is_raft_leader(&engine, &node_id).await;
-        let converging = last_report.as_ref().is_some_and(|r| {
-            r.services.iter().any(|s| {
-                s.running_tasks != s.desired_tasks
-                    || s.apply_error.is_some()
-                    || matches!(
-                        s.update_state.as_deref(),
-                        Some("updating" | "rollback_started")
-                    )
-            })
-        });
+        let moving = tokio::time::Instant::now() < moving_until;
+        let converging = moving
+            && last_report.as_ref().is_some_and(|r| {
+                r.services.iter().any(|s| {
+                    s.running_tasks != s.desired_tasks
+                        || matches!(
+                            s.update_state.as_deref(),
+                            Some("updating" | "rollback_started")
+                        )
+                })
+            });
         let wait = match (leader, converging, has_services) {
             (true, true, _) => 1,
             (true, false, false) => 20,
@@ -282,25 +286,27 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
                 continue;
             }
         }
-        if let Err(e) =
-            services_pass(&engine, &device, &desired, &mut services, &mut last_report).await
-        {
-            tracing::warn!(error = %format!("{e:#}"), "reconciling services");
-            since = None;
-            tokio::time::sleep(backoff.next(None)).await;
+        match services_pass(&engine, &device, &desired, &mut services, &mut last_report).await {
+            Ok(true) => moving_until = tokio::time::Instant::now() + Duration::from_secs(30),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reconciling services");
+                since = None;
+                tokio::time::sleep(backoff.next(None)).await;
+            }
         }
     }
 }
 
 /// Reconciles the managed services and reports what runs, when that
-/// changed since the last report.
+/// changed since the last report; answers whether it changed.
 async fn services_pass(
     engine: &Engine,
     device: &Client,
     desired: &DesiredState,
     duty: &mut crate::services::ServiceDuty,
     last_report: &mut Option<ObservedReport>,
-) -> Result<()> {
+) -> Result<bool> {
     let (changes, errors) = duty
         .reconcile(engine, &desired.swarm, &desired.services)
         .await?;
@@ -322,14 +328,15 @@ async fn services_pass(
             &errors,
         )
         .await?;
-    if last_report.as_ref() != Some(&report) {
-        device
-            .post_observed(&report)
-            .await
-            .context("reporting observed services")?;
-        *last_report = Some(report);
+    if last_report.as_ref() == Some(&report) {
+        return Ok(false);
     }
-    Ok(())
+    device
+        .post_observed(&report)
+        .await
+        .context("reporting observed services")?;
+    *last_report = Some(report);
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -16,15 +16,15 @@
 use anyhow::{Context, Result};
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, EndpointSpecModeEnum, Limit, NetworkAttachmentConfig, NetworkCreateRequest,
-    ResourceObject, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
+    EndpointSpec, EndpointSpecModeEnum, Limit, NetworkAttachmentConfig, NetworkCreateRequest, Node,
+    NodeSpecAvailabilityEnum, NodeState, ResourceObject, ServiceSpecMode,
+    ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
     TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
-use bollard::models::{Node, NodeSpecAvailabilityEnum, NodeState};
 use fogswarm_client::engine::Engine;
 use fogswarm_protocol::api::DesiredNode;
 use fogswarm_protocol::constraint::{Constraint, ConstraintKey};
@@ -109,6 +109,8 @@ pub struct ServiceDuty {
     /// Service name to the revision this agent last created or updated it
     /// to: after a rollback, the revision swarm rolled back from.
     applied: HashMap<String, u64>,
+    /// Last pass's errors, so a failure that repeats is logged once.
+    errors: BTreeMap<String, String>,
 }
 
 impl ServiceDuty {
@@ -154,8 +156,11 @@ impl ServiceDuty {
                     self.applied.insert(name.clone(), want.revision);
                 }
                 Err(e) => {
-                    tracing::warn!(service = %name, error = %format!("{e:#}"), "service not applied");
-                    errors.insert(name.clone(), format!("{e:#}"));
+                    let error = format!("{e:#}");
+                    if self.errors.get(name) != Some(&error) {
+                        tracing::warn!(service = %name, error = %error, "service not applied");
+                    }
+                    errors.insert(name.clone(), error);
                 }
             }
         }
@@ -178,6 +183,7 @@ impl ServiceDuty {
             }
         }
         remove_unused_networks(engine, swarm, &wanted_networks).await;
+        self.errors = errors.clone();
         Ok((changes, errors))
     }
 
