@@ -128,6 +128,31 @@ fn running_on(lab: &Lab, name: &str) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// fog-hello on every device with a temperature sensor, answering on 8080
+/// with its device's host name.
+fn deploy_to_sensors(lab: &Lab, image: &str) -> Result<Run> {
+    cli_ok(
+        lab,
+        &[
+            "service",
+            "deploy",
+            "hello",
+            "--swarm",
+            "fog",
+            "--image",
+            image,
+            "--mode",
+            "global",
+            "--constraint",
+            "node.labels.temperature_sensor==1",
+            "--publish",
+            "mode=host,8080:8080",
+            "--hostname",
+            "{{.Node.Hostname}}",
+        ],
+    )
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -141,26 +166,7 @@ async fn global_service_runs_on_exactly_the_labelled_devices() -> Result<()> {
     let _serial = serial().await;
     let lab = Lab::up("e2e-svc1", "10.213.231.0/24", &["--devices", "5"])?;
     let image = build_hello(&lab, "v1", &[])?;
-    let run = cli_ok(
-        &lab,
-        &[
-            "service",
-            "deploy",
-            "hello",
-            "--swarm",
-            "fog",
-            "--image",
-            &image,
-            "--mode",
-            "global",
-            "--constraint",
-            "node.labels.temperature_sensor==1",
-            "--publish",
-            "mode=host,8080:8080",
-            "--hostname",
-            "{{.Node.Hostname}}",
-        ],
-    )?;
+    let run = deploy_to_sensors(&lab, &image)?;
     ensure!(
         run.stdout.contains("2/2") && run.stdout.contains("running"),
         "{}",
@@ -249,26 +255,7 @@ async fn relabelling_moves_the_service_within_15_seconds() -> Result<()> {
     let _serial = serial().await;
     let lab = Lab::up("e2e-svc3", "10.213.233.0/24", &["--devices", "4"])?;
     let image = build_hello(&lab, "v1", &[])?;
-    cli_ok(
-        &lab,
-        &[
-            "service",
-            "deploy",
-            "hello",
-            "--swarm",
-            "fog",
-            "--image",
-            &image,
-            "--mode",
-            "global",
-            "--constraint",
-            "node.labels.temperature_sensor==1",
-            "--publish",
-            "mode=host,8080:8080",
-            "--hostname",
-            "{{.Node.Hostname}}",
-        ],
-    )?;
+    deploy_to_sensors(&lab, &image)?;
     let ips = device_ips(&lab)?;
     let macs: BTreeMap<String, String> = device_names(&lab)?
         .into_iter()
