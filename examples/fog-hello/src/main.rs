@@ -10,8 +10,14 @@
 //! `/` and answers `{"via": HOSTNAME, "answer": ...}`: the smallest proof that
 //! services of a stack reach each other over their overlay network.
 //!
-//! std only and single-threaded on purpose: the binary goes into a scratch
-//! image on small boards, and every dependency costs bytes there.
+//! std only (plus libc's bindings for one signal handler) and single-threaded
+//! on purpose: the binary goes into a scratch image on small boards, and
+//! every dependency costs bytes there.
+//!
+//! It exits at once on SIGTERM. As a container's PID 1 it would otherwise
+//! ignore the signal (the kernel applies no default action to a namespace's
+//! init), and every stop, rolling update or move off a relabelled device
+//! would wait out Docker's 10 s grace period before SIGKILL.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,7 +27,26 @@ use std::time::Duration;
 /// client from growing our memory.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 
+/// Exits on SIGTERM: only async-signal-safe work (`_exit`).
+extern "C" fn on_terminate(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe and takes no pointers.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::_exit(0)
+    }
+}
+
+fn exit_on_terminate() {
+    let handler: extern "C" fn(libc::c_int) = on_terminate;
+    // SAFETY: installs a handler that only calls _exit, before any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
 fn main() {
+    exit_on_terminate();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
     let addr = format!("0.0.0.0:{port}");
     let listener = match TcpListener::bind(&addr) {
