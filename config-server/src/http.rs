@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use utoipa::OpenApi;
 
-/// Request bodies are small JSON documents; bulk import may be larger.
+/// Request bodies are small JSON documents; bulk import and a big swarm's
+/// observed services may be larger.
 pub const BODY_LIMIT: usize = 64 * 1024;
 pub const IMPORT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Longest a desired-state long poll is held.

@@ -209,8 +209,9 @@ impl Store {
         })
     }
 
-    /// Records what a manager of the swarm observed. Only managed services
-    /// the server knows are kept.
+    /// Records what a manager of the swarm observed (the raft leader's agent
+    /// is the one that posts); views show it for the services the server
+    /// knows.
     pub fn set_observed(&self, device: &str, report: &ObservedReport) -> Result<()> {
         let swarm = self.manager_swarm(device)?;
         self.write(|tx| {
