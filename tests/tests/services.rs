@@ -726,7 +726,7 @@ networks:
 async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let server = ServerProcess::start(&data, &[])?;
+    let server = ServerProcess::start(&data, &["--log-level", "trace"])?;
     let admin = server.admin();
     admin
         .create_swarm(&fogswarm_protocol::api::SwarmCreate {
@@ -930,5 +930,26 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
         fingerprint()? == before,
         "the duplicate stack changed the database"
     );
+
+    // Environment values may be credentials: a deploy carrying one leaves
+    // it out of the server's trace log and the event log.
+    let secret = "sekrit-0b7f3e";
+    let env = format!("API_KEY={secret}");
+    let r = run(&[
+        "service", "deploy", "keyed", "--swarm", "fog", "--image", "x", "--env", &env, "--detach",
+    ])?;
+    ensure!(r.code == 0, "{}", r.stderr);
+    let events = serde_json::to_string(&admin.events(0, 1000, None).await?)?;
+    ensure!(
+        events.contains("fog/keyed"),
+        "no event for the deploy: {events}"
+    );
+    ensure!(!events.contains(secret), "the env value is in the events");
+    let log = server.log_text();
+    ensure!(
+        log.contains("/v1/swarms/{name}/services/{service}"),
+        "the trace log does not show the deploy at all"
+    );
+    ensure!(!log.contains(secret), "the env value is in the server log");
     Ok(())
 }
