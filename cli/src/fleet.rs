@@ -176,7 +176,8 @@ pub enum DeviceCommand {
     },
 }
 
-fn bad(e: impl std::fmt::Display) -> anyhow::Error {
+/// Input the CLI refuses itself (exit 2).
+pub(crate) fn bad(e: impl std::fmt::Display) -> anyhow::Error {
     BadInput(e.to_string()).into()
 }
 
@@ -192,7 +193,7 @@ fn parse_labels(args: &[String]) -> Result<Labels> {
         .collect()
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -6,8 +6,7 @@
 //! Docker's, waits until the service runs or swarm gives up, unless
 //! `--detach`.
 
-use crate::fleet::Connection;
-use crate::lab::BadInput;
+use crate::fleet::{bad, print_json, Connection};
 use crate::table::Table;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -150,10 +149,6 @@ pub struct DeployArgs {
     pub reserve_memory: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
-}
-
-fn bad(e: impl std::fmt::Display) -> anyhow::Error {
-    BadInput(e.to_string()).into()
 }
 
 fn choice<T: Copy>(flag: &str, value: &str, options: &[(&str, T)]) -> Result<T> {
@@ -586,11 +581,6 @@ fn print_services(views: &[ServiceView]) {
         ]);
     }
     table.print();
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 #[cfg(test)]
