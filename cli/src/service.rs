@@ -301,11 +301,7 @@ pub async fn service(conn: &Connection, command: ServiceCommand) -> Result<()> {
                 }
                 None => vec![deployed.service],
             };
-            if conn.json {
-                return print_json(&views);
-            }
-            print_services(&views);
-            fail_unless_running(&views)
+            show_deployed(conn, &views)
         }
         ServiceCommand::Ls { swarm } => {
             let views = conn.client()?.list_services(&swarm).await?;
@@ -396,11 +392,7 @@ pub async fn stack(conn: &Connection, command: StackCommand) -> Result<()> {
                 Some(t) => wait_settled(&client, &swarm, &names, t, conn.json).await?,
                 None => stack_services(&client, &swarm, &stack).await?,
             };
-            if conn.json {
-                return print_json(&views);
-            }
-            print_services(&views);
-            fail_unless_running(&views)
+            show_deployed(conn, &views)
         }
         StackCommand::Ls { swarm } => {
             let views = conn.client()?.list_services(&swarm).await?;
@@ -521,6 +513,17 @@ async fn wait_settled(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Prints what a deploy left (table or JSON) and fails, either way, when
+/// swarm gave up on a service.
+fn show_deployed(conn: &Connection, views: &[ServiceView]) -> Result<()> {
+    if conn.json {
+        print_json(&views)?;
+    } else {
+        print_services(views);
+    }
+    fail_unless_running(views)
 }
 
 fn fail_unless_running(views: &[ServiceView]) -> Result<()> {
