@@ -91,9 +91,9 @@ struct Service {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Deploy {
-    mode: Option<String>,
+    mode: Option<ServiceMode>,
     replicas: Option<u64>,
-    endpoint_mode: Option<String>,
+    endpoint_mode: Option<EndpointMode>,
     #[serde(default)]
     placement: Placement,
     update_config: Option<UpdateConfig>,
@@ -122,9 +122,9 @@ struct Preference {
 struct UpdateConfig {
     parallelism: Option<u64>,
     delay: Option<String>,
-    failure_action: Option<String>,
+    failure_action: Option<FailureAction>,
     monitor: Option<String>,
-    order: Option<String>,
+    order: Option<UpdateOrder>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,7 +146,7 @@ struct Amounts {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ComposeRestart {
-    condition: Option<String>,
+    condition: Option<RestartCondition>,
     delay: Option<String>,
     max_attempts: Option<u64>,
     window: Option<String>,
@@ -186,9 +186,9 @@ struct LongPort {
     target: u16,
     published: Scalar,
     #[serde(default)]
-    protocol: Option<String>,
+    protocol: PortProtocol,
     #[serde(default)]
-    mode: Option<String>,
+    mode: PublishMode,
 }
 
 #[derive(Deserialize)]
@@ -237,29 +237,9 @@ pub fn parse(text: &str, stack: &str) -> Result<Vec<ServiceSpec>, String> {
         spec.stack = Some(stack.to_string());
         spec.hostname = service.hostname.clone();
         let deploy = &service.deploy;
-        spec.mode = match deploy.mode.as_deref() {
-            None | Some("replicated") => ServiceMode::Replicated,
-            Some("global") => ServiceMode::Global,
-            Some(m) => {
-                return Err(at(
-                    "deploy.mode",
-                    format!("{m:?} is not replicated or global"),
-                ))
-            }
-        };
+        spec.mode = deploy.mode.unwrap_or_default();
         spec.replicas = deploy.replicas;
-        if let Some(m) = &deploy.endpoint_mode {
-            spec.endpoint_mode = match m.as_str() {
-                "vip" => EndpointMode::Vip,
-                "dnsrr" => EndpointMode::Dnsrr,
-                _ => {
-                    return Err(at(
-                        "deploy.endpoint_mode",
-                        format!("{m:?} is not vip or dnsrr"),
-                    ))
-                }
-            };
-        }
+        spec.endpoint_mode = deploy.endpoint_mode.unwrap_or_default();
         spec.constraints = deploy.placement.constraints.clone();
         spec.placement_prefs = deploy
             .placement
@@ -271,28 +251,9 @@ pub fn parse(text: &str, stack: &str) -> Result<Vec<ServiceSpec>, String> {
             spec.update = UpdatePolicy {
                 parallelism: u.parallelism.unwrap_or(1),
                 delay: u.delay.clone(),
-                failure_action: match u.failure_action.as_deref() {
-                    None | Some("pause") => FailureAction::Pause,
-                    Some("continue") => FailureAction::Continue,
-                    Some("rollback") => FailureAction::Rollback,
-                    Some(f) => {
-                        return Err(at(
-                            "deploy.update_config.failure_action",
-                            format!("{f:?} is not pause, continue or rollback"),
-                        ))
-                    }
-                },
+                failure_action: u.failure_action.unwrap_or_default(),
                 monitor: u.monitor.clone(),
-                order: match u.order.as_deref() {
-                    None | Some("stop-first") => UpdateOrder::StopFirst,
-                    Some("start-first") => UpdateOrder::StartFirst,
-                    Some(o) => {
-                        return Err(at(
-                            "deploy.update_config.order",
-                            format!("{o:?} is not stop-first or start-first"),
-                        ))
-                    }
-                },
+                order: u.order.unwrap_or_default(),
             };
         }
         let r = &deploy.resources;
@@ -304,17 +265,7 @@ pub fn parse(text: &str, stack: &str) -> Result<Vec<ServiceSpec>, String> {
         };
         if let Some(rp) = &deploy.restart_policy {
             spec.restart = RestartPolicy {
-                condition: match rp.condition.as_deref() {
-                    None | Some("any") => RestartCondition::Any,
-                    Some("on-failure") => RestartCondition::OnFailure,
-                    Some("none") => RestartCondition::None,
-                    Some(c) => {
-                        return Err(at(
-                            "deploy.restart_policy.condition",
-                            format!("{c:?} is not none, on-failure or any"),
-                        ))
-                    }
-                },
+                condition: rp.condition.unwrap_or_default(),
                 delay: rp.delay.clone(),
                 max_attempts: rp.max_attempts,
                 window: rp.window.clone(),
@@ -364,17 +315,8 @@ fn port_spec(port: &Port) -> Result<PortSpec, String> {
                 published: l.published.text().parse().map_err(|_| {
                     format!("published port {:?} is not a number", l.published.text())
                 })?,
-                protocol: match l.protocol.as_deref() {
-                    None | Some("tcp") => PortProtocol::Tcp,
-                    Some("udp") => PortProtocol::Udp,
-                    Some("sctp") => PortProtocol::Sctp,
-                    Some(p) => return Err(format!("protocol {p:?} is not tcp, udp or sctp")),
-                },
-                mode: match l.mode.as_deref() {
-                    None | Some("host") => PublishMode::Host,
-                    Some("ingress") => PublishMode::Ingress,
-                    Some(m) => return Err(format!("mode {m:?} is not host or ingress")),
-                },
+                protocol: l.protocol,
+                mode: l.mode,
             })
         }
     }

@@ -87,8 +87,8 @@ pub struct DeployArgs {
     #[arg(long)]
     pub image: String,
     /// global or replicated.
-    #[arg(long, default_value = "replicated")]
-    pub mode: String,
+    #[arg(long, default_value = "replicated", value_parser = parse_name::<ServiceMode>)]
+    pub mode: ServiceMode,
     /// Tasks of a replicated service [default: 1].
     #[arg(long)]
     pub replicas: Option<u64>,
@@ -112,25 +112,25 @@ pub struct DeployArgs {
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// dnsrr (default; works without IPVS) or vip.
-    #[arg(long, default_value = "dnsrr")]
-    pub endpoint_mode: String,
+    #[arg(long, default_value = "dnsrr", value_parser = parse_name::<EndpointMode>)]
+    pub endpoint_mode: EndpointMode,
     #[arg(long, default_value_t = 1)]
     pub update_parallelism: u64,
     /// Pause between update batches (10s, 1m30s).
     #[arg(long)]
     pub update_delay: Option<String>,
     /// pause, continue or rollback.
-    #[arg(long, default_value = "pause")]
-    pub update_failure_action: String,
+    #[arg(long, default_value = "pause", value_parser = parse_name::<FailureAction>)]
+    pub update_failure_action: FailureAction,
     /// How long each updated task is watched for failure.
     #[arg(long)]
     pub update_monitor: Option<String>,
     /// stop-first or start-first.
-    #[arg(long, default_value = "stop-first")]
-    pub update_order: String,
+    #[arg(long, default_value = "stop-first", value_parser = parse_name::<UpdateOrder>)]
+    pub update_order: UpdateOrder,
     /// none, on-failure or any.
-    #[arg(long, default_value = "any")]
-    pub restart_condition: String,
+    #[arg(long, default_value = "any", value_parser = parse_name::<RestartCondition>)]
+    pub restart_condition: RestartCondition,
     #[arg(long)]
     pub restart_delay: Option<String>,
     #[arg(long)]
@@ -151,29 +151,11 @@ pub struct DeployArgs {
     pub wait: WaitArgs,
 }
 
-fn choice<T: Copy>(flag: &str, value: &str, options: &[(&str, T)]) -> Result<T> {
-    options
-        .iter()
-        .find(|(name, _)| *name == value)
-        .map(|(_, v)| *v)
-        .ok_or_else(|| {
-            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-            bad(format!("--{flag} {value:?}: expected {}", names.join(", ")))
-        })
-}
-
 impl DeployArgs {
     /// The spec these flags describe, checked as the server will check it.
     pub fn spec(&self) -> Result<ServiceSpec> {
         let mut spec = ServiceSpec::new(self.name.clone(), self.image.clone());
-        spec.mode = choice(
-            "mode",
-            &self.mode,
-            &[
-                ("replicated", ServiceMode::Replicated),
-                ("global", ServiceMode::Global),
-            ],
-        )?;
+        spec.mode = self.mode;
         spec.replicas = self.replicas;
         spec.constraints = self.constraints.clone();
         spec.placement_prefs = self.placement_prefs.clone();
@@ -194,43 +176,16 @@ impl DeployArgs {
             spec.ports.push(parse_publish(p).map_err(bad)?);
         }
         spec.networks = self.networks.clone();
-        spec.endpoint_mode = choice(
-            "endpoint-mode",
-            &self.endpoint_mode,
-            &[("dnsrr", EndpointMode::Dnsrr), ("vip", EndpointMode::Vip)],
-        )?;
+        spec.endpoint_mode = self.endpoint_mode;
         spec.update = UpdatePolicy {
             parallelism: self.update_parallelism,
             delay: self.update_delay.clone(),
-            failure_action: choice(
-                "update-failure-action",
-                &self.update_failure_action,
-                &[
-                    ("pause", FailureAction::Pause),
-                    ("continue", FailureAction::Continue),
-                    ("rollback", FailureAction::Rollback),
-                ],
-            )?,
+            failure_action: self.update_failure_action,
             monitor: self.update_monitor.clone(),
-            order: choice(
-                "update-order",
-                &self.update_order,
-                &[
-                    ("stop-first", UpdateOrder::StopFirst),
-                    ("start-first", UpdateOrder::StartFirst),
-                ],
-            )?,
+            order: self.update_order,
         };
         spec.restart = RestartPolicy {
-            condition: choice(
-                "restart-condition",
-                &self.restart_condition,
-                &[
-                    ("none", RestartCondition::None),
-                    ("on-failure", RestartCondition::OnFailure),
-                    ("any", RestartCondition::Any),
-                ],
-            )?,
+            condition: self.restart_condition,
             delay: self.restart_delay.clone(),
             max_attempts: self.restart_max_attempts,
             window: self.restart_window.clone(),

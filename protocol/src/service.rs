@@ -581,6 +581,14 @@ pub fn parse_nano_cpus(s: &str) -> Result<i64, String> {
     Ok((cpus * 1e9).round() as i64)
 }
 
+/// Reads one of this module's enums by its wire name (`global`,
+/// `on-failure`, `stop-first`): the serde renames are the one spelling the
+/// API, the CLI's flags and Compose files share.
+pub fn parse_name<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, String> {
+    use serde::de::{value::Error, IntoDeserializer};
+    T::deserialize(IntoDeserializer::<Error>::into_deserializer(value)).map_err(|e| e.to_string())
+}
+
 /// `--publish` in Docker's short (`8080:80/udp`) or long
 /// (`mode=host,published=8080,target=80,protocol=udp`) syntax; the short
 /// form may be preceded by `mode=host,` as in `[mode=host,]8080:80`.
@@ -596,23 +604,10 @@ pub fn parse_publish(s: &str) -> Result<PortSpec, String> {
             _ => Err(bad(&format!("port {v:?} is not 1 to 65535"))),
         }
     };
-    let proto = |v: &str| -> Result<PortProtocol, String> {
-        match v {
-            "tcp" => Ok(PortProtocol::Tcp),
-            "udp" => Ok(PortProtocol::Udp),
-            "sctp" => Ok(PortProtocol::Sctp),
-            _ => Err(bad(&format!("protocol {v:?} is not tcp, udp or sctp"))),
-        }
-    };
+    let proto = |v: &str| parse_name(v).map_err(|e| bad(&format!("protocol: {e}")));
     for part in s.split(',') {
         match part.split_once('=') {
-            Some(("mode", v)) => {
-                mode = match v {
-                    "host" => PublishMode::Host,
-                    "ingress" => PublishMode::Ingress,
-                    _ => return Err(bad(&format!("mode {v:?} is not host or ingress"))),
-                }
-            }
+            Some(("mode", v)) => mode = parse_name(v).map_err(|e| bad(&format!("mode: {e}")))?,
             Some(("published", v)) => published = Some(port(v)?),
             Some(("target", v)) => target = Some(port(v)?),
             Some(("protocol", v)) => protocol = proto(v)?,
@@ -900,6 +895,15 @@ mod tests {
         for bad in ["", "12x", "1M extra", "1kbb", "1k"] {
             assert!(parse_memory(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_are_the_wire_spelling() {
+        assert_eq!(parse_name("on-failure"), Ok(RestartCondition::OnFailure));
+        assert_eq!(parse_name("start-first"), Ok(UpdateOrder::StartFirst));
+        assert_eq!(parse_name("global"), Ok(ServiceMode::Global));
+        let e = parse_name::<ServiceMode>("everywhere").expect_err("refused");
+        assert!(e.contains("everywhere") && e.contains("global"), "{e}");
     }
 
     #[test]
