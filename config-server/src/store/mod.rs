@@ -415,11 +415,7 @@ impl Store {
             let before = device_view(tx, id.as_str())?;
             let mut touched = vec![before.swarm.clone()];
             if let Some(swarm) = &update.swarm {
-                if !swarm_exists(tx, swarm)? {
-                    return Err(StoreError::NotFound(format!(
-                        "swarm {swarm} does not exist"
-                    )));
-                }
+                require_swarm(tx, swarm)?;
                 tx.execute(
                     "UPDATE devices SET swarm = ?2 WHERE id = ?1",
                     params![id.as_str(), swarm],
@@ -1134,6 +1130,15 @@ fn device_view(conn: &Connection, id: &str) -> Result<DeviceView> {
     .into_view()
 }
 
+/// Refuses (404) a swarm that does not exist.
+fn require_swarm(conn: &Connection, name: &str) -> Result<()> {
+    if swarm_exists(conn, name)? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!("swarm {name} does not exist")))
+    }
+}
+
 fn swarm_exists(conn: &Connection, name: &str) -> Result<bool> {
     Ok(conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM swarms WHERE name = ?1)",
@@ -1201,12 +1206,7 @@ fn insert_device(
     let id = DeviceId::parse(&spec.id).map_err(|e| at_row(e.into()))?;
     validate::validate_swarm_name(&spec.swarm).map_err(|e| at_row(e.into()))?;
     validate::validate_operator_labels(&spec.labels).map_err(|e| at_row(e.into()))?;
-    if !swarm_exists(tx, &spec.swarm)? {
-        return Err(at_row(StoreError::NotFound(format!(
-            "swarm {} does not exist",
-            spec.swarm
-        ))));
-    }
+    require_swarm(tx, &spec.swarm).map_err(at_row)?;
     let exists: bool = tx.query_row(
         "SELECT EXISTS(SELECT 1 FROM devices WHERE id = ?1)",
         params![id.as_str()],
@@ -1312,12 +1312,17 @@ fn validate_facts(facts: &Facts) -> Result<()> {
     Ok(())
 }
 
-fn bump(tx: &Transaction<'_>, swarm: &str) -> Result<()> {
-    tx.execute(
-        "UPDATE swarms SET revision = revision + 1 WHERE name = ?1",
-        params![swarm],
-    )?;
-    Ok(())
+/// Bumps a swarm's revision; answers the new one (0 for no such swarm,
+/// which changes nothing).
+fn bump(tx: &Transaction<'_>, swarm: &str) -> Result<u64> {
+    let revision: Option<i64> = tx
+        .query_row(
+            "UPDATE swarms SET revision = revision + 1 WHERE name = ?1 RETURNING revision",
+            params![swarm],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(revision.unwrap_or(0) as u64)
 }
 
 fn log_event(

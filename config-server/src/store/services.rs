@@ -6,12 +6,12 @@
 //! label it put on it. An unchanged spec deploys as a no-op.
 
 use super::{
-    bump, from_json, json_of, log_event, now, swarm_exists, Actor, Result, Store, StoreError,
+    bump, from_json, json_of, log_event, now, require_swarm, Actor, Result, Store, StoreError,
     Touched,
 };
 use fogswarm_protocol::service::{
-    DeployOutcome, DesiredService, ObservedReport, ServiceObserved, ServiceSpec, ServiceStatus,
-    ServiceView, StackDeploy, StackServiceOutcome,
+    DeployOutcome, DesiredService, ObservedReport, ServiceMode, ServiceObserved, ServiceSpec,
+    ServiceStatus, ServiceView, StackDeploy, StackServiceOutcome,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,9 +31,9 @@ impl Store {
         swarm: &str,
         spec: &ServiceSpec,
     ) -> Result<(ServiceView, Touched)> {
-        check_spec(spec)?;
+        spec.validate()?;
         self.write(|tx| {
-            require_swarm(tx, swarm)?;
+            known_swarm(tx, swarm)?;
             if service_row(tx, swarm, &spec.name)?.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "service {} already exists in swarm {swarm}",
@@ -56,9 +56,9 @@ impl Store {
         swarm: &str,
         spec: &ServiceSpec,
     ) -> Result<(ServiceView, DeployOutcome, Touched)> {
-        check_spec(spec)?;
+        spec.validate()?;
         self.write(|tx| {
-            require_swarm(tx, swarm)?;
+            known_swarm(tx, swarm)?;
             if let Some(existing) = service_row(tx, swarm, &spec.name)? {
                 check_same_stack(&existing.spec, spec)?;
             }
@@ -83,15 +83,9 @@ impl Store {
     ) -> Result<(Vec<StackServiceOutcome>, Touched)> {
         let mut names = BTreeSet::new();
         for (i, spec) in request.services.iter().enumerate() {
-            check_spec(spec).map_err(|e| match e {
-                StoreError::Invalid { field, message } => StoreError::Invalid {
-                    field: Some(format!(
-                        "services[{i}].{}",
-                        field.unwrap_or_else(|| "spec".into())
-                    )),
-                    message,
-                },
-                e => e,
+            spec.validate().map_err(|e| StoreError::Invalid {
+                field: Some(format!("services[{i}].{}", e.field)),
+                message: e.message,
             })?;
             if spec.stack.as_deref() != Some(stack) {
                 return Err(StoreError::Invalid {
@@ -116,7 +110,7 @@ impl Store {
             });
         }
         self.write(|tx| {
-            require_swarm(tx, swarm)?;
+            known_swarm(tx, swarm)?;
             for spec in &request.services {
                 if let Some(existing) = service_row(tx, swarm, &spec.name)? {
                     check_same_stack(&existing.spec, spec)?;
@@ -156,7 +150,7 @@ impl Store {
 
     pub fn remove_service(&self, actor: &Actor, swarm: &str, name: &str) -> Result<Touched> {
         self.write(|tx| {
-            require_swarm(tx, swarm)?;
+            known_swarm(tx, swarm)?;
             if service_row(tx, swarm, name)?.is_none() {
                 return Err(not_found(swarm, name));
             }
@@ -173,7 +167,7 @@ impl Store {
         stack: &str,
     ) -> Result<(Vec<String>, Touched)> {
         self.write(|tx| {
-            require_swarm(tx, swarm)?;
+            known_swarm(tx, swarm)?;
             let names: Vec<String> = list_rows(tx, swarm)?
                 .into_iter()
                 .filter(|r| r.spec.stack.as_deref() == Some(stack))
@@ -193,7 +187,7 @@ impl Store {
 
     pub fn list_services(&self, swarm: &str) -> Result<Vec<ServiceView>> {
         self.read(|conn| {
-            require_swarm(conn, swarm)?;
+            known_swarm(conn, swarm)?;
             let (observed, at) = observed(conn, swarm)?;
             Ok(list_rows(conn, swarm)?
                 .into_iter()
@@ -204,7 +198,7 @@ impl Store {
 
     pub fn get_service(&self, swarm: &str, name: &str) -> Result<ServiceView> {
         self.read(|conn| {
-            require_swarm(conn, swarm)?;
+            known_swarm(conn, swarm)?;
             service_view(conn, swarm, name)
         })
     }
@@ -240,10 +234,6 @@ pub(super) fn desired_services(conn: &Connection, swarm: &str) -> Result<Vec<Des
         .collect())
 }
 
-fn check_spec(spec: &ServiceSpec) -> Result<()> {
-    Ok(spec.validate()?)
-}
-
 fn check_same_stack(existing: &ServiceSpec, new: &ServiceSpec) -> Result<()> {
     if existing.stack == new.stack {
         return Ok(());
@@ -260,14 +250,10 @@ fn check_same_stack(existing: &ServiceSpec, new: &ServiceSpec) -> Result<()> {
     )))
 }
 
-fn require_swarm(conn: &Connection, swarm: &str) -> Result<()> {
+/// A valid swarm name of a swarm that exists.
+fn known_swarm(conn: &Connection, swarm: &str) -> Result<()> {
     fogswarm_protocol::validate::validate_swarm_name(swarm)?;
-    if !swarm_exists(conn, swarm)? {
-        return Err(StoreError::NotFound(format!(
-            "swarm {swarm} does not exist"
-        )));
-    }
-    Ok(())
+    require_swarm(conn, swarm)
 }
 
 fn not_found(swarm: &str, name: &str) -> StoreError {
@@ -285,18 +271,13 @@ fn upsert(
     if existing.as_ref().is_some_and(|e| &e.spec == spec) {
         return Ok(DeployOutcome::Unchanged);
     }
-    bump(tx, swarm)?;
-    let revision: i64 = tx.query_row(
-        "SELECT revision FROM swarms WHERE name = ?1",
-        params![swarm],
-        |r| r.get(0),
-    )?;
+    let revision = bump(tx, swarm)?;
     let at = now();
     tx.execute(
         "INSERT INTO services (swarm, name, stack, spec, revision, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
          ON CONFLICT(swarm, name) DO UPDATE SET stack = ?3, spec = ?4, revision = ?5, updated_at = ?6",
-        params![swarm, spec.name, spec.stack, json_of(spec), revision, at],
+        params![swarm, spec.name, spec.stack, json_of(spec), revision as i64, at],
     )?;
     let (action, deployed) = if existing.is_some() {
         ("service.update", DeployOutcome::Updated)
@@ -314,9 +295,8 @@ fn upsert(
             "image={} mode={} revision={revision}",
             spec.image,
             match spec.mode {
-                fogswarm_protocol::service::ServiceMode::Global => "global".to_string(),
-                fogswarm_protocol::service::ServiceMode::Replicated =>
-                    format!("replicated/{}", spec.replicas.unwrap_or(1)),
+                ServiceMode::Global => "global".to_string(),
+                ServiceMode::Replicated => format!("replicated/{}", spec.replicas.unwrap_or(1)),
             }
         ),
     )?;
