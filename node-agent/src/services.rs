@@ -625,123 +625,128 @@ impl ServiceDuty {
                 continue;
             };
             let tasks = by_service.remove(&have.id).unwrap_or_default();
-            let mut observed =
-                observe_service(name, have, tasks, &devices, &swarm_nodes, errors.get(name));
-            observed.rolled_back_revision = self.rolled_back_from(name, have);
-            services.push(observed);
+            services.push(self.observe_service(
+                name,
+                have,
+                tasks,
+                &devices,
+                &swarm_nodes,
+                errors.get(name),
+            ));
         }
         Ok(ObservedReport { services })
     }
-}
 
-fn observe_service(
-    name: &str,
-    have: &Managed,
-    mut tasks: Vec<Task>,
-    devices: &HashMap<&str, &DesiredNode>,
-    nodes: &[Node],
-    apply_error: Option<&String>,
-) -> ServiceObserved {
-    let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
-    let current = |t: &Task| {
-        matches!(
-            t.desired_state,
-            Some(TaskState::RUNNING | TaskState::READY | TaskState::ACCEPTED)
-        )
-    };
-    // Newest first, so the kept failures are the latest.
-    tasks.sort_by(|a, b| {
-        let at = |t: &Task| {
-            t.status
-                .as_ref()
-                .and_then(|s| s.timestamp.clone())
-                .map(|d| d.to_string())
+    fn observe_service(
+        &self,
+        name: &str,
+        have: &Managed,
+        mut tasks: Vec<Task>,
+        devices: &HashMap<&str, &DesiredNode>,
+        nodes: &[Node],
+        apply_error: Option<&String>,
+    ) -> ServiceObserved {
+        let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
+        let current = |t: &Task| {
+            matches!(
+                t.desired_state,
+                Some(TaskState::RUNNING | TaskState::READY | TaskState::ACCEPTED)
+            )
         };
-        at(b).cmp(&at(a))
-    });
-    // Running the current spec: right after an update, old tasks still run
-    // and must not count.
-    let running = tasks
-        .iter()
-        .filter(|t| {
-            current(t)
-                && state(t) == Some(TaskState::RUNNING)
-                && template_of(t.spec.as_ref()) == have.template
-        })
-        .count() as u64;
-    let desired = match have.replicas {
-        Some(r) => r,
-        None => eligible_nodes(nodes, &have.constraints),
-    };
-    let failed: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| {
-            !current(t) && matches!(state(t), Some(TaskState::FAILED | TaskState::REJECTED))
-        })
-        .take(FAILED_TASKS_REPORTED)
-        .collect();
-    let update_failed = have
-        .update_state
-        .as_deref()
-        .is_some_and(|s| s == "paused" || s.starts_with("rollback"));
-    let error = apply_error
-        .cloned()
-        .or_else(|| have.update_message.clone().filter(|_| update_failed))
-        .or_else(|| failed.first().and_then(|t| t.status.as_ref()?.err.clone()));
-    let mut reported: Vec<TaskObserved> = tasks
-        .iter()
-        .filter(|t| current(t))
-        .chain(failed.iter().copied())
-        .map(|t| {
-            let node_id = t.node_id.clone().filter(|n| !n.is_empty());
-            TaskObserved {
-                id: t.id.clone().unwrap_or_default(),
-                slot: t.slot.map(|s| s as u64),
-                device: node_id
-                    .as_deref()
-                    .and_then(|n| devices.get(n))
-                    .map(|d| d.device_id.clone()),
-                node_id,
-                image: t
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.container_spec.as_ref())
-                    .and_then(|c| c.image.clone())
-                    .unwrap_or_default(),
-                state: state(t).map(|s| s.to_string()).unwrap_or_default(),
-                desired_state: t.desired_state.map(|s| s.to_string()).unwrap_or_default(),
-                error: t.status.as_ref().and_then(|s| s.err.clone()),
-                since: t
-                    .status
+        // Newest first, so the kept failures are the latest.
+        tasks.sort_by(|a, b| {
+            let at = |t: &Task| {
+                t.status
                     .as_ref()
                     .and_then(|s| s.timestamp.clone())
-                    .map(|d| d.to_string()),
-            }
-        })
-        .collect();
-    reported.sort_by(|a, b| {
-        (
-            a.desired_state != "running",
-            a.slot,
-            a.device.as_ref().map(|d| d.to_string()),
-        )
-            .cmp(&(
-                b.desired_state != "running",
-                b.slot,
-                b.device.as_ref().map(|d| d.to_string()),
-            ))
-    });
-    ServiceObserved {
-        name: name.to_string(),
-        revision: have.revision,
-        image: have.image.clone(),
-        desired_tasks: desired,
-        running_tasks: running,
-        update_state: have.update_state.clone(),
-        rolled_back_revision: None, // known to the duty, which fills it in
-        apply_error: apply_error.cloned(),
-        error,
-        tasks: reported,
+                    .map(|d| d.to_string())
+            };
+            at(b).cmp(&at(a))
+        });
+        // Running the current spec: right after an update, old tasks still run
+        // and must not count.
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                current(t)
+                    && state(t) == Some(TaskState::RUNNING)
+                    && template_of(t.spec.as_ref()) == have.template
+            })
+            .count() as u64;
+        let desired = match have.replicas {
+            Some(r) => r,
+            None => eligible_nodes(nodes, &have.constraints),
+        };
+        let failed: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| {
+                !current(t) && matches!(state(t), Some(TaskState::FAILED | TaskState::REJECTED))
+            })
+            .take(FAILED_TASKS_REPORTED)
+            .collect();
+        let update_failed = have
+            .update_state
+            .as_deref()
+            .is_some_and(|s| s == "paused" || s.starts_with("rollback"));
+        let error = apply_error
+            .cloned()
+            .or_else(|| have.update_message.clone().filter(|_| update_failed))
+            .or_else(|| failed.first().and_then(|t| t.status.as_ref()?.err.clone()));
+        let mut reported: Vec<TaskObserved> = tasks
+            .iter()
+            .filter(|t| current(t))
+            .chain(failed.iter().copied())
+            .map(|t| {
+                let node_id = t.node_id.clone().filter(|n| !n.is_empty());
+                TaskObserved {
+                    id: t.id.clone().unwrap_or_default(),
+                    slot: t.slot.map(|s| s as u64),
+                    device: node_id
+                        .as_deref()
+                        .and_then(|n| devices.get(n))
+                        .map(|d| d.device_id.clone()),
+                    node_id,
+                    image: t
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.container_spec.as_ref())
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default(),
+                    state: state(t).map(|s| s.to_string()).unwrap_or_default(),
+                    desired_state: t.desired_state.map(|s| s.to_string()).unwrap_or_default(),
+                    error: t.status.as_ref().and_then(|s| s.err.clone()),
+                    since: t
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.timestamp.clone())
+                        .map(|d| d.to_string()),
+                }
+            })
+            .collect();
+        reported.sort_by(|a, b| {
+            (
+                a.desired_state != "running",
+                a.slot,
+                a.device.as_ref().map(|d| d.to_string()),
+            )
+                .cmp(&(
+                    b.desired_state != "running",
+                    b.slot,
+                    b.device.as_ref().map(|d| d.to_string()),
+                ))
+        });
+        ServiceObserved {
+            name: name.to_string(),
+            revision: have.revision,
+            image: have.image.clone(),
+            desired_tasks: desired,
+            running_tasks: running,
+            update_state: have.update_state.clone(),
+            rolled_back_revision: self.rolled_back_from(name, have),
+            apply_error: apply_error.cloned(),
+            error,
+            tasks: reported,
+        }
     }
 }
 
