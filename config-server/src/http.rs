@@ -4,12 +4,15 @@
 //! Every failure answers `{"error", "message", "field"}` with a 4xx (or a
 //! 500 that says nothing of internals); no message ever carries a secret.
 
+use crate::db::DbError;
+use crate::limit::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::secrets;
-use crate::store::{Actor, Store, StoreError, Touched};
+use crate::store::{Actor, ServerCredentials, Store, StoreError, Touched};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query,
+    Request, State,
 };
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -22,8 +25,9 @@ use fogswarm_protocol::validate::Role;
 use fogswarm_protocol::DeviceId;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use utoipa::OpenApi;
@@ -37,12 +41,15 @@ pub const MAX_WAIT_SECS: u64 = 60;
 
 pub struct AppState {
     pub store: Store,
+    /// The admin token's hash, as shared through the database (it never
+    /// changes while the server runs).
     pub admin_hash: String,
-    pub provisioning_hash: RwLock<String>,
+    /// Where a rotated provisioning key is written (on this replica).
     pub provisioning_file: PathBuf,
     /// Per-swarm revision channels that wake long polls.
     pub revisions: Mutex<HashMap<String, watch::Sender<u64>>>,
     pub metrics: Metrics,
+    pub limiter: FailureLimiter,
 }
 
 impl AppState {
@@ -57,11 +64,41 @@ impl AppState {
     fn notify(&self, touched: &Touched) {
         for swarm in touched {
             if let Ok(revision) = self.store.revision(swarm) {
-                let mut map = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
-                let sender = map
-                    .entry(swarm.clone())
-                    .or_insert_with(|| watch::channel(0).0);
-                sender.send_replace(revision);
+                self.wake(swarm, revision);
+            }
+        }
+    }
+
+    /// Wakes the long polls of `swarm` waiting for less than `revision`
+    /// (from this replica's changes, or another's through the database).
+    /// Revisions only move forward, whatever order wake-ups come in.
+    pub fn wake(&self, swarm: &str, revision: u64) {
+        let mut map = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = map
+            .entry(swarm.to_string())
+            .or_insert_with(|| watch::channel(0).0);
+        sender.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
+    }
+
+    /// Re-reads the revision of every swarm someone waits on: after the
+    /// database's notifications were interrupted, some may have been lost.
+    pub fn resync(&self) {
+        let swarms: Vec<String> = self
+            .revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for swarm in swarms {
+            if let Ok(revision) = self.store.revision(&swarm) {
+                self.wake(&swarm, revision);
             }
         }
     }
@@ -76,6 +113,8 @@ type Shared = Arc<AppState>;
 pub struct ApiFailure {
     status: StatusCode,
     body: ApiError,
+    /// Seconds for a Retry-After header (429, 503).
+    retry_after: Option<u64>,
 }
 
 impl ApiFailure {
@@ -92,6 +131,20 @@ impl ApiFailure {
                 message: message.into(),
                 field,
             },
+            retry_after: None,
+        }
+    }
+
+    fn too_many_failures(wait: Duration) -> Self {
+        let secs = wait.as_secs().max(1);
+        ApiFailure {
+            retry_after: Some(secs),
+            ..ApiFailure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many failed authentications from this address; try again in {secs}s"),
+                None,
+            )
         }
     }
 
@@ -111,7 +164,13 @@ impl ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -125,6 +184,27 @@ impl From<StoreError> for ApiFailure {
             StoreError::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, "conflict", m, None),
             StoreError::Forbidden(m) => {
                 ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", m, None)
+            }
+            StoreError::Database(DbError::Unavailable(m)) => {
+                tracing::warn!(error = %m, "database unavailable");
+                ApiFailure {
+                    retry_after: Some(2),
+                    ..ApiFailure::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("the server cannot store or read right now: {m}"),
+                        None,
+                    )
+                }
+            }
+            StoreError::Database(DbError::Constraint(m)) => {
+                tracing::warn!(error = %m, "constraint refused a change");
+                ApiFailure::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the change conflicts with one made at the same time; retry",
+                    None,
+                )
             }
             e @ (StoreError::Database(_) | StoreError::Corrupt(_)) => {
                 tracing::error!(error = %e, "store failure");
@@ -222,6 +302,34 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The address a request came from, for the brute-force limiter.
+pub struct Peer(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(peer_ip(parts)))
+    }
+}
+
+fn peer_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+impl AppState {
+    /// Refuses (429) an address that failed too often lately.
+    fn admit(&self, ip: IpAddr) -> ApiResult<()> {
+        self.limiter
+            .check(ip)
+            .map_err(ApiFailure::too_many_failures)
+    }
+}
+
 /// The caller presented the admin token.
 pub struct Admin;
 
@@ -232,9 +340,14 @@ impl FromRequestParts<Shared> for Admin {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
+        let ip = peer_ip(parts);
+        state.admit(ip)?;
         match bearer(parts) {
             Some(token) if secrets::matches(token, &state.admin_hash) => Ok(Admin),
-            Some(_) => Err(ApiFailure::unauthorized("the admin token is not valid")),
+            Some(_) => {
+                state.limiter.fail(ip);
+                Err(ApiFailure::unauthorized("the admin token is not valid"))
+            }
             None => Err(ApiFailure::unauthorized(
                 "this endpoint needs the admin token as a bearer token",
             )),
@@ -252,6 +365,8 @@ impl FromRequestParts<Shared> for AuthDevice {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
+        let ip = peer_ip(parts);
+        state.admit(ip)?;
         let token = bearer(parts).ok_or_else(|| {
             ApiFailure::unauthorized(
                 "this endpoint needs the device's credential as a bearer token",
@@ -259,9 +374,12 @@ impl FromRequestParts<Shared> for AuthDevice {
         })?;
         match state.store.authenticate_device(token)? {
             Some(id) => Ok(AuthDevice(id)),
-            None => Err(ApiFailure::unauthorized(
-                "the device credential is not valid",
-            )),
+            None => {
+                state.limiter.fail(ip);
+                Err(ApiFailure::unauthorized(
+                    "the device credential is not valid",
+                ))
+            }
         }
     }
 }
@@ -358,16 +476,17 @@ async fn not_found() -> ApiFailure {
     responses((status = 200, body = EnrolResponse), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
 async fn enrol(
     State(state): State<Shared>,
+    Peer(ip): Peer,
     ApiJson(req): ApiJson<EnrolRequest>,
 ) -> ApiResult<Json<EnrolResponse>> {
-    let key_ok = {
-        let hash = state
-            .provisioning_hash
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        secrets::matches(req.provisioning_key.expose(), &hash)
-    };
-    if !key_ok {
+    state.admit(ip)?;
+    // Read each time: another replica may have rotated it.
+    let hash = state
+        .store
+        .credential(ServerCredentials::PROVISIONING_KEY_HASH)?
+        .unwrap_or_default();
+    if !secrets::matches(req.provisioning_key.expose(), &hash) {
+        state.limiter.fail(ip);
         state.metrics.enrolment("refused_key");
         return Err(ApiFailure::unauthorized(
             "the provisioning key is not valid",
@@ -891,10 +1010,10 @@ async fn rotate_provisioning_key(
             None,
         )
     })?;
-    *state
-        .provisioning_hash
-        .write()
-        .unwrap_or_else(|p| p.into_inner()) = secrets::hash(key.expose());
+    state.store.set_credential(
+        ServerCredentials::PROVISIONING_KEY_HASH,
+        &secrets::hash(key.expose()),
+    )?;
     state
         .store
         .log(&Actor::Admin, "provisioning_key.rotate", "fleet", "")?;

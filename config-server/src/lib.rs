@@ -1,10 +1,14 @@
 //! fogswarm-server: the fleet's source of truth.
 //!
-//! Holds swarms and devices in SQLite, answers devices' bootstrap requests
-//! (enrol, config, report, tokens, desired state) and the operator API, and
-//! optionally advertises itself over mDNS.
+//! Holds swarms and devices in SQLite or PostgreSQL, answers devices'
+//! bootstrap requests (enrol, config, report, tokens, desired state) and
+//! the operator API, and optionally advertises itself over mDNS. On
+//! PostgreSQL any number of replicas serve the same fleet at once.
 
+pub mod backup;
+pub mod db;
 pub mod http;
+pub mod limit;
 pub mod mdns;
 pub mod metrics;
 pub mod secrets;
@@ -12,12 +16,14 @@ pub mod store;
 pub mod tls;
 
 use anyhow::{Context, Result};
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use store::ServerCredentials;
 
 /// How the server does TLS.
 #[derive(Debug, Clone)]
@@ -42,8 +48,51 @@ pub struct ServerOptions {
     pub tls: TlsMode,
     pub mdns: bool,
     pub mdns_interface: Option<String>,
+    /// The database; SQLite in the data directory when not given.
+    pub database: Option<db::Location>,
+    pub postgres: db::PostgresOptions,
 }
 
+impl ServerOptions {
+    pub fn database(&self) -> db::Location {
+        self.database
+            .clone()
+            .unwrap_or_else(|| db::Location::Sqlite(self.data.join("fleet.db")))
+    }
+}
+
+/// Opens the fleet's store as the options say.
+pub fn open_store(opts: &ServerOptions) -> Result<store::Store> {
+    let location = opts.database();
+    store::Store::open_location(&location, &opts.postgres).with_context(|| match &location {
+        db::Location::Sqlite(path) => format!("opening {}", path.display()),
+        db::Location::Postgres(_) => "opening the PostgreSQL database".to_string(),
+    })
+}
+
+/// A secret the fleet shares through the database, by its hash: the one
+/// stored, or, on the fleet's first start, the one in `file` (made there
+/// when missing). Answers the hash and whether `file` holds that secret,
+/// so the operator is told where to find it.
+fn shared_secret(
+    store: &store::Store,
+    name: &str,
+    file: &std::path::Path,
+    prefix: &str,
+) -> Result<(String, bool)> {
+    let (hash, _) = store.credential_or_insert(name, || {
+        let secret = secrets::load_or_create(file, prefix)
+            .with_context(|| format!("reading {}", file.display()))?;
+        Ok(secrets::hash(secret.expose()))
+    })?;
+    let here = std::fs::read_to_string(file)
+        .map(|text| secrets::matches(text.trim(), &hash))
+        .unwrap_or(false);
+    if !here && file.exists() {
+        tracing::warn!(file = %file.display(), "this file does not hold the fleet's current secret; it is not used");
+    }
+    Ok((hash, here))
+}
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(opts: ServerOptions) -> Result<()> {
     std::fs::DirBuilder::new()
@@ -51,15 +100,21 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         .mode(0o700)
         .create(&opts.data)
         .with_context(|| format!("creating the data directory {}", opts.data.display()))?;
+    let store = open_store(&opts)?;
     let admin_file = opts.data.join("admin.token");
     let provisioning_file = opts.data.join("provisioning.key");
-    let admin = secrets::load_or_create(&admin_file, "fsa")
-        .with_context(|| format!("reading {}", admin_file.display()))?;
-    let provisioning = secrets::load_or_create(&provisioning_file, "fsp")
-        .with_context(|| format!("reading {}", provisioning_file.display()))?;
-    let db_path = opts.data.join("fleet.db");
-    let store =
-        store::Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let (admin_hash, admin_here) = shared_secret(
+        &store,
+        ServerCredentials::ADMIN_TOKEN_HASH,
+        &admin_file,
+        "fsa",
+    )?;
+    let (_, provisioning_here) = shared_secret(
+        &store,
+        ServerCredentials::PROVISIONING_KEY_HASH,
+        &provisioning_file,
+        "fsp",
+    )?;
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -81,20 +136,30 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             all.extend(names.iter().cloned());
             all.sort();
             all.dedup();
-            Some(tls::self_signed(&opts.data.join("tls"), &all)?)
+            let tls_dir = opts.data.join("tls");
+            let (ca, _) = store.credential_or_insert(ServerCredentials::CA, || {
+                tls::existing_or_new_ca(&tls_dir)
+            })?;
+            Some(tls::self_signed(&ca, &tls_dir, &all)?)
         }
     };
     let fingerprint = identity.as_ref().map(|i| i.fingerprint.clone());
 
     let state = Arc::new(http::AppState {
         store,
-        admin_hash: secrets::hash(admin.expose()),
-        provisioning_hash: std::sync::RwLock::new(secrets::hash(provisioning.expose())),
+        admin_hash,
         provisioning_file: provisioning_file.clone(),
         revisions: Default::default(),
         metrics: Default::default(),
+        limiter: Default::default(),
     });
-    drop((admin, provisioning));
+    // Changes made through other replicas wake this one's long polls.
+    let (woken, resynced) = (state.clone(), state.clone());
+    let _listener = db::Listener::spawn(
+        state.store.database(),
+        move |swarm, revision| woken.wake(swarm, revision),
+        move || resynced.resync(),
+    );
     let app = http::router(state);
 
     let _mdns = if opts.mdns {
@@ -112,8 +177,24 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     let scheme = if identity.is_some() { "https" } else { "http" };
     println!("fogswarm-server listening on {scheme}://{addr}");
     println!("data directory: {}", opts.data.display());
-    println!("admin token file: {}", admin_file.display());
-    println!("provisioning key file: {}", provisioning_file.display());
+    match opts.database() {
+        db::Location::Sqlite(path) => println!("database: {} (SQLite)", path.display()),
+        db::Location::Postgres(_) => println!("database: PostgreSQL (shared by every replica)"),
+    }
+    // Another replica (or the server a backup came from) may hold the
+    // secrets; this one knows only their hashes then.
+    let elsewhere =
+        "none here: the fleet's was made by another replica or came with a restored backup";
+    if admin_here {
+        println!("admin token file: {}", admin_file.display());
+    } else {
+        println!("admin token file: {elsewhere}");
+    }
+    if provisioning_here {
+        println!("provisioning key file: {}", provisioning_file.display());
+    } else {
+        println!("provisioning key file: {elsewhere}");
+    }
     if let Some(fp) = &fingerprint {
         println!("CA fingerprint (sha256): {fp}");
     }
@@ -124,9 +205,12 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
 
     match identity {
         None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?
         }
         Some(identity) => serve_tls(listener, app, identity).await?,
     }
@@ -156,7 +240,7 @@ async fn serve_tls(
             _ = &mut shutdown => return Ok(()),
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,

@@ -1,22 +1,104 @@
-//! `fogswarm-server`: see the library for what it serves.
+//! `fogswarm-server`: see the library for what it serves. Also backs up
+//! and restores a SQLite fleet.
 
-use clap::{ArgGroup, Parser};
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use fogswarm_server::db::{Location, PostgresOptions};
 use fogswarm_server::{ServerOptions, TlsMode};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "fogswarm-server",
     version,
-    about = "The fogswarm fleet configuration server"
+    about = "The fogswarm fleet configuration server",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
-#[command(group(ArgGroup::new("tls").args(["tls_cert", "tls_self_signed"])))]
-struct Args {
-    /// Data directory: database, admin token, provisioning key, TLS files.
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy the fleet's SQLite database, consistently, while the server
+    /// runs (SQLite's online backup API). The copy holds the CA and join
+    /// tokens: it is written 0600. For PostgreSQL use pg_dump.
+    Backup {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The file to write (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place as a data directory's database. The server
+    /// started on it serves the same fleet: devices keep their
+    /// credentials, the CA (and its fingerprint) is the same.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to restore into (must hold no database yet).
+        #[arg(long, env = "FOGSWARM_DATA")]
+        data: PathBuf,
+    },
+}
+
+/// Where the fleet's database is.
+#[derive(Args)]
+struct DatabaseArgs {
+    /// Data directory: database (by default), admin token, provisioning
+    /// key, TLS files.
     #[arg(long, env = "FOGSWARM_DATA")]
     data: PathBuf,
+    /// The database: a SQLite file (default DATA/fleet.db) or
+    /// postgres://USER@HOST[:PORT]/DB, shared by several replicas. Never
+    /// with a password: see --database-password-file.
+    #[arg(long, env = "FOGSWARM_DATABASE")]
+    database: Option<String>,
+    /// File holding the PostgreSQL password (else PGPASSWORD, if set).
+    #[arg(long, env = "FOGSWARM_DATABASE_PASSWORD_FILE")]
+    database_password_file: Option<PathBuf>,
+    /// PostgreSQL connections this replica keeps at most.
+    #[arg(long, default_value_t = 16)]
+    database_pool: usize,
+}
+
+impl DatabaseArgs {
+    fn location(&self) -> anyhow::Result<(Option<Location>, PostgresOptions)> {
+        let location = match &self.database {
+            Some(text) => Some(Location::parse(text).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let password = match &self.database_password_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => std::env::var("PGPASSWORD").ok(),
+        };
+        Ok((
+            location,
+            PostgresOptions {
+                password,
+                pool_size: self.database_pool,
+            },
+        ))
+    }
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("tls").args(["tls_cert", "tls_self_signed"])))]
+struct Serve {
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Address and port to listen on.
     #[arg(long, env = "FOGSWARM_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
@@ -26,8 +108,8 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Generate (once) a CA under the data directory and a server
-    /// certificate signed by it.
+    /// Generate (once per fleet: it is kept in the database) a CA and a
+    /// server certificate signed by it.
     #[arg(long)]
     tls_self_signed: bool,
     /// Extra host name or IP for the self-signed server certificate.
@@ -48,7 +130,22 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Backup { database, to }) => backup(&database, &to),
+        Some(Command::Restore { from, data }) => restore(&from, &data),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: Serve) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{},hyper=info,mdns_sd=warn", args.log_level))
     });
@@ -68,28 +165,55 @@ fn main() -> ExitCode {
         },
         _ => TlsMode::Off,
     };
+    let (database, postgres) = args.database.location()?;
     let opts = ServerOptions {
-        data: args.data,
+        data: args.database.data,
         listen: args.listen,
         tls,
         mdns: args.mdns,
         mdns_interface: args.mdns_interface,
+        database,
+        postgres,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .context("cannot start the async runtime")?;
+    runtime.block_on(fogswarm_server::run(opts))
+}
+
+fn backup(args: &DatabaseArgs, to: &Path) -> anyhow::Result<()> {
+    let (database, _) = args.location()?;
+    let path = match database {
+        None => args.data.join("fleet.db"),
+        Some(Location::Sqlite(path)) => path,
+        Some(Location::Postgres(_)) => bail!(
+            "a PostgreSQL fleet is backed up with pg_dump --format=custom and restored with pg_restore (see README, Backup and restore)"
+        ),
     };
-    match runtime.block_on(fogswarm_server::run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    if !path.exists() {
+        bail!("there is no database at {}", path.display());
     }
+    let stored = fogswarm_server::backup::backup(&path, to)?;
+    println!(
+        "backed up {} devices in {} swarms to {}",
+        stored.devices,
+        stored.swarms,
+        to.display()
+    );
+    Ok(())
+}
+
+fn restore(from: &Path, data: &Path) -> anyhow::Result<()> {
+    let stored = fogswarm_server::backup::restore(from, data)?;
+    println!(
+        "restored {} devices in {} swarms into {}",
+        stored.devices,
+        stored.swarms,
+        data.join("fleet.db").display()
+    );
+    if let Some(fp) = stored.ca_fingerprint {
+        println!("CA fingerprint (sha256): {fp}");
+    }
+    Ok(())
 }

@@ -43,7 +43,7 @@ pub fn advertise(
     };
     let info = ServiceInfo::new(
         SERVICE_TYPE,
-        &format!("fogswarm-{host}"),
+        &format!("fogswarm-{host}-{port}"),
         &format!("{host}.local."),
         &addrs[..],
         port,

@@ -74,35 +74,62 @@ fn ca_params() -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// Creates (first start) or reuses (later starts) a CA under `dir`, and
-/// signs a fresh server certificate for `names` (DNS names or IPs) with it.
-/// The CA persists, so the fingerprint agents pinned stays valid; the
-/// server certificate is remade each start, so new names take effect.
-pub fn self_signed(dir: &Path, names: &[String]) -> Result<Identity> {
+/// The fleet's CA as kept in the database: a PEM certificate and its key.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StoredCa {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The CA to store on a fleet's first start: the one a server of an
+/// earlier version kept under `dir` (so the fingerprint agents pinned stays
+/// valid), or a new one. Answered as the JSON the store keeps.
+pub fn existing_or_new_ca(dir: &Path) -> Result<String> {
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let ca = if cert_path.exists() && key_path.exists() {
+        StoredCa {
+            cert: std::fs::read_to_string(&cert_path).context("reading the CA certificate")?,
+            key: std::fs::read_to_string(&key_path).context("reading the CA key")?,
+        }
+    } else {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let cert = ca_params()?.self_signed(&key).context("signing the CA")?;
+        StoredCa {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    };
+    serde_json::to_string(&ca).context("encoding the CA")
+}
+
+/// The SHA-256 fingerprint of a stored CA's certificate.
+pub fn ca_fingerprint(stored: &str) -> Result<String> {
+    let ca: StoredCa = serde_json::from_str(stored).context("the stored CA is not valid")?;
+    let der =
+        CertificateDer::from_pem_slice(ca.cert.as_bytes()).context("parsing the CA certificate")?;
+    Ok(fingerprint(&der))
+}
+
+/// Signs a fresh server certificate for `names` (DNS names or IPs) with
+/// the fleet's CA (`stored`, shared by every replica through the
+/// database), and writes the CA's certificate (public) to `dir/ca.pem`
+/// for operators to hand out. The server certificate is remade each
+/// start, so new names take effect.
+pub fn self_signed(stored: &str, dir: &Path, names: &[String]) -> Result<Identity> {
+    let ca: StoredCa = serde_json::from_str(stored).context("the stored CA is not valid")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    let ca_cert_path = dir.join("ca.pem");
-    let ca_key_path = dir.join("ca.key");
-    if !ca_cert_path.exists() || !ca_key_path.exists() {
-        let key = KeyPair::generate().context("generating the CA key")?;
-        let cert = ca_params()?.self_signed(&key).context("signing the CA")?;
-        crate::secrets::write_secret_file(&ca_key_path, &key.serialize_pem())
-            .context("writing the CA key")?;
-        std::fs::write(&ca_cert_path, cert.pem()).context("writing the CA certificate")?;
-    }
-    let ca_pem = std::fs::read_to_string(&ca_cert_path).context("reading the CA certificate")?;
-    let ca_key =
-        KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path).context("reading the CA key")?)
-            .context("parsing the CA key")?;
+    std::fs::write(dir.join("ca.pem"), &ca.cert).context("writing the CA certificate")?;
+    let ca_key = KeyPair::from_pem(&ca.key).context("parsing the CA key")?;
     // The CA's parameters are deterministic, so rebuilding them with the
     // stored key gives the same issuer name and key identifier as the
     // stored certificate (no certificate parser needed).
     let issuer = Issuer::new(ca_params()?, ca_key);
     let ca_der =
-        CertificateDer::from_pem_slice(ca_pem.as_bytes()).context("parsing the CA certificate")?;
+        CertificateDer::from_pem_slice(ca.cert.as_bytes()).context("parsing the CA certificate")?;
 
     let mut params =
         CertificateParams::new(Vec::<String>::new()).context("server certificate parameters")?;

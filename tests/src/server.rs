@@ -6,9 +6,53 @@ use crate::workspace_binary;
 use anyhow::{bail, Context, Result};
 use fogswarm_client::{Client, Endpoint};
 use fogswarm_protocol::api::Secret;
+use fogswarm_server::db::{Location, PostgresOptions};
+use fogswarm_server::store::Store;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+/// The database the server tests run on: SQLite by default;
+/// `FOGSWARM_TEST_DATABASE=postgres` runs the same tests on PostgreSQL
+/// (a throwaway cluster per test binary, a database per data directory).
+pub fn on_postgres() -> bool {
+    std::env::var("FOGSWARM_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+/// The PostgreSQL database a data directory's server uses in this test
+/// process (made on first use, kept across restarts).
+fn postgres_database(data: &Path) -> Result<String> {
+    static DATABASES: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    let mut map = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(url) = map.get(data) {
+        return Ok(url.clone());
+    }
+    let url = crate::postgres::shared().create_database()?;
+    map.insert(data.to_path_buf(), url.clone());
+    Ok(url)
+}
+
+/// A digest of every stored row, for tests that prove a refused request
+/// changed nothing.
+pub fn db_fingerprint(data: &Path) -> Result<String> {
+    let location = if on_postgres() {
+        Location::Postgres(postgres_database(data)?)
+    } else {
+        Location::Sqlite(data.join("fleet.db"))
+    };
+    // The synchronous PostgreSQL client must neither run nor be dropped on
+    // an async worker: all of it happens in a thread of its own.
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            let store = Store::open_location(&location, &PostgresOptions::default())?;
+            Ok(store.fingerprint()?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("fingerprint panicked"))?
+    })
+}
 
 pub struct ServerProcess {
     pub child: Child,
@@ -37,10 +81,15 @@ impl ServerProcess {
             .create(true)
             .append(true)
             .open(&log)?;
+        let mut database = Vec::new();
+        if on_postgres() && !args.contains(&"--database") {
+            database = vec!["--database".to_string(), postgres_database(data)?];
+        }
         let mut child = Command::new(server_binary())
             .arg("--data")
             .arg(data)
             .args(["--listen", listen])
+            .args(&database)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -4,11 +4,10 @@
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_client::{Client, ClientError, Endpoint};
-use fogswarm_e2e::server::ServerProcess;
+use fogswarm_e2e::server::{db_fingerprint, ServerProcess};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
 use fogswarm_protocol::DeviceId;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -55,10 +54,6 @@ async fn enrol(
         server.anonymous().with_token(response.credential.clone()),
         response,
     ))
-}
-
-fn db_fingerprint(data: &Path) -> Result<String> {
-    Ok(fogswarm_server::store::Store::open(&data.join("fleet.db"))?.fingerprint()?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

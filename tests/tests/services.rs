@@ -6,7 +6,7 @@
 //! creates a service by hand (test 5) or pulls a device's plug (test 7).
 
 use anyhow::{bail, ensure, Context, Result};
-use fogswarm_e2e::server::ServerProcess;
+use fogswarm_e2e::server::{db_fingerprint, ServerProcess};
 use fogswarm_e2e::{eventually, fogswarm, http_get, serial, static_binary, Lab, Run};
 use fogswarm_protocol::api::LabelChange;
 use fogswarm_protocol::service::{ServiceSpec, ServiceStatus, ServiceView, TaskObserved};
@@ -867,9 +867,7 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
             vec!["service ghost does not exist in swarm fog"],
         ),
     ];
-    let fingerprint = || -> Result<String> {
-        Ok(fogswarm_server::store::Store::open(&data.join("fleet.db"))?.fingerprint()?)
-    };
+    let fingerprint = || db_fingerprint(&data);
     let before = fingerprint()?;
     for (args, code, needles) in &cases {
         let r = run(args)?;

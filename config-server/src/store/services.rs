@@ -5,15 +5,14 @@
 //! and the agent tells a current service from a stale one by the revision
 //! label it put on it. An unchanged spec deploys as a no-op.
 
-use super::{
-    bump, from_json, json_of, log_event, now, require_swarm, Actor, Result, Store, StoreError,
-    Touched,
-};
+use super::events::log_event;
+use super::swarms::require_swarm;
+use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Touched};
+use crate::db::{params, Row, Tx};
 use fogswarm_protocol::service::{
     DeployOutcome, DesiredService, ObservedReport, ServiceMode, ServiceObserved, ServiceSpec,
     ServiceStatus, ServiceView, StackDeploy, StackServiceOutcome,
 };
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, BTreeSet};
 
 struct ServiceRow {
@@ -186,10 +185,10 @@ impl Store {
     }
 
     pub fn list_services(&self, swarm: &str) -> Result<Vec<ServiceView>> {
-        self.read(|conn| {
-            known_swarm(conn, swarm)?;
-            let (observed, at) = observed(conn, swarm)?;
-            Ok(list_rows(conn, swarm)?
+        self.read(|tx| {
+            known_swarm(tx, swarm)?;
+            let (observed, at) = observed(tx, swarm)?;
+            Ok(list_rows(tx, swarm)?
                 .into_iter()
                 .map(|row| view_of(swarm, row, &observed, at))
                 .collect())
@@ -197,9 +196,9 @@ impl Store {
     }
 
     pub fn get_service(&self, swarm: &str, name: &str) -> Result<ServiceView> {
-        self.read(|conn| {
-            known_swarm(conn, swarm)?;
-            service_view(conn, swarm, name)
+        self.read(|tx| {
+            known_swarm(tx, swarm)?;
+            service_view(tx, swarm, name)
         })
     }
 
@@ -210,8 +209,8 @@ impl Store {
         let swarm = self.manager_swarm(device)?;
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO observed (swarm, report, device, at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(swarm) DO UPDATE SET report = ?2, device = ?3, at = ?4",
+                "INSERT INTO observed (swarm, report, device, at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT(swarm) DO UPDATE SET report = $2, device = $3, at = $4",
                 params![swarm, json_of(report), device, now()],
             )?;
             Ok(())
@@ -220,9 +219,9 @@ impl Store {
 }
 
 /// The services a swarm's managers should run, for the desired state.
-pub(super) fn desired_services(conn: &Connection, swarm: &str) -> Result<Vec<DesiredService>> {
-    let (observed, _) = observed(conn, swarm)?;
-    Ok(list_rows(conn, swarm)?
+pub(super) fn desired_services(tx: &Tx<'_>, swarm: &str) -> Result<Vec<DesiredService>> {
+    let (observed, _) = observed(tx, swarm)?;
+    Ok(list_rows(tx, swarm)?
         .into_iter()
         .map(|r| DesiredService {
             rolled_back: observed
@@ -251,9 +250,9 @@ fn check_same_stack(existing: &ServiceSpec, new: &ServiceSpec) -> Result<()> {
 }
 
 /// A valid swarm name of a swarm that exists.
-fn known_swarm(conn: &Connection, swarm: &str) -> Result<()> {
+fn known_swarm(tx: &Tx<'_>, swarm: &str) -> Result<()> {
     fogswarm_protocol::validate::validate_swarm_name(swarm)?;
-    require_swarm(conn, swarm)
+    require_swarm(tx, swarm)
 }
 
 fn not_found(swarm: &str, name: &str) -> StoreError {
@@ -261,12 +260,7 @@ fn not_found(swarm: &str, name: &str) -> StoreError {
 }
 
 /// Inserts or replaces; an identical spec changes nothing (no revision).
-fn upsert(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    swarm: &str,
-    spec: &ServiceSpec,
-) -> Result<DeployOutcome> {
+fn upsert(tx: &Tx<'_>, actor: &Actor, swarm: &str, spec: &ServiceSpec) -> Result<DeployOutcome> {
     let existing = service_row(tx, swarm, &spec.name)?;
     if existing.as_ref().is_some_and(|e| &e.spec == spec) {
         return Ok(DeployOutcome::Unchanged);
@@ -275,9 +269,9 @@ fn upsert(
     let at = now();
     tx.execute(
         "INSERT INTO services (swarm, name, stack, spec, revision, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-         ON CONFLICT(swarm, name) DO UPDATE SET stack = ?3, spec = ?4, revision = ?5, updated_at = ?6",
-        params![swarm, spec.name, spec.stack, json_of(spec), revision as i64, at],
+         VALUES ($1, $2, $3, $4, $5, $6, $6)
+         ON CONFLICT(swarm, name) DO UPDATE SET stack = $3, spec = $4, revision = $5, updated_at = $6",
+        params![swarm, &spec.name, &spec.stack, json_of(spec), revision as i64, at],
     )?;
     let (action, deployed) = if existing.is_some() {
         ("service.update", DeployOutcome::Updated)
@@ -303,68 +297,53 @@ fn upsert(
     Ok(deployed)
 }
 
-fn delete(tx: &Transaction<'_>, actor: &Actor, swarm: &str, name: &str) -> Result<()> {
+fn delete(tx: &Tx<'_>, actor: &Actor, swarm: &str, name: &str) -> Result<()> {
     tx.execute(
-        "DELETE FROM services WHERE swarm = ?1 AND name = ?2",
+        "DELETE FROM services WHERE swarm = $1 AND name = $2",
         params![swarm, name],
     )?;
     bump(tx, swarm)?;
     log_event(tx, actor, "service.remove", &format!("{swarm}/{name}"), "")
 }
 
-fn service_row(conn: &Connection, swarm: &str, name: &str) -> Result<Option<ServiceRow>> {
-    conn.query_row(
-        "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = ?1 AND name = ?2",
+fn service_row(tx: &Tx<'_>, swarm: &str, name: &str) -> Result<Option<ServiceRow>> {
+    tx.query_opt(
+        "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = $1 AND name = $2",
         params![swarm, name],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        },
-    )
-    .optional()?
+    )?
+    .as_ref()
     .map(row_of)
     .transpose()
 }
 
-fn list_rows(conn: &Connection, swarm: &str) -> Result<Vec<ServiceRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = ?1 ORDER BY name",
-    )?;
-    let rows: Vec<(String, i64, i64, i64)> = stmt
-        .query_map(params![swarm], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<std::result::Result<_, _>>()?;
-    rows.into_iter().map(row_of).collect()
+fn list_rows(tx: &Tx<'_>, swarm: &str) -> Result<Vec<ServiceRow>> {
+    tx.query(
+        "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = $1 ORDER BY name",
+        params![swarm],
+    )?
+    .iter()
+    .map(row_of)
+    .collect()
 }
 
-fn row_of((spec, revision, created_at, updated_at): (String, i64, i64, i64)) -> Result<ServiceRow> {
+fn row_of(row: &Row) -> Result<ServiceRow> {
     Ok(ServiceRow {
-        spec: from_json(&spec)?,
-        revision: revision as u64,
-        created_at,
-        updated_at,
+        spec: from_json(&row.get::<String>(0)?)?,
+        revision: row.get::<i64>(1)? as u64,
+        created_at: row.get(2)?,
+        updated_at: row.get(3)?,
     })
 }
 
-fn observed(
-    conn: &Connection,
-    swarm: &str,
-) -> Result<(BTreeMap<String, ServiceObserved>, Option<i64>)> {
-    let row: Option<(String, i64)> = conn
-        .query_row(
-            "SELECT report, at FROM observed WHERE swarm = ?1",
-            params![swarm],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((report, at)) = row else {
+fn observed(tx: &Tx<'_>, swarm: &str) -> Result<(BTreeMap<String, ServiceObserved>, Option<i64>)> {
+    let Some(row) = tx.query_opt(
+        "SELECT report, at FROM observed WHERE swarm = $1",
+        params![swarm],
+    )?
+    else {
         return Ok((BTreeMap::new(), None));
     };
+    let (report, at): (String, i64) = (row.get(0)?, row.get(1)?);
     let report: ObservedReport = from_json(&report)?;
     Ok((
         report
@@ -395,8 +374,8 @@ fn view_of(
     }
 }
 
-fn service_view(conn: &Connection, swarm: &str, name: &str) -> Result<ServiceView> {
-    let row = service_row(conn, swarm, name)?.ok_or_else(|| not_found(swarm, name))?;
-    let (observed, at) = observed(conn, swarm)?;
+fn service_view(tx: &Tx<'_>, swarm: &str, name: &str) -> Result<ServiceView> {
+    let row = service_row(tx, swarm, name)?.ok_or_else(|| not_found(swarm, name))?;
+    let (observed, at) = observed(tx, swarm)?;
     Ok(view_of(swarm, row, &observed, at))
 }

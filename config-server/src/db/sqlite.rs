@@ -1,0 +1,195 @@
+//! SQLite: one connection behind a mutex. SQLite serialises writers
+//! anyway, each statement takes microseconds, and the mutex makes every
+//! read-decide-write sequence atomic.
+//!
+//! Durability: WAL with `synchronous=FULL`, so a commit is on disk (the WAL
+//! is synced) before the call that made it answers; `NORMAL` would survive
+//! a process crash but could lose the last commits on power loss.
+
+use super::{DbError, DbResult, Migration, Row, Tx, TxInner, Value};
+use rusqlite::{Connection, ErrorCode};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(
+                ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::OutOfMemory,
+            ) => DbError::Unavailable(sqlite_message(&e)),
+            Some(ErrorCode::ConstraintViolation) => DbError::Constraint(e.to_string()),
+            _ => DbError::Other(e.to_string()),
+        }
+    }
+}
+
+/// What an operator can act on: "disk full" rather than an error number.
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the disk holding the database is full".into(),
+        Some(ErrorCode::ReadOnly) => "the database is read-only".into(),
+        Some(ErrorCode::SystemIoFailure) => {
+            format!("input/output error on the database file ({e}): is the disk full or read-only?")
+        }
+        _ => e.to_string(),
+    }
+}
+
+impl Sqlite {
+    pub fn open(path: &Path, migrations: &[Migration]) -> DbResult<Sqlite> {
+        // The file holds join tokens and the CA key: private from its first
+        // byte (the WAL and shared-memory files SQLite makes take its mode).
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| DbError::Unavailable(format!("creating {}: {e}", path.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let db = Sqlite {
+            conn: Mutex::new(conn),
+        };
+        db.migrate(migrations)?;
+        Ok(db)
+    }
+
+    fn migrate(&self, migrations: &[Migration]) -> DbResult<()> {
+        let mut conn = self.lock();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version as usize > migrations.len() {
+            return Err(DbError::Other(format!(
+                "the database is at schema version {version}, newer than this server knows ({}): \
+                 run the newer server, or restore a backup",
+                migrations.len()
+            )));
+        }
+        let tx = conn.transaction()?;
+        for (i, m) in migrations.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m.sqlite)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half
+        // applied (rusqlite rolls back on drop), so a poisoned lock is safe
+        // to take over.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| E::from(e.into()))?;
+        let value = f(&Tx {
+            inner: TxInner::Sqlite(&tx),
+        })?;
+        tx.commit().map_err(|e| E::from(e.into()))?;
+        Ok(value)
+    }
+
+    pub fn read<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let conn = self.lock();
+        let result = f(&Tx {
+            inner: TxInner::Sqlite(&conn),
+        });
+        result
+    }
+
+    pub fn backup_to(&self, to: &Path) -> DbResult<()> {
+        let conn = self.lock();
+        let mut dest = Connection::open(to)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&conn, &mut dest)?;
+            // All pages in one step: one consistent snapshot, never
+            // restarted by a concurrent write.
+            backup.step(-1)?;
+        }
+        dest.pragma_update(None, "journal_mode", "DELETE")?;
+        Ok(())
+    }
+}
+
+/// Binds `$N` placeholders by name: SQLite numbers named parameters in the
+/// order they first appear, which need not be N.
+fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> DbResult<()> {
+    for (i, value) in params.iter().enumerate() {
+        let Some(index) = stmt.parameter_index(&format!("${}", i + 1))? else {
+            continue;
+        };
+        match value {
+            Value::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
+            Value::Int(v) => stmt.raw_bind_parameter(index, v)?,
+            Value::Text(v) => stmt.raw_bind_parameter(index, v)?,
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> DbResult<u64> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, params)?;
+    // A statement with RETURNING (or a SELECT) answers rows: step through
+    // them so it runs to completion.
+    if stmt.readonly() || stmt.column_count() > 0 {
+        let readonly = stmt.readonly();
+        let mut rows = stmt.raw_query();
+        while rows.next()?.is_some() {}
+        return Ok(if readonly { 0 } else { conn.changes() });
+    }
+    Ok(stmt.raw_execute()? as u64)
+}
+
+pub(super) fn query(conn: &Connection, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, params)?;
+    let columns = stmt.column_count();
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = Vec::with_capacity(columns);
+        for i in 0..columns {
+            values.push(match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => Value::Null,
+                rusqlite::types::ValueRef::Integer(v) => Value::Int(v),
+                rusqlite::types::ValueRef::Text(t) => {
+                    Value::Text(String::from_utf8_lossy(t).into_owned())
+                }
+                other => {
+                    return Err(DbError::Other(format!(
+                        "column {i} has an unexpected type {:?}",
+                        other.data_type()
+                    )))
+                }
+            });
+        }
+        out.push(Row(values));
+    }
+    Ok(out)
+}

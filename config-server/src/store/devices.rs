@@ -1,0 +1,727 @@
+//! Devices: declared by the operator (one or in bulk), enrolled with the
+//! provisioning key, authenticated by their credential's hash, reporting
+//! their state and facts; and the fleet-wide views over them.
+
+use super::events::log_event;
+use super::swarms::require_swarm;
+use super::{bump, from_json, json_of, now, Actor, Enrolment, Result, Store, StoreError, Touched};
+use crate::db::{params, Row, Tx};
+use crate::secrets;
+use fogswarm_protocol::api::{
+    DeviceCreate, DeviceProblem, DeviceState, DeviceUpdate, DeviceView, Facts, FleetStatus,
+    LabelChange, ReportRequest, SwarmSummary,
+};
+use fogswarm_protocol::validate::{self, AutoEnrol, Role, FACT_PREFIX};
+use fogswarm_protocol::DeviceId;
+use std::collections::BTreeMap;
+
+impl Store {
+    pub fn create_device(
+        &self,
+        actor: &Actor,
+        spec: &DeviceCreate,
+    ) -> Result<(DeviceView, Touched)> {
+        self.write(|tx| {
+            let view = insert_device(tx, spec, None)?;
+            log_event(
+                tx,
+                actor,
+                "device.create",
+                view.id.as_str(),
+                &format!("swarm={} role={}", view.swarm, view.role),
+            )?;
+            bump(tx, &view.swarm)?;
+            Ok((view.clone(), vec![view.swarm]))
+        })
+    }
+
+    /// Creates every device or none: a bad row rolls the whole import back
+    /// and is named in the error (rows count from 1).
+    pub fn import_devices(&self, actor: &Actor, rows: &[DeviceCreate]) -> Result<(usize, Touched)> {
+        self.write(|tx| {
+            let mut touched = Vec::new();
+            for (i, spec) in rows.iter().enumerate() {
+                let view = insert_device(tx, spec, Some(i + 1))?;
+                touched.push(view.swarm);
+            }
+            touched.sort();
+            touched.dedup();
+            for swarm in &touched {
+                bump(tx, swarm)?;
+            }
+            log_event(
+                tx,
+                actor,
+                "device.import",
+                &format!("{} devices", rows.len()),
+                &touched.join(","),
+            )?;
+            Ok((rows.len(), touched))
+        })
+    }
+
+    pub fn list_devices(&self, swarm: Option<&str>) -> Result<Vec<DeviceView>> {
+        if let Some(s) = swarm {
+            validate::validate_swarm_name(s)?;
+        }
+        self.read(|tx| {
+            device_rows(tx, swarm)?
+                .into_iter()
+                .map(DeviceRow::into_view)
+                .collect()
+        })
+    }
+
+    pub fn get_device(&self, id: &str) -> Result<DeviceView> {
+        let id = DeviceId::parse(id)?;
+        self.read(|tx| device_view(tx, id.as_str()))
+    }
+
+    pub fn update_device(
+        &self,
+        actor: &Actor,
+        id: &str,
+        update: &DeviceUpdate,
+    ) -> Result<(DeviceView, Touched)> {
+        let id = DeviceId::parse(id)?;
+        if let Some(labels) = &update.labels {
+            validate::validate_operator_labels(labels)?;
+        }
+        if let Some(swarm) = &update.swarm {
+            validate::validate_swarm_name(swarm)?;
+        }
+        self.write(|tx| {
+            let before = device_view(tx, id.as_str())?;
+            let mut touched = vec![before.swarm.clone()];
+            if let Some(swarm) = &update.swarm {
+                require_swarm(tx, swarm)?;
+                tx.execute(
+                    "UPDATE devices SET swarm = $2 WHERE id = $1",
+                    params![id.as_str(), swarm],
+                )?;
+                touched.push(swarm.clone());
+            }
+            if let Some(role) = update.role {
+                set_role(tx, id.as_str(), role)?;
+            }
+            if let Some(labels) = &update.labels {
+                tx.execute(
+                    "UPDATE devices SET labels = $2 WHERE id = $1",
+                    params![id.as_str(), json_of(labels)],
+                )?;
+            }
+            log_event(
+                tx,
+                actor,
+                "device.update",
+                id.as_str(),
+                &describe_update(update),
+            )?;
+            touched.sort();
+            touched.dedup();
+            for s in &touched {
+                bump(tx, s)?;
+            }
+            Ok((device_view(tx, id.as_str())?, touched))
+        })
+    }
+
+    pub fn change_labels(
+        &self,
+        actor: &Actor,
+        id: &str,
+        change: &LabelChange,
+    ) -> Result<(DeviceView, Touched)> {
+        let id = DeviceId::parse(id)?;
+        validate::validate_operator_labels(&change.set)?;
+        for key in &change.unset {
+            validate::validate_operator_label_key(key)?;
+        }
+        self.write(|tx| {
+            let view = device_view(tx, id.as_str())?;
+            let mut labels = view.labels.clone();
+            for key in &change.unset {
+                labels.remove(key);
+            }
+            labels.extend(change.set.clone());
+            if labels.len() > validate::MAX_LABELS {
+                return Err(StoreError::Invalid {
+                    field: Some("labels".into()),
+                    message: format!(
+                        "the device would have {} labels; at most {} are allowed",
+                        labels.len(),
+                        validate::MAX_LABELS
+                    ),
+                });
+            }
+            tx.execute(
+                "UPDATE devices SET labels = $2 WHERE id = $1",
+                params![id.as_str(), json_of(&labels)],
+            )?;
+            let detail = format!(
+                "set={} unset={}",
+                change
+                    .set
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                change.unset.join(",")
+            );
+            log_event(tx, actor, "device.label", id.as_str(), &detail)?;
+            bump(tx, &view.swarm)?;
+            Ok((device_view(tx, id.as_str())?, vec![view.swarm]))
+        })
+    }
+
+    pub fn approve_device(&self, actor: &Actor, id: &str) -> Result<DeviceView> {
+        let id = DeviceId::parse(id)?;
+        self.write(|tx| {
+            let view = device_view(tx, id.as_str())?;
+            if view.state != DeviceState::Pending {
+                return Err(StoreError::Conflict(format!(
+                    "device {id} is {}, not pending",
+                    view.state
+                )));
+            }
+            set_state(tx, id.as_str(), DeviceState::Enrolled)?;
+            log_event(tx, actor, "device.approve", id.as_str(), "")?;
+            bump(tx, &view.swarm)?;
+            device_view(tx, id.as_str())
+        })
+    }
+
+    /// Decommissions a device: an enrolled one is told to leave and removed
+    /// when it reports it has; one never enrolled (or with `force`) is
+    /// removed at once.
+    pub fn remove_device(
+        &self,
+        actor: &Actor,
+        id: &str,
+        force: bool,
+    ) -> Result<(Option<DeviceView>, Touched)> {
+        let id = DeviceId::parse(id)?;
+        self.write(|tx| {
+            let view = device_view(tx, id.as_str())?;
+            let touched = vec![view.swarm.clone()];
+            bump(tx, &view.swarm)?;
+            if force || !view.enrolled {
+                tx.execute("DELETE FROM devices WHERE id = $1", params![id.as_str()])?;
+                log_event(tx, actor, "device.remove", id.as_str(), "")?;
+                return Ok((None, touched));
+            }
+            set_state(tx, id.as_str(), DeviceState::Leaving)?;
+            log_event(
+                tx,
+                actor,
+                "device.decommission",
+                id.as_str(),
+                "told to leave",
+            )?;
+            Ok((Some(device_view(tx, id.as_str())?), touched))
+        })
+    }
+
+    /// Enrols a device: a declared one, or an unknown one into a swarm that
+    /// auto-enrols. A new credential replaces any earlier one (a re-imaged
+    /// device has lost it).
+    pub fn enrol(
+        &self,
+        id: &DeviceId,
+        requested_swarm: Option<&str>,
+        facts: &Facts,
+    ) -> Result<(Enrolment, Touched)> {
+        validate_facts(facts)?;
+        if let Some(s) = requested_swarm {
+            validate::validate_swarm_name(s)?;
+        }
+        let credential = secrets::random_token("fsd");
+        let hash = secrets::hash(credential.expose());
+        self.write(|tx| {
+            let existing = tx.query_opt(
+                "SELECT swarm, role, state FROM devices WHERE id = $1",
+                params![id.as_str()],
+            )?;
+            let (swarm, role, pending) = match existing {
+                Some(row) => {
+                    let swarm: String = row.get(0)?;
+                    let role = Role::parse(&row.get::<String>(1)?)?;
+                    let state = row.get::<String>(2)?;
+                    let state = DeviceState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
+                    let pending = state == DeviceState::Pending;
+                    let new_state = match state {
+                        DeviceState::Pending | DeviceState::Leaving => state,
+                        _ => DeviceState::Enrolled,
+                    };
+                    tx.execute(
+                        "UPDATE devices SET credential_hash = $2, facts = $3, state = $4, last_seen = $5 WHERE id = $1",
+                        params![id.as_str(), &hash, json_of(facts), new_state.as_str(), now()],
+                    )?;
+                    (swarm, role, pending)
+                }
+                None => {
+                    let (swarm, mode) =
+                        auto_enrol_swarm(tx, requested_swarm)?.ok_or_else(|| {
+                            StoreError::Forbidden(format!(
+                                "device {id} is not declared{}",
+                                match requested_swarm {
+                                    Some(s) => format!(" and swarm {s} does not auto-enrol"),
+                                    None => " and no swarm auto-enrols unknown devices".into(),
+                                }
+                            ))
+                        })?;
+                    let pending = mode == AutoEnrol::Pending;
+                    let state = if pending {
+                        DeviceState::Pending
+                    } else {
+                        DeviceState::Enrolled
+                    };
+                    tx.execute(
+                        "INSERT INTO devices (id, swarm, role, facts, state, credential_hash, last_seen, created_at)
+                         VALUES ($1, $2, 'worker', $3, $4, $5, $6, $6)",
+                        params![id.as_str(), &swarm, json_of(facts), state.as_str(), &hash, now()],
+                    )?;
+                    log_event(
+                        tx,
+                        &Actor::Server,
+                        "device.auto_enrol",
+                        id.as_str(),
+                        &format!("swarm={swarm} pending={pending}"),
+                    )?;
+                    (swarm, Role::Worker, pending)
+                }
+            };
+            log_event(
+                tx,
+                &Actor::Device(id.to_string()),
+                "device.enrol",
+                id.as_str(),
+                &format!("swarm={swarm}"),
+            )?;
+            bump(tx, &swarm)?;
+            Ok((
+                Enrolment {
+                    swarm: swarm.clone(),
+                    role,
+                    pending,
+                    credential: credential.clone(),
+                },
+                vec![swarm],
+            ))
+        })
+    }
+
+    /// The device whose credential this is, if any. Looked up by the
+    /// credential's hash: what the lookup's timing could tell is about the
+    /// hash, never the credential.
+    pub fn authenticate_device(&self, credential: &str) -> Result<Option<String>> {
+        let hash = secrets::hash(credential);
+        self.read(|tx| {
+            match tx.query_opt(
+                "SELECT id FROM devices WHERE credential_hash = $1",
+                params![hash],
+            )? {
+                Some(row) => Ok(Some(row.get(0)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    pub fn report(&self, device: &str, report: &ReportRequest) -> Result<Touched> {
+        if let Some(facts) = &report.facts {
+            validate_facts(facts)?;
+        }
+        if let Some(state) = report.state {
+            if !state.reportable() {
+                return Err(StoreError::Invalid {
+                    field: Some("state".into()),
+                    message: format!("state {state} is the server's to set, not a device's"),
+                });
+            }
+        }
+        for (field, value) in [
+            ("node_id", &report.node_id),
+            ("cluster_id", &report.cluster_id),
+            ("engine_version", &report.engine_version),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.len() > 128 || v.chars().any(char::is_control))
+            {
+                return Err(StoreError::Invalid {
+                    field: Some(field.into()),
+                    message: format!(
+                        "{field} is longer than 128 characters or has control characters"
+                    ),
+                });
+            }
+        }
+        let error = report
+            .error
+            .as_ref()
+            .map(|e| e.chars().take(1000).collect::<String>());
+        self.write(|tx| {
+            let view = device_view(tx, device)?;
+            let actor = Actor::Device(device.into());
+            if report.state == Some(DeviceState::Left) && view.state == DeviceState::Leaving {
+                tx.execute("DELETE FROM devices WHERE id = $1", params![device])?;
+                log_event(tx, &actor, "device.left", device, "decommissioned and removed")?;
+                bump(tx, &view.swarm)?;
+                return Ok(vec![view.swarm]);
+            }
+            let mut desired_changed = false;
+            let new_state = match (view.state, report.state) {
+                (DeviceState::Leaving | DeviceState::Pending, _) => view.state,
+                (_, Some(s)) => s,
+                (s, None) => s,
+            };
+            if let Some(node_id) = &report.node_id {
+                if view.node_id.as_deref() != Some(node_id.as_str()) {
+                    desired_changed = true;
+                    if let Some(old) = &view.node_id {
+                        let stale: String = tx
+                            .query_one(
+                                "SELECT stale_node_ids FROM devices WHERE id = $1",
+                                params![device],
+                            )?
+                            .get(0)?;
+                        let mut stale: Vec<String> = from_json(&stale)?;
+                        if !stale.contains(old) {
+                            stale.push(old.clone());
+                        }
+                        tx.execute(
+                            "UPDATE devices SET stale_node_ids = $2 WHERE id = $1",
+                            params![device, json_of(&stale)],
+                        )?;
+                    }
+                    tx.execute(
+                        "UPDATE devices SET node_id = $2 WHERE id = $1",
+                        params![device, node_id],
+                    )?;
+                }
+            }
+            if let Some(facts) = &report.facts {
+                if facts != &view.facts {
+                    desired_changed = true;
+                    tx.execute(
+                        "UPDATE devices SET facts = $2 WHERE id = $1",
+                        params![device, json_of(facts)],
+                    )?;
+                }
+            }
+            if new_state != view.state {
+                desired_changed = true;
+                log_event(
+                    tx,
+                    &actor,
+                    "device.state",
+                    device,
+                    &format!("{} -> {}", view.state, new_state),
+                )?;
+            }
+            if error.is_some() && error != view.last_error {
+                log_event(
+                    tx,
+                    &actor,
+                    "device.error",
+                    device,
+                    error.as_deref().unwrap_or(""),
+                )?;
+            }
+            tx.execute(
+                "UPDATE devices SET state = $2, cluster_id = COALESCE($3, cluster_id), engine_version = COALESCE($4, engine_version),
+                 last_error = $5, last_seen = $6 WHERE id = $1",
+                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now()],
+            )?;
+            if desired_changed {
+                bump(tx, &view.swarm)?;
+                return Ok(vec![view.swarm]);
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    /// The fleet at a glance: devices per swarm and state, and problems.
+    pub fn status(&self) -> Result<FleetStatus> {
+        self.read(|tx| {
+            let mut swarms = Vec::new();
+            let mut total = 0;
+            for row in tx.query(
+                "SELECT name, worker_token IS NOT NULL FROM swarms ORDER BY name",
+                &[],
+            )? {
+                let name: String = row.get(0)?;
+                let by_state = tx
+                    .query(
+                        "SELECT state, COUNT(*) FROM devices WHERE swarm = $1 GROUP BY state",
+                        params![&name],
+                    )?
+                    .iter()
+                    .map(|r| Ok((r.get::<String>(0)?, r.get::<i64>(1)? as u64)))
+                    .collect::<Result<BTreeMap<_, _>>>()?;
+                let devices: u64 = by_state.values().sum();
+                total += devices;
+                swarms.push(SwarmSummary {
+                    name,
+                    initialized: row.get(1)?,
+                    devices,
+                    by_state,
+                });
+            }
+            let problems = tx
+                .query(
+                    "SELECT id, swarm, last_error FROM devices WHERE last_error IS NOT NULL ORDER BY swarm, id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(DeviceProblem {
+                        device: r.get(0)?,
+                        swarm: r.get(1)?,
+                        error: r.get(2)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            Ok(FleetStatus {
+                swarms,
+                devices: total,
+                problems,
+            })
+        })
+    }
+
+    /// Device counts by state, for /metrics.
+    pub fn devices_by_state(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT state, COUNT(*) FROM devices GROUP BY state ORDER BY state",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.get::<String>(0)?, r.get::<i64>(1)? as u64)))
+            .collect()
+        })
+    }
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids";
+
+pub(super) struct DeviceRow {
+    id: String,
+    swarm: String,
+    role: String,
+    labels: String,
+    facts: String,
+    state: String,
+    enrolled: bool,
+    node_id: Option<String>,
+    cluster_id: Option<String>,
+    engine_version: Option<String>,
+    last_seen: Option<i64>,
+    last_error: Option<String>,
+    created_at: i64,
+    pub(super) stale_node_ids: String,
+}
+
+impl DeviceRow {
+    fn of(r: &Row) -> Result<DeviceRow> {
+        Ok(DeviceRow {
+            id: r.get(0)?,
+            swarm: r.get(1)?,
+            role: r.get(2)?,
+            labels: r.get(3)?,
+            facts: r.get(4)?,
+            state: r.get(5)?,
+            enrolled: r.get(6)?,
+            node_id: r.get(7)?,
+            cluster_id: r.get(8)?,
+            engine_version: r.get(9)?,
+            last_seen: r.get(10)?,
+            last_error: r.get(11)?,
+            created_at: r.get(12)?,
+            stale_node_ids: r.get(13)?,
+        })
+    }
+
+    pub(super) fn into_view(self) -> Result<DeviceView> {
+        Ok(DeviceView {
+            id: DeviceId::parse(&self.id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            swarm: self.swarm,
+            role: Role::parse(&self.role).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            labels: from_json(&self.labels)?,
+            facts: from_json(&self.facts)?,
+            state: DeviceState::parse(&self.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("state {}", self.state)))?,
+            enrolled: self.enrolled,
+            node_id: self.node_id,
+            cluster_id: self.cluster_id,
+            engine_version: self.engine_version,
+            last_seen: self.last_seen,
+            last_error: self.last_error,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Every device, or one swarm's, in a stable order.
+pub(super) fn device_rows(tx: &Tx<'_>, swarm: Option<&str>) -> Result<Vec<DeviceRow>> {
+    tx.query(
+        &format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE (CAST($1 AS TEXT) IS NULL OR swarm = $1) ORDER BY swarm, id"
+        ),
+        params![swarm],
+    )?
+    .iter()
+    .map(DeviceRow::of)
+    .collect()
+}
+
+pub(super) fn device_view(tx: &Tx<'_>, id: &str) -> Result<DeviceView> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"),
+            params![id],
+        )?
+        .ok_or_else(|| StoreError::NotFound(format!("device {id} does not exist")))?;
+    DeviceRow::of(&row)?.into_view()
+}
+
+fn insert_device(tx: &Tx<'_>, spec: &DeviceCreate, row: Option<usize>) -> Result<DeviceView> {
+    let at_row = |e: StoreError| match (row, e) {
+        (Some(n), StoreError::Invalid { field, message }) => StoreError::Invalid {
+            field: Some(format!(
+                "row {n}{}",
+                field.map(|f| format!(": {f}")).unwrap_or_default()
+            )),
+            message: format!("row {n}: {message}"),
+        },
+        (Some(n), StoreError::Conflict(m)) => StoreError::Conflict(format!("row {n}: {m}")),
+        (Some(n), StoreError::NotFound(m)) => StoreError::Invalid {
+            field: Some(format!("row {n}: swarm")),
+            message: format!("row {n}: {m}"),
+        },
+        (_, e) => e,
+    };
+    let id = DeviceId::parse(&spec.id).map_err(|e| at_row(e.into()))?;
+    validate::validate_swarm_name(&spec.swarm).map_err(|e| at_row(e.into()))?;
+    validate::validate_operator_labels(&spec.labels).map_err(|e| at_row(e.into()))?;
+    require_swarm(tx, &spec.swarm).map_err(at_row)?;
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS(SELECT 1 FROM devices WHERE id = $1)",
+            params![id.as_str()],
+        )?
+        .get(0)?;
+    if exists {
+        return Err(at_row(StoreError::Conflict(format!(
+            "device {id} already exists"
+        ))));
+    }
+    if spec.role == Role::Leader {
+        check_no_other_leader(tx, &spec.swarm, id.as_str()).map_err(at_row)?;
+    }
+    tx.execute(
+        "INSERT INTO devices (id, swarm, role, labels, state, created_at) VALUES ($1, $2, $3, $4, 'declared', $5)",
+        params![id.as_str(), &spec.swarm, spec.role.as_str(), json_of(&spec.labels), now()],
+    )?;
+    device_view(tx, id.as_str())
+}
+
+fn check_no_other_leader(tx: &Tx<'_>, swarm: &str, device: &str) -> Result<()> {
+    let other = tx.query_opt(
+        "SELECT id FROM devices WHERE swarm = $1 AND role = 'leader' AND id != $2",
+        params![swarm, device],
+    )?;
+    match other {
+        Some(row) => Err(StoreError::Conflict(format!(
+            "swarm {swarm} already has a leader ({}); a swarm has exactly one",
+            row.get::<String>(0)?
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn set_role(tx: &Tx<'_>, id: &str, role: Role) -> Result<()> {
+    let swarm: String = tx
+        .query_one("SELECT swarm FROM devices WHERE id = $1", params![id])?
+        .get(0)?;
+    if role == Role::Leader {
+        check_no_other_leader(tx, &swarm, id)?;
+    }
+    tx.execute(
+        "UPDATE devices SET role = $2 WHERE id = $1",
+        params![id, role.as_str()],
+    )?;
+    Ok(())
+}
+
+fn set_state(tx: &Tx<'_>, id: &str, state: DeviceState) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET state = $2 WHERE id = $1",
+        params![id, state.as_str()],
+    )?;
+    Ok(())
+}
+
+fn auto_enrol_swarm(tx: &Tx<'_>, requested: Option<&str>) -> Result<Option<(String, AutoEnrol)>> {
+    let rows = tx.query(
+        "SELECT name, auto_enrol FROM swarms WHERE auto_enrol != 'off' AND (CAST($1 AS TEXT) IS NULL OR name = $1)",
+        params![requested],
+    )?;
+    // Without a requested swarm, auto-enrolment must be unambiguous.
+    match rows.as_slice() {
+        [row] => Ok(Some((
+            row.get(0)?,
+            AutoEnrol::parse(&row.get::<String>(1)?)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+fn validate_facts(facts: &Facts) -> Result<()> {
+    if facts.len() > validate::MAX_LABELS {
+        return Err(StoreError::Invalid {
+            field: Some("facts".into()),
+            message: format!(
+                "{} facts; at most {} are allowed",
+                facts.len(),
+                validate::MAX_LABELS
+            ),
+        });
+    }
+    for (k, v) in facts {
+        validate::validate_label_key(&format!("{FACT_PREFIX}{k}")).map_err(|e| {
+            StoreError::Invalid {
+                field: Some(format!("facts.{k}")),
+                message: e.message,
+            }
+        })?;
+        validate::validate_label_value(k, v).map_err(|e| StoreError::Invalid {
+            field: Some(format!("facts.{k}")),
+            message: e.message,
+        })?;
+    }
+    Ok(())
+}
+
+fn describe_update(update: &DeviceUpdate) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = &update.swarm {
+        parts.push(format!("swarm={s}"));
+    }
+    if let Some(r) = update.role {
+        parts.push(format!("role={r}"));
+    }
+    if let Some(l) = &update.labels {
+        parts.push(format!(
+            "labels={}",
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    parts.join(" ")
+}

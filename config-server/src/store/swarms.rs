@@ -1,0 +1,423 @@
+//! Swarms: their settings, the leader lease that lets exactly one device
+//! initialize each, the tokens its managers post, and the desired state
+//! its managers follow.
+
+use super::devices::{device_rows, device_view};
+use super::events::log_event;
+use super::{bump, from_json, json_of, now, services, Actor, Result, Store, StoreError, Touched};
+use crate::db::{params, Tx};
+use fogswarm_protocol::api::{
+    Availability, ConfigAnswer, DesiredNode, DesiredState, DeviceState, Secret, SwarmTokens,
+    SwarmView,
+};
+use fogswarm_protocol::validate::{self, AutoEnrol, Role, FACT_PREFIX};
+
+/// How long a device may hold the leader lease before another init may be
+/// granted: long enough for `swarm init` and posting the tokens.
+pub const LEASE_SECS: u64 = 60;
+
+impl Store {
+    pub fn create_swarm(
+        &self,
+        actor: &Actor,
+        name: &str,
+        auto_enrol: AutoEnrol,
+    ) -> Result<SwarmView> {
+        validate::validate_swarm_name(name)?;
+        self.write(|tx| {
+            if swarm_exists(tx, name)? {
+                return Err(StoreError::Conflict(format!("swarm {name} already exists")));
+            }
+            tx.execute(
+                "INSERT INTO swarms (name, auto_enrol, created_at) VALUES ($1, $2, $3)",
+                params![name, auto_enrol.as_str(), now()],
+            )?;
+            log_event(
+                tx,
+                actor,
+                "swarm.create",
+                name,
+                &format!("auto_enrol={}", auto_enrol.as_str()),
+            )?;
+            swarm_view(tx, name)
+        })
+    }
+
+    pub fn list_swarms(&self) -> Result<Vec<SwarmView>> {
+        self.read(|tx| {
+            let names = tx.query("SELECT name FROM swarms ORDER BY name", &[])?;
+            names
+                .iter()
+                .map(|r| swarm_view(tx, &r.get::<String>(0)?))
+                .collect()
+        })
+    }
+
+    pub fn get_swarm(&self, name: &str) -> Result<SwarmView> {
+        validate::validate_swarm_name(name)?;
+        self.read(|tx| swarm_view(tx, name))
+    }
+
+    pub fn update_swarm(
+        &self,
+        actor: &Actor,
+        name: &str,
+        auto_enrol: Option<AutoEnrol>,
+    ) -> Result<SwarmView> {
+        validate::validate_swarm_name(name)?;
+        self.write(|tx| {
+            swarm_view(tx, name)?;
+            if let Some(a) = auto_enrol {
+                tx.execute(
+                    "UPDATE swarms SET auto_enrol = $2 WHERE name = $1",
+                    params![name, a.as_str()],
+                )?;
+                log_event(
+                    tx,
+                    actor,
+                    "swarm.update",
+                    name,
+                    &format!("auto_enrol={}", a.as_str()),
+                )?;
+            }
+            swarm_view(tx, name)
+        })
+    }
+
+    /// Removes a swarm; refused while it has devices unless `force`, which
+    /// removes them too.
+    pub fn remove_swarm(&self, actor: &Actor, name: &str, force: bool) -> Result<()> {
+        validate::validate_swarm_name(name)?;
+        self.write(|tx| {
+            let view = swarm_view(tx, name)?;
+            if view.devices > 0 && !force {
+                return Err(StoreError::Conflict(format!(
+                    "swarm {name} still has {} devices; remove them first or use force",
+                    view.devices
+                )));
+            }
+            for table in ["devices", "services", "observed"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE swarm = $1"),
+                    params![name],
+                )?;
+            }
+            tx.execute("DELETE FROM swarms WHERE name = $1", params![name])?;
+            log_event(
+                tx,
+                actor,
+                "swarm.remove",
+                name,
+                &format!("devices_removed={}", view.devices),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Decides what a device does next. The leader lease is taken in the
+    /// same transaction that checks it, so of any number of concurrent
+    /// requests (on any replica) exactly one gets `init`.
+    pub fn config_for(&self, device: &str) -> Result<(ConfigAnswer, bool)> {
+        self.write(|tx| {
+            let view = device_view(tx, device)?;
+            tx.execute(
+                "UPDATE devices SET last_seen = $2 WHERE id = $1",
+                params![device, now()],
+            )?;
+            let swarm = &view.swarm;
+            match view.state {
+                DeviceState::Leaving => {
+                    return Ok((
+                        ConfigAnswer::Leave {
+                            swarm: swarm.clone(),
+                        },
+                        false,
+                    ))
+                }
+                DeviceState::Pending => {
+                    return Ok((
+                        ConfigAnswer::Wait {
+                            retry_after_secs: 30,
+                            reason: "waiting for an operator to approve this device".into(),
+                        },
+                        false,
+                    ))
+                }
+                _ => {}
+            }
+            let row = tx.query_one(
+                "SELECT worker_token, manager_token, manager_addrs, cluster_id FROM swarms WHERE name = $1",
+                params![swarm],
+            )?;
+            let worker_token: Option<String> = row.get(0)?;
+            let manager_token: Option<String> = row.get(1)?;
+            if let (Some(worker), Some(manager)) = (worker_token, manager_token) {
+                let token = if view.role.is_manager() {
+                    manager
+                } else {
+                    worker
+                };
+                return Ok((
+                    ConfigAnswer::Join {
+                        swarm: swarm.clone(),
+                        cluster_id: row.get(3)?,
+                        node_id: view.node_id.clone(),
+                        role: view.role,
+                        managers: from_json(&row.get::<String>(2)?)?,
+                        token: Secret::new(token),
+                    },
+                    false,
+                ));
+            }
+            // Not initialized. Who may initialize: the declared leader, or,
+            // in a swarm without one, any manager.
+            let has_leader: bool = tx
+                .query_one(
+                    "SELECT EXISTS(SELECT 1 FROM devices WHERE swarm = $1 AND role = 'leader')",
+                    params![swarm],
+                )?
+                .get(0)?;
+            let candidate =
+                view.role == Role::Leader || (!has_leader && view.role == Role::Manager);
+            if !candidate {
+                return Ok((
+                    ConfigAnswer::Wait {
+                        retry_after_secs: 5,
+                        reason: format!("swarm {swarm} is not initialized yet"),
+                    },
+                    false,
+                ));
+            }
+            let t = now();
+            let granted = tx.execute(
+                "UPDATE swarms SET lease_holder = $2, lease_expires = $3
+                 WHERE name = $1 AND worker_token IS NULL AND (lease_holder IS NULL OR lease_expires < $4)",
+                params![swarm, device, t + LEASE_SECS as i64, t],
+            )?;
+            if granted == 1 {
+                log_event(
+                    tx,
+                    &Actor::Server,
+                    "swarm.lease",
+                    swarm,
+                    &format!("granted to {device} for {LEASE_SECS}s"),
+                )?;
+                return Ok((
+                    ConfigAnswer::Init {
+                        swarm: swarm.clone(),
+                        lease_secs: LEASE_SECS,
+                    },
+                    true,
+                ));
+            }
+            Ok((
+                ConfigAnswer::Wait {
+                    retry_after_secs: 3,
+                    reason: format!("swarm {swarm} is being initialized"),
+                },
+                false,
+            ))
+        })
+    }
+
+    /// Records a swarm's cluster id, manager addresses and join tokens, from
+    /// one of its managers. The first post must come from the lease holder;
+    /// later ones (token rotation, new managers) must name the same cluster.
+    pub fn set_tokens(&self, device: &str, tokens: &SwarmTokens) -> Result<Touched> {
+        if tokens.cluster_id.is_empty() || tokens.cluster_id.len() > 128 {
+            return Err(StoreError::Invalid {
+                field: Some("cluster_id".into()),
+                message: "cluster_id must be 1 to 128 characters".into(),
+            });
+        }
+        for (field, token) in [
+            ("worker_token", &tokens.worker_token),
+            ("manager_token", &tokens.manager_token),
+        ] {
+            if !token.expose().starts_with("SWMTKN-") || token.expose().len() > 256 {
+                return Err(StoreError::Invalid {
+                    field: Some(field.into()),
+                    message: format!("{field} is not a swarm join token"),
+                });
+            }
+        }
+        if tokens.manager_addrs.is_empty()
+            || tokens
+                .manager_addrs
+                .iter()
+                .any(|a| a.parse::<std::net::SocketAddr>().is_err())
+        {
+            return Err(StoreError::Invalid {
+                field: Some("manager_addrs".into()),
+                message: "manager_addrs must be one or more ip:port addresses".into(),
+            });
+        }
+        self.write(|tx| {
+            let view = device_view(tx, device)?;
+            if !view.role.is_manager() {
+                return Err(StoreError::Forbidden(format!(
+                    "device {device} is a {} of swarm {}; only its managers may post tokens",
+                    view.role, view.swarm
+                )));
+            }
+            let row = tx.query_one(
+                "SELECT cluster_id, lease_holder FROM swarms WHERE name = $1",
+                params![&view.swarm],
+            )?;
+            let cluster_id: Option<String> = row.get(0)?;
+            let lease_holder: Option<String> = row.get(1)?;
+            match &cluster_id {
+                None if lease_holder.as_deref() != Some(device) => {
+                    return Err(StoreError::Conflict(format!(
+                        "swarm {} is not initialized and {device} does not hold its leader lease",
+                        view.swarm
+                    )))
+                }
+                Some(existing) if existing != &tokens.cluster_id => {
+                    return Err(StoreError::Conflict(format!(
+                        "swarm {} is cluster {existing}, not {}",
+                        view.swarm, tokens.cluster_id
+                    )))
+                }
+                _ => {}
+            }
+            tx.execute(
+                "UPDATE swarms SET cluster_id = $2, manager_addrs = $3, worker_token = $4, manager_token = $5,
+                 lease_holder = NULL, lease_expires = NULL WHERE name = $1",
+                params![
+                    &view.swarm,
+                    &tokens.cluster_id,
+                    json_of(&tokens.manager_addrs),
+                    tokens.worker_token.expose(),
+                    tokens.manager_token.expose()
+                ],
+            )?;
+            let action = if cluster_id.is_none() {
+                "swarm.initialized"
+            } else {
+                "swarm.tokens"
+            };
+            log_event(
+                tx,
+                &Actor::Device(device.into()),
+                action,
+                &view.swarm,
+                &format!(
+                    "cluster={} managers={}",
+                    tokens.cluster_id,
+                    tokens.manager_addrs.join(",")
+                ),
+            )?;
+            bump(tx, &view.swarm)?;
+            Ok(vec![view.swarm])
+        })
+    }
+
+    /// The swarm a manager device belongs to; refuses workers.
+    pub fn manager_swarm(&self, device: &str) -> Result<String> {
+        self.read(|tx| {
+            let view = device_view(tx, device)?;
+            if !view.role.is_manager() {
+                return Err(StoreError::Forbidden(format!(
+                    "device {device} is a {}; only managers may read the desired state",
+                    view.role
+                )));
+            }
+            Ok(view.swarm)
+        })
+    }
+
+    pub fn desired_state(&self, swarm: &str) -> Result<DesiredState> {
+        self.read(|tx| {
+            let row = tx.query_one(
+                "SELECT revision, cluster_id FROM swarms WHERE name = $1",
+                params![swarm],
+            )?;
+            let revision: i64 = row.get(0)?;
+            let cluster_id: Option<String> = row.get(1)?;
+            let mut nodes = Vec::new();
+            for row in device_rows(tx, Some(swarm))? {
+                let stale: Vec<String> = from_json(&row.stale_node_ids)?;
+                let view = row.into_view()?;
+                let mut labels = view.labels.clone();
+                for (k, v) in &view.facts {
+                    labels.insert(format!("{FACT_PREFIX}{k}"), v.clone());
+                }
+                let availability = match view.state {
+                    DeviceState::Pending | DeviceState::Leaving => Availability::Drain,
+                    _ => Availability::Active,
+                };
+                nodes.push(DesiredNode {
+                    device_id: view.id,
+                    node_id: view.node_id,
+                    role: view.role,
+                    labels,
+                    availability,
+                    stale_node_ids: stale,
+                });
+            }
+            Ok(DesiredState {
+                swarm: swarm.to_string(),
+                revision: revision as u64,
+                cluster_id,
+                nodes,
+                services: services::desired_services(tx, swarm)?,
+            })
+        })
+    }
+
+    pub fn revision(&self, swarm: &str) -> Result<u64> {
+        self.read(|tx| {
+            let revision: i64 = tx
+                .query_one(
+                    "SELECT revision FROM swarms WHERE name = $1",
+                    params![swarm],
+                )?
+                .get(0)?;
+            Ok(revision as u64)
+        })
+    }
+}
+
+/// Refuses (404) a swarm that does not exist.
+pub(super) fn require_swarm(tx: &Tx<'_>, name: &str) -> Result<()> {
+    if swarm_exists(tx, name)? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!("swarm {name} does not exist")))
+    }
+}
+
+fn swarm_exists(tx: &Tx<'_>, name: &str) -> Result<bool> {
+    Ok(tx
+        .query_one(
+            "SELECT EXISTS(SELECT 1 FROM swarms WHERE name = $1)",
+            params![name],
+        )?
+        .get(0)?)
+}
+
+fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
+    let row = tx
+        .query_opt(
+            "SELECT s.name, s.auto_enrol, s.worker_token IS NOT NULL, s.cluster_id, s.manager_addrs,
+                    (SELECT COUNT(*) FROM devices d WHERE d.swarm = s.name), s.lease_holder, s.lease_expires, s.created_at
+             FROM swarms s WHERE s.name = $1",
+            params![name],
+        )?
+        .ok_or_else(|| StoreError::NotFound(format!("swarm {name} does not exist")))?;
+    let lease_expires: Option<i64> = row.get(7)?;
+    let lease_live = lease_expires.is_some_and(|expires| expires >= now());
+    let lease_holder: Option<String> = row.get(6)?;
+    Ok(SwarmView {
+        name: row.get(0)?,
+        auto_enrol: AutoEnrol::parse(&row.get::<String>(1)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        initialized: row.get(2)?,
+        cluster_id: row.get(3)?,
+        managers: from_json(&row.get::<String>(4)?)?,
+        devices: row.get::<i64>(5)? as u64,
+        lease_holder: lease_holder.filter(|_| lease_live),
+        created_at: row.get(8)?,
+    })
+}
