@@ -16,7 +16,8 @@ use std::path::PathBuf;
 /// then the config file.
 #[derive(Args, Debug, Clone)]
 pub struct Connection {
-    /// Server URL, like https://10.0.0.2:8443.
+    /// Server URL, like https://10.0.0.2:8443, or several replicas'
+    /// separated by commas (failed over in turn).
     #[arg(long, env = "FOGSWARM_SERVER", global = true)]
     pub server: Option<String>,
     /// File holding the admin token (the server prints its path at start).

@@ -14,6 +14,7 @@ use fogswarm_protocol::service::*;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A connection error or a 5xx: another replica may answer.
+    pub fn may_succeed_elsewhere(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            e => e.status().is_some_and(|s| s >= 500),
+        }
+    }
+
     /// The HTTP status, for errors that have one.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -47,20 +56,33 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// Where the server is and how to trust it.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// Base URL, like `https://10.213.7.2:8443`.
-    pub url: String,
+    /// Base URLs, like `https://10.213.7.2:8443`: one, or every replica of
+    /// a server on PostgreSQL (they share one CA, hence one fingerprint).
+    pub urls: Vec<String>,
     /// SHA-256 of the server's CA (or certificate): trust only it.
     pub ca_fingerprint: Option<String>,
     pub timeout: Duration,
 }
 
 impl Endpoint {
-    pub fn new(url: &str, ca_fingerprint: Option<&str>) -> Result<Endpoint> {
-        let url = url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ClientError::Config(format!(
-                "server URL {url:?} must start with http:// or https://"
-            )));
+    /// `urls` is one URL or several separated by commas (`--server
+    /// URL1,URL2`): calls go to the one that last answered and fail over to
+    /// the next on a connection error or a 5xx.
+    pub fn new(urls: &str, ca_fingerprint: Option<&str>) -> Result<Endpoint> {
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(ClientError::Config("no server URL given".into()));
+        }
+        for url in &urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ClientError::Config(format!(
+                    "server URL {url:?} must start with http:// or https://"
+                )));
+            }
         }
         let ca_fingerprint = match ca_fingerprint {
             Some(fp) => Some(pin::normalize_fingerprint(fp).ok_or_else(|| {
@@ -70,24 +92,31 @@ impl Endpoint {
             })?),
             None => None,
         };
-        if ca_fingerprint.is_some() && url.starts_with("http://") {
+        if ca_fingerprint.is_some() && urls.iter().any(|u| u.starts_with("http://")) {
             return Err(ClientError::Config(
-                "a CA fingerprint needs an https:// server URL".into(),
+                "a CA fingerprint needs https:// server URLs".into(),
             ));
         }
         Ok(Endpoint {
-            url,
+            urls,
             ca_fingerprint,
             timeout: Duration::from_secs(70),
         })
     }
+
+    /// The URLs as given, for messages and status files.
+    pub fn describe(&self) -> String {
+        self.urls.join(",")
+    }
 }
 
-/// A connection pool to one server, with one bearer token.
+/// A connection pool to a server (or its replicas), with one bearer token.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
+    /// The replica that answered last: calls start there.
+    preferred: Arc<AtomicUsize>,
     token: Option<Secret>,
 }
 
@@ -110,7 +139,7 @@ impl Client {
             .timeout(endpoint.timeout)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("fogswarm/", env!("CARGO_PKG_VERSION")));
-        if endpoint.url.starts_with("https://") {
+        if endpoint.urls.iter().any(|u| u.starts_with("https://")) {
             let config_builder = rustls::ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
@@ -132,7 +161,8 @@ impl Client {
             .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
         Ok(Client {
             http,
-            base: endpoint.url.clone(),
+            bases: endpoint.urls.clone().into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             token,
         })
     }
@@ -140,18 +170,54 @@ impl Client {
     pub fn with_token(&self, token: Secret) -> Client {
         Client {
             http: self.http.clone(),
-            base: self.base.clone(),
+            bases: self.bases.clone(),
+            preferred: self.preferred.clone(),
             token: Some(token),
         }
     }
 
+    /// Sends to the preferred replica, then to each other one in turn while
+    /// the answer is a connection error or a 5xx (another replica may
+    /// serve; a 4xx would be the same everywhere). Every request the
+    /// server takes is safe to repeat: a repeated enrolment issues a new
+    /// credential that replaces the first, a repeated report reports again.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Body<'_>>,
     ) -> Result<(StatusCode, Vec<u8>)> {
-        let url = format!("{}{path}", self.base);
+        let start = self.preferred.load(Ordering::Relaxed) % self.bases.len();
+        let mut failure = None;
+        for i in 0..self.bases.len() {
+            let index = (start + i) % self.bases.len();
+            match self
+                .send_to(index, method.clone(), path, body.clone())
+                .await
+            {
+                Ok(answer) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e) if self.bases.len() > 1 && e.may_succeed_elsewhere() => {
+                    tracing::debug!(url = %self.bases[index], error = %e, "trying the next server");
+                    failure = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| ClientError::Config("no server URL".into())))
+    }
+
+    async fn send_to(
+        &self,
+        index: usize,
+        method: Method,
+        path: &str,
+        body: Option<Body<'_>>,
+    ) -> Result<(StatusCode, Vec<u8>)> {
+        let base = &self.bases[index];
+        let url = format!("{base}{path}");
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
@@ -167,7 +233,7 @@ impl Client {
             None => request,
         };
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
+            url: base.clone(),
             reason: describe(&e),
         })?;
         let status = response.status();
@@ -175,7 +241,7 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
+                url: base.clone(),
                 reason: describe(&e),
             })?;
         if status.is_success() {
@@ -474,6 +540,7 @@ fn json_body(value: &(impl Serialize + ?Sized)) -> Result<Body<'static>> {
         .map_err(|e| ClientError::Config(format!("encoding the request: {e}")))
 }
 
+#[derive(Clone)]
 enum Body<'a> {
     Json(Vec<u8>),
     Raw {
@@ -521,8 +588,12 @@ mod tests {
         assert!(Endpoint::new("http://x", Some(&"ab".repeat(32))).is_err());
         assert!(Endpoint::new("https://x", Some("nope")).is_err());
         let e = Endpoint::new("https://x:8443/", Some(&"AB".repeat(32))).expect("ok");
-        assert_eq!(e.url, "https://x:8443");
+        assert_eq!(e.urls, ["https://x:8443"]);
         assert_eq!(e.ca_fingerprint.as_deref(), Some("ab".repeat(32).as_str()));
+        let e = Endpoint::new("http://a:1, http://b:2/", None).expect("two");
+        assert_eq!(e.urls, ["http://a:1", "http://b:2"]);
+        assert!(Endpoint::new("http://a:1,ftp://b", None).is_err());
+        assert!(Endpoint::new(" , ", None).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct Flags {
-    /// Server URL; without it the agent looks for _fogswarm._tcp over mDNS.
+    /// Server URL, or the URLs of several replicas separated by commas
+    /// (failed over in turn); without it the agent looks for
+    /// _fogswarm._tcp over mDNS.
     #[arg(long, env = "FOGSWARM_SERVER")]
     pub server: Option<String>,
     /// SHA-256 fingerprint of the server's CA.
@@ -40,7 +42,7 @@ pub struct Flags {
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct File {
-    server: Option<String>,
+    server: Option<ServerUrls>,
     ca_fingerprint: Option<String>,
     provisioning_key_file: Option<PathBuf>,
     device_id: Option<String>,
@@ -49,6 +51,24 @@ struct File {
     docker_host: Option<String>,
     swarm: Option<String>,
     heartbeat_secs: Option<u64>,
+}
+
+/// `"server"` in agent.json: one URL (or a comma-separated list), or a
+/// list of the replicas' URLs.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum ServerUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ServerUrls {
+    fn joined(self) -> String {
+        match self {
+            ServerUrls::One(url) => url,
+            ServerUrls::Many(urls) => urls.join(","),
+        }
+    }
 }
 
 /// The merged settings the agent runs with.
@@ -91,7 +111,7 @@ impl AgentConfig {
             .map(PathBuf::from)
             .with_context(|| format!("docker host {docker_host} is not a unix:// socket; the agent only talks to its local engine"))?;
         Ok(AgentConfig {
-            server: flags.server.clone().or(file.server),
+            server: flags.server.clone().or(file.server.map(ServerUrls::joined)),
             ca_fingerprint: flags.ca_fingerprint.clone().or(file.ca_fingerprint),
             provisioning_key_file: flags
                 .provisioning_key_file
@@ -136,6 +156,19 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(c.heartbeat, std::time::Duration::from_secs(5), "clamped");
         assert_eq!(c.docker_socket, PathBuf::from("/var/run/docker.sock"));
+    }
+
+    #[test]
+    fn several_servers_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.json");
+        std::fs::write(&path, r#"{"server": ["http://a:1", "http://b:2"]}"#).expect("write");
+        let flags = Flags {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = AgentConfig::load(&flags).expect("load");
+        assert_eq!(c.server.as_deref(), Some("http://a:1,http://b:2"));
     }
 
     #[test]
