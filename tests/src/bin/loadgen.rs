@@ -8,6 +8,10 @@
 //! per second and latency percentiles for both, and their ratio.
 //!
 //! `populate`: declares N devices in bulk, for memory measurements.
+//!
+//! `fleet`: a simulated fleet (see `fogswarm_e2e::fleet`): N devices that
+//! enrol within a window, then poll and report every 15 s with jitter;
+//! errors, p50/p99 per call, inits, devices lost.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -50,6 +54,32 @@ enum Mode {
         #[arg(long)]
         json: bool,
     },
+    /// A simulated fleet at a device's cadence.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Managers racing for init.
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        /// Seconds between a device's polls.
+        #[arg(long, default_value_t = 15.0)]
+        interval: f64,
+        /// Jitter on each wait, as a fraction of the interval.
+        #[arg(long, default_value_t = 0.2)]
+        jitter: f64,
+        /// Seconds within which every device enrols (a burst when short).
+        #[arg(long, default_value_t = 15.0)]
+        enrol_window: f64,
+        /// Seconds the run lasts, enrolment included.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// HTTP connection pools the simulated devices share.
+        #[arg(long, default_value_t = 64)]
+        pools: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Declare N devices in bulk.
     Populate {
         #[arg(long, default_value_t = 100_000)]
@@ -87,6 +117,60 @@ async fn main() -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     match args.command {
+        Mode::Fleet {
+            devices,
+            managers,
+            interval,
+            jitter,
+            enrol_window,
+            duration,
+            pools,
+            json,
+        } => {
+            let plan = fogswarm_e2e::fleet::FleetPlan {
+                devices,
+                managers,
+                interval: Duration::from_secs_f64(interval),
+                jitter: jitter.clamp(0.0, 1.0),
+                enrol_window: Duration::from_secs_f64(enrol_window),
+                duration: Duration::from_secs_f64(duration),
+                pools,
+                swarm: String::new(),
+            };
+            let admin_token = read(args.data.join("admin.token"))?;
+            let report = fogswarm_e2e::fleet::run(std::slice::from_ref(&endpoint), admin_token, key, &plan).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} devices: {} enrolled (all by {}), {} joined, {} inits, {} errors, {} lost",
+                    report.devices,
+                    report.enrolled,
+                    report
+                        .all_enrolled_secs
+                        .map(|s| format!("{s:.1}s"))
+                        .unwrap_or_else(|| "never".into()),
+                    report.joined,
+                    report.inits,
+                    report.errors,
+                    report.lost
+                );
+                for (name, l) in [("enrol", &report.enrol), ("config", &report.config), ("report", &report.report)] {
+                    println!(
+                        "{name:<7} {} calls, {} errors, p50 {:.1} ms, p99 {:.1} ms",
+                        l.count, l.errors, l.p50_ms, l.p99_ms
+                    );
+                }
+            }
+            if report.errors > 0 || report.lost > 0 {
+                bail!(
+                    "{} errors, {} devices lost: {:?}",
+                    report.errors,
+                    report.lost,
+                    report.sample_errors
+                );
+            }
+        }
         Mode::Populate { devices } => {
             let swarm = format!("pop-{stamp}");
             admin
