@@ -78,7 +78,10 @@ impl Samples {
         self.micros.sort_unstable();
         let pct = |p: f64| {
             self.micros
-                .get(((self.micros.len() as f64 * p) as usize).min(self.micros.len().saturating_sub(1)))
+                .get(
+                    ((self.micros.len() as f64 * p) as usize)
+                        .min(self.micros.len().saturating_sub(1)),
+                )
                 .copied()
                 .unwrap_or(0) as f64
                 / 1000.0
@@ -210,7 +213,10 @@ pub async fn run(
         let swarm = swarm.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = SplitMix(0x5eed ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
-            device(i, id, anonymous, key, swarm, plan, tally, started, deadline, &mut rng).await
+            device(
+                i, id, anonymous, key, swarm, plan, tally, started, deadline, &mut rng,
+            )
+            .await
         }));
     }
     let mut enrolled_ids = Vec::new();
@@ -241,9 +247,21 @@ pub async fn run(
         errors: 0,
         lost,
         all_enrolled_secs: (enrolled == plan.devices).then_some(last as f64 / 1e6),
-        enrol: tally.enrol.lock().unwrap_or_else(|p| p.into_inner()).summary(),
-        config: tally.config.lock().unwrap_or_else(|p| p.into_inner()).summary(),
-        report: tally.report.lock().unwrap_or_else(|p| p.into_inner()).summary(),
+        enrol: tally
+            .enrol
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary(),
+        config: tally
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary(),
+        report: tally
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary(),
         sample_errors: tally
             .sample_errors
             .lock()

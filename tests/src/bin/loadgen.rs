@@ -138,7 +138,9 @@ async fn main() -> Result<()> {
                 swarm: String::new(),
             };
             let admin_token = read(args.data.join("admin.token"))?;
-            let report = fogswarm_e2e::fleet::run(std::slice::from_ref(&endpoint), admin_token, key, &plan).await?;
+            let report =
+                fogswarm_e2e::fleet::run(std::slice::from_ref(&endpoint), admin_token, key, &plan)
+                    .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -155,7 +157,11 @@ async fn main() -> Result<()> {
                     report.errors,
                     report.lost
                 );
-                for (name, l) in [("enrol", &report.enrol), ("config", &report.config), ("report", &report.report)] {
+                for (name, l) in [
+                    ("enrol", &report.enrol),
+                    ("config", &report.config),
+                    ("report", &report.report),
+                ] {
                     println!(
                         "{name:<7} {} calls, {} errors, p50 {:.1} ms, p99 {:.1} ms",
                         l.count, l.errors, l.p50_ms, l.p99_ms
