@@ -14,8 +14,7 @@ use std::process::ExitCode;
     name = "fogswarm-server",
     version,
     about = "The fogswarm fleet configuration server",
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,9 +52,11 @@ enum Command {
 #[derive(Args)]
 struct DatabaseArgs {
     /// Data directory: database (by default), admin token, provisioning
-    /// key, TLS files.
+    /// key, TLS files. Required.
+    // Checked by hand: clap cannot require it of the server without also
+    // requiring it beside a subcommand.
     #[arg(long, env = "FOGSWARM_DATA")]
-    data: PathBuf,
+    data: Option<PathBuf>,
     /// The database: a SQLite file (default DATA/fleet.db) or
     /// postgres://USER@HOST[:PORT]/DB, shared by several replicas. Never
     /// with a password: see --database-password-file.
@@ -70,6 +71,12 @@ struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    fn data(&self) -> anyhow::Result<PathBuf> {
+        self.data
+            .clone()
+            .context("--data (or FOGSWARM_DATA) is required: the data directory")
+    }
+
     fn location(&self) -> anyhow::Result<(Option<Location>, PostgresOptions)> {
         let location = match &self.database {
             Some(text) => Some(Location::parse(text).map_err(anyhow::Error::msg)?),
@@ -167,7 +174,7 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     };
     let (database, postgres) = args.database.location()?;
     let opts = ServerOptions {
-        data: args.database.data,
+        data: args.database.data()?,
         listen: args.listen,
         tls,
         mdns: args.mdns,
@@ -185,7 +192,7 @@ fn serve(args: Serve) -> anyhow::Result<()> {
 fn backup(args: &DatabaseArgs, to: &Path) -> anyhow::Result<()> {
     let (database, _) = args.location()?;
     let path = match database {
-        None => args.data.join("fleet.db"),
+        None => args.data()?.join("fleet.db"),
         Some(Location::Sqlite(path)) => path,
         Some(Location::Postgres(_)) => bail!(
             "a PostgreSQL fleet is backed up with pg_dump --format=custom and restored with pg_restore (see README, Backup and restore)"
