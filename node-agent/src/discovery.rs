@@ -26,7 +26,6 @@ const GATHER: Duration = Duration::from_secs(1);
 /// Browses for up to `timeout`; answers the first acceptable server, with
 /// the other replicas of its fleet that answer soon after (`url` is then
 /// a comma-separated list).
-
 pub async fn find_server(expected_fingerprint: Option<&str>, timeout: Duration) -> Result<Found> {
     let expected = expected_fingerprint
         .map(|f| fogswarm_client::pin::normalize_fingerprint(f).unwrap_or_else(|| f.to_string()));
