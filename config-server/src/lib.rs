@@ -160,6 +160,18 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         move |swarm, revision| woken.wake(swarm, revision),
         move || resynced.resync(),
     );
+    // Last-seen times are written in batches (see store::presence).
+    let presence = state.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PRESENCE_FLUSH);
+        loop {
+            every.tick().await;
+            if let Err(e) = presence.store.flush_presence() {
+                tracing::warn!(error = %e, "writing last-seen times");
+            }
+        }
+    });
+    let last_flush = state.clone();
     let app = http::router(state);
 
     let _mdns = if opts.mdns {
@@ -214,9 +226,15 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         }
         Some(identity) => serve_tls(listener, app, identity).await?,
     }
+    if let Err(e) = last_flush.store.flush_presence() {
+        tracing::warn!(error = %e, "writing last-seen times at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How often last-seen times are written.
+const PRESENCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn serve_tls(
     listener: tokio::net::TcpListener,

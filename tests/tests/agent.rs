@@ -514,7 +514,9 @@ async fn labels_exist_before_any_task_lands() -> Result<()> {
 
 /// Test 3: workers (and managers) boot before the leader: they wait, then
 /// join once it has initialized, without a request storm. Test 7: the
-/// server restarts mid-formation and formation still completes.
+/// server restarts mid-formation and formation still completes. And every
+/// agent knows two server URLs of which the first is down (nothing listens
+/// there): they fail over to the second for all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_first_no_storm_and_server_restart_mid_formation() -> Result<()> {
     let _serial = serial().await;
@@ -528,7 +530,10 @@ async fn workers_first_no_storm_and_server_restart_mid_formation() -> Result<()>
     for i in 3..=5 {
         devices.insert(format!("dev{i}"), serde_json::json!({}));
     }
-    let fleet = fleet_file(&dir, serde_json::json!({"devices": devices}))?;
+    let fleet = fleet_file(
+        &dir,
+        serde_json::json!({"devices": devices, "other_servers": ["https://10.213.223.1:8444"]}),
+    )?;
     let mut lab = Lab::up(
         "e2e-order",
         "10.213.223.0/24",

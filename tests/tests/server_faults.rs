@@ -482,3 +482,47 @@ async fn guessing_is_rate_limited_per_address() -> Result<()> {
         .contains(server.provisioning_key().expose()));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_follows_polls_within_seconds() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let admin = server.admin();
+    swarm_with_device(&admin, "seen", "02:f0:00:00:00:01", Role::Worker).await?;
+    let device = server.anonymous().with_token(
+        server
+            .anonymous()
+            .enrol(&EnrolRequest {
+                device_id: DeviceId::parse("02:f0:00:00:00:01")?,
+                provisioning_key: server.provisioning_key(),
+                swarm: None,
+                facts: Labels::new(),
+            })
+            .await?
+            .credential,
+    );
+    let enrolled_at = admin
+        .get_device("02:f0:00:00:00:01")
+        .await?
+        .last_seen
+        .context("seen at enrolment")?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    device.config().await?;
+    // Written in the next batch, a few seconds at most.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let seen = admin
+            .get_device("02:f0:00:00:00:01")
+            .await?
+            .last_seen
+            .unwrap_or(0);
+        if seen >= enrolled_at + 2 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "last_seen stayed {seen} after a poll 2 s past {enrolled_at}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 /// ```
 ///
 /// Devices the file does not list boot like the others but are unknown to
-/// the server (to try auto-enrolment).
+/// the server (to try auto-enrolment). `"other_servers": [URL, ...]` are
+/// given to the agents before the lab server's own URL, as replicas of a
+/// fleet would be: ones that are down show the agents failing over.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fleet {
@@ -26,6 +28,9 @@ pub struct Fleet {
     #[serde(default)]
     pub auto_enrol: AutoEnrol,
     pub devices: BTreeMap<String, FleetDevice>,
+    /// Server URLs the agents try before the lab's own server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,6 +91,7 @@ impl Fleet {
             swarm: "fog".into(),
             auto_enrol: AutoEnrol::Off,
             devices,
+            other_servers: Vec::new(),
         }
     }
 
@@ -103,6 +109,13 @@ impl Fleet {
 
     fn check(&self, devices: u32) -> std::result::Result<(), String> {
         validate::validate_swarm_name(&self.swarm).map_err(|e| e.to_string())?;
+        for url in &self.other_servers {
+            if !url.starts_with("https://") || url.contains(',') {
+                return Err(format!(
+                    "other_servers: {url:?} is not one https:// URL (the lab's CA is pinned)"
+                ));
+            }
+        }
         let mut leaders = 0;
         for (name, device) in &self.devices {
             let index: u32 = name

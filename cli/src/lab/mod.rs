@@ -393,6 +393,7 @@ async fn bring_up(
                 binary: services.agents[platform.docker_name()].clone(),
                 config: agent_config(
                     record,
+                    &services.fleet.other_servers,
                     fleet_entry.is_some_and(|d| d.discover),
                     opts.heartbeat_secs,
                 ),
@@ -461,9 +462,11 @@ async fn bring_up(
     Ok(())
 }
 
-/// The agent's config file inside a device.
+/// The agent's config file inside a device: the lab server's URL after
+/// any others the fleet names.
 fn agent_config(
     server: &state::ServerRecord,
+    others: &[String],
     discover: bool,
     heartbeat_secs: u64,
 ) -> serde_json::Value {
@@ -474,7 +477,12 @@ fn agent_config(
         "heartbeat_secs": heartbeat_secs,
     });
     if !discover {
-        config["server"] = serde_json::Value::String(server.url.clone());
+        let urls: Vec<&str> = others
+            .iter()
+            .map(String::as_str)
+            .chain([server.url.as_str()])
+            .collect();
+        config["server"] = serde_json::json!(urls);
     }
     config
 }

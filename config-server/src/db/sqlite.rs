@@ -1,6 +1,7 @@
-//! SQLite: one connection behind a mutex. SQLite serialises writers
-//! anyway, each statement takes microseconds, and the mutex makes every
-//! read-decide-write sequence atomic.
+//! SQLite: one writing connection behind a mutex (SQLite serialises
+//! writers anyway, and the mutex makes every read-decide-write sequence
+//! atomic), and a few reading connections beside it: in WAL mode readers
+//! see the last commit and never wait for a writer's fsync.
 //!
 //! Durability: WAL with `synchronous=FULL`, so a commit is on disk (the WAL
 //! is synced) before the call that made it answers; `NORMAL` would survive
@@ -12,8 +13,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+/// Reading connections kept open between reads.
+const MAX_IDLE_READERS: usize = 8;
+
 pub struct Sqlite {
+    path: std::path::PathBuf,
     conn: Mutex<Connection>,
+    /// Idle reading connections; more are opened as reads overlap.
+    readers: Mutex<Vec<Connection>>,
 }
 
 impl From<rusqlite::Error> for DbError {
@@ -64,7 +71,9 @@ impl Sqlite {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let db = Sqlite {
+            path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
         };
         db.migrate(migrations)?;
         Ok(db)
@@ -111,15 +120,41 @@ impl Sqlite {
         Ok(value)
     }
 
+    /// Runs `f` in a read transaction on a reading connection: one
+    /// consistent snapshot, however many queries.
     pub fn read<T, E: From<DbError>>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let conn = self.lock();
-        let result = f(&Tx {
-            inner: TxInner::Sqlite(&conn),
-        });
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => self.open_reader().map_err(E::from)?,
+        };
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+                .map_err(|e| E::from(e.into()))?;
+            let value = f(&Tx {
+                inner: TxInner::Sqlite(&tx),
+            })?;
+            tx.commit().map_err(|e| E::from(e.into()))?;
+            Ok(value)
+        })();
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < MAX_IDLE_READERS {
+            readers.push(conn);
+        }
         result
+    }
+
+    fn open_reader(&self) -> DbResult<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
     }
 
     pub fn backup_to(&self, to: &Path) -> DbResult<()> {

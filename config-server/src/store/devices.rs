@@ -361,6 +361,12 @@ impl Store {
             .error
             .as_ref()
             .map(|e| e.chars().take(1000).collect::<String>());
+        // The steady state: a report that says what is stored already only
+        // refreshes the device's last-seen time.
+        if self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))? {
+            self.heard(device);
+            return Ok(Vec::new());
+        }
         self.write(|tx| {
             let view = device_view(tx, device)?;
             let actor = Actor::Device(device.into());
@@ -371,11 +377,7 @@ impl Store {
                 return Ok(vec![view.swarm]);
             }
             let mut desired_changed = false;
-            let new_state = match (view.state, report.state) {
-                (DeviceState::Leaving | DeviceState::Pending, _) => view.state,
-                (_, Some(s)) => s,
-                (s, None) => s,
-            };
+            let new_state = next_state(view.state, report.state);
             if let Some(node_id) = &report.node_id {
                 if view.node_id.as_deref() != Some(node_id.as_str()) {
                     desired_changed = true;
@@ -503,6 +505,30 @@ impl Store {
             .collect()
         })
     }
+}
+
+/// The state a report leaves a device in: a device cannot report itself
+/// out of leaving or pending.
+fn next_state(stored: DeviceState, reported: Option<DeviceState>) -> DeviceState {
+    match (stored, reported) {
+        (DeviceState::Leaving | DeviceState::Pending, _) => stored,
+        (_, Some(s)) => s,
+        (s, None) => s,
+    }
+}
+
+/// Whether a report would store nothing new.
+fn changes_nothing(view: &DeviceView, report: &ReportRequest, error: &Option<String>) -> bool {
+    let same = |reported: &Option<String>, stored: &Option<String>| {
+        reported.is_none() || reported == stored
+    };
+    !(report.state == Some(DeviceState::Left) && view.state == DeviceState::Leaving)
+        && next_state(view.state, report.state) == view.state
+        && same(&report.node_id, &view.node_id)
+        && same(&report.cluster_id, &view.cluster_id)
+        && same(&report.engine_version, &view.engine_version)
+        && report.facts.as_ref().is_none_or(|f| f == &view.facts)
+        && *error == view.last_error
 }
 
 const DEVICE_COLUMNS: &str =

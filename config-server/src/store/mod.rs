@@ -15,6 +15,7 @@ use std::path::Path;
 mod credentials;
 mod devices;
 mod events;
+mod presence;
 mod schema;
 mod services;
 mod swarms;
@@ -94,6 +95,7 @@ pub type Touched = Vec<String>;
 
 pub struct Store {
     db: Database,
+    presence: presence::Presence,
 }
 
 pub fn now() -> i64 {
@@ -117,6 +119,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         Ok(Store {
             db: Database::open_sqlite(path, schema::MIGRATIONS)?,
+            presence: Default::default(),
         })
     }
 
@@ -127,6 +130,7 @@ impl Store {
             Location::Sqlite(path) => Store::open(path),
             Location::Postgres(url) => Ok(Store {
                 db: Database::open_postgres(url, postgres, schema::MIGRATIONS)?,
+                presence: Default::default(),
             }),
         }
     }

@@ -114,97 +114,44 @@ impl Store {
         })
     }
 
-    /// Decides what a device does next. The leader lease is taken in the
-    /// same transaction that checks it, so of any number of concurrent
-    /// requests (on any replica) exactly one gets `init`.
+    /// Decides what a device does next. Most answers only read (the
+    /// device's last-seen time is noted in memory, see [`Store::heard`]);
+    /// a device that may initialize its swarm goes on to a write
+    /// transaction in which the leader lease is checked and taken, so of
+    /// any number of concurrent requests (on any replica) exactly one gets
+    /// `init`.
     pub fn config_for(&self, device: &str) -> Result<(ConfigAnswer, bool)> {
+        if let Decision::Answer(answer) = self.read(|tx| decide(tx, device))? {
+            self.heard(device);
+            return Ok((answer, false));
+        }
         self.write(|tx| {
-            let view = device_view(tx, device)?;
             tx.execute(
                 "UPDATE devices SET last_seen = $2 WHERE id = $1",
                 params![device, now()],
             )?;
-            let swarm = &view.swarm;
-            match view.state {
-                DeviceState::Leaving => {
-                    return Ok((
-                        ConfigAnswer::Leave {
-                            swarm: swarm.clone(),
-                        },
-                        false,
-                    ))
-                }
-                DeviceState::Pending => {
-                    return Ok((
-                        ConfigAnswer::Wait {
-                            retry_after_secs: 30,
-                            reason: "waiting for an operator to approve this device".into(),
-                        },
-                        false,
-                    ))
-                }
-                _ => {}
-            }
-            let row = tx.query_one(
-                "SELECT worker_token, manager_token, manager_addrs, cluster_id FROM swarms WHERE name = $1",
-                params![swarm],
-            )?;
-            let worker_token: Option<String> = row.get(0)?;
-            let manager_token: Option<String> = row.get(1)?;
-            if let (Some(worker), Some(manager)) = (worker_token, manager_token) {
-                let token = if view.role.is_manager() {
-                    manager
-                } else {
-                    worker
-                };
-                return Ok((
-                    ConfigAnswer::Join {
-                        swarm: swarm.clone(),
-                        cluster_id: row.get(3)?,
-                        node_id: view.node_id.clone(),
-                        role: view.role,
-                        managers: from_json(&row.get::<String>(2)?)?,
-                        token: Secret::new(token),
-                    },
-                    false,
-                ));
-            }
-            // Not initialized. Who may initialize: the declared leader, or,
-            // in a swarm without one, any manager.
-            let has_leader: bool = tx
-                .query_one(
-                    "SELECT EXISTS(SELECT 1 FROM devices WHERE swarm = $1 AND role = 'leader')",
-                    params![swarm],
-                )?
-                .get(0)?;
-            let candidate =
-                view.role == Role::Leader || (!has_leader && view.role == Role::Manager);
-            if !candidate {
-                return Ok((
-                    ConfigAnswer::Wait {
-                        retry_after_secs: 5,
-                        reason: format!("swarm {swarm} is not initialized yet"),
-                    },
-                    false,
-                ));
-            }
+            // Decided again: the swarm may have been initialized meanwhile.
+            let swarm = match decide(tx, device)? {
+                Decision::Answer(answer) => return Ok((answer, false)),
+                Decision::MayInitialize(swarm) => swarm,
+            };
             let t = now();
             let granted = tx.execute(
                 "UPDATE swarms SET lease_holder = $2, lease_expires = $3
                  WHERE name = $1 AND worker_token IS NULL AND (lease_holder IS NULL OR lease_expires < $4)",
-                params![swarm, device, t + LEASE_SECS as i64, t],
+                params![&swarm, device, t + LEASE_SECS as i64, t],
             )?;
             if granted == 1 {
                 log_event(
                     tx,
                     &Actor::Server,
                     "swarm.lease",
-                    swarm,
+                    &swarm,
                     &format!("granted to {device} for {LEASE_SECS}s"),
                 )?;
                 return Ok((
                     ConfigAnswer::Init {
-                        swarm: swarm.clone(),
+                        swarm,
                         lease_secs: LEASE_SECS,
                     },
                     true,
@@ -377,6 +324,65 @@ impl Store {
             Ok(revision as u64)
         })
     }
+}
+
+/// What a device's config request comes to, as far as reading can tell.
+enum Decision {
+    Answer(ConfigAnswer),
+    /// The swarm is not initialized and this device may do it: a write
+    /// transaction decides who holds the lease.
+    MayInitialize(String),
+}
+
+fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
+    let view = device_view(tx, device)?;
+    let swarm = view.swarm;
+    match view.state {
+        DeviceState::Leaving => return Ok(Decision::Answer(ConfigAnswer::Leave { swarm })),
+        DeviceState::Pending => {
+            return Ok(Decision::Answer(ConfigAnswer::Wait {
+                retry_after_secs: 30,
+                reason: "waiting for an operator to approve this device".into(),
+            }))
+        }
+        _ => {}
+    }
+    let row = tx.query_one(
+        "SELECT worker_token, manager_token, manager_addrs, cluster_id FROM swarms WHERE name = $1",
+        params![&swarm],
+    )?;
+    let worker_token: Option<String> = row.get(0)?;
+    let manager_token: Option<String> = row.get(1)?;
+    if let (Some(worker), Some(manager)) = (worker_token, manager_token) {
+        let token = if view.role.is_manager() {
+            manager
+        } else {
+            worker
+        };
+        return Ok(Decision::Answer(ConfigAnswer::Join {
+            swarm,
+            cluster_id: row.get(3)?,
+            node_id: view.node_id,
+            role: view.role,
+            managers: from_json(&row.get::<String>(2)?)?,
+            token: Secret::new(token),
+        }));
+    }
+    // Not initialized. Who may initialize: the declared leader, or, in a
+    // swarm without one, any manager.
+    let has_leader: bool = tx
+        .query_one(
+            "SELECT EXISTS(SELECT 1 FROM devices WHERE swarm = $1 AND role = 'leader')",
+            params![&swarm],
+        )?
+        .get(0)?;
+    if view.role == Role::Leader || (!has_leader && view.role == Role::Manager) {
+        return Ok(Decision::MayInitialize(swarm));
+    }
+    Ok(Decision::Answer(ConfigAnswer::Wait {
+        retry_after_secs: 5,
+        reason: format!("swarm {swarm} is not initialized yet"),
+    }))
 }
 
 /// Refuses (404) a swarm that does not exist.

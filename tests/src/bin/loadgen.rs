@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
     about = "Load for the fogswarm configuration server"
 )]
 struct Args {
-    /// Server URL.
+    /// Server URL, or several replicas' separated by commas.
     #[arg(long)]
     server: String,
     /// CA fingerprint, for https.
@@ -139,8 +139,7 @@ async fn main() -> Result<()> {
             };
             let admin_token = read(args.data.join("admin.token"))?;
             let report =
-                fogswarm_e2e::fleet::run(std::slice::from_ref(&endpoint), admin_token, key, &plan)
-                    .await?;
+                fogswarm_e2e::fleet::run(&rotations(&endpoint), admin_token, key, &plan).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -278,6 +277,18 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With several replicas, the simulated devices are split across them:
+/// each pool starts at another replica and fails over to the rest.
+fn rotations(endpoint: &Endpoint) -> Vec<Endpoint> {
+    (0..endpoint.urls.len())
+        .map(|i| {
+            let mut e = endpoint.clone();
+            e.urls.rotate_left(i);
+            e
+        })
+        .collect()
 }
 
 /// Every client loops `call` until the deadline; latencies of all calls.
