@@ -60,8 +60,13 @@ impl AppState {
             .subscribe()
     }
 
-    /// Wakes the long polls of every swarm a change touched.
+    /// Wakes the long polls of every swarm a change touched. On
+    /// PostgreSQL the change's notification does it, on every replica
+    /// this one included (see `db::Listener`).
     fn notify(&self, touched: &Touched) {
+        if self.store.database().dialect() == crate::db::Dialect::Postgres {
+            return;
+        }
         for swarm in touched {
             if let Ok(revision) = self.store.revision(swarm) {
                 self.wake(swarm, revision);

@@ -17,6 +17,7 @@ use fogswarm_protocol::DeviceId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -35,6 +36,11 @@ pub struct FleetPlan {
     /// HTTP connection pools the devices share (a pool per device would
     /// need a socket per device on this side too).
     pub pools: usize,
+    /// Requests in flight at once per pool, so per pool at most this many
+    /// connections: a fleet larger than the file descriptors of one host
+    /// shares them. Latency counts the wait for a slot (what the devices
+    /// would see).
+    pub in_flight: usize,
     /// Swarm name; a new one when empty.
     pub swarm: String,
 }
@@ -63,6 +69,10 @@ pub struct FleetReport {
     pub enrol: Latency,
     pub config: Latency,
     pub report: Latency,
+    /// The same calls once every device has enrolled and an interval has
+    /// passed since the enrolment window: the fleet's steady load.
+    pub config_steady: Latency,
+    pub report_steady: Latency,
     /// First few error messages, for the operator reading the run.
     pub sample_errors: Vec<String>,
 }
@@ -100,6 +110,11 @@ struct Tally {
     enrol: Mutex<Samples>,
     config: Mutex<Samples>,
     report: Mutex<Samples>,
+    config_steady: Mutex<Samples>,
+    report_steady: Mutex<Samples>,
+    /// When calls start counting as steady (and every device enrolled).
+    steady_after: Mutex<Option<Instant>>,
+    devices: AtomicUsize,
     enrolled: AtomicUsize,
     joined: AtomicUsize,
     inits: AtomicUsize,
@@ -108,6 +123,24 @@ struct Tally {
 }
 
 impl Tally {
+    /// Records a config or report call in its overall and, once the fleet
+    /// is steady, its steady samples.
+    fn record_polled<T>(
+        &self,
+        overall: &Mutex<Samples>,
+        steady: &Mutex<Samples>,
+        started: Instant,
+        outcome: &std::result::Result<T, fogswarm_client::ClientError>,
+    ) {
+        self.record(overall, started, outcome);
+        let after = *self.steady_after.lock().unwrap_or_else(|p| p.into_inner());
+        if after.is_some_and(|a| started >= a)
+            && self.enrolled.load(Ordering::SeqCst) == self.devices.load(Ordering::SeqCst)
+        {
+            self.record(steady, started, outcome);
+        }
+    }
+
     fn record<T>(
         &self,
         samples: &Mutex<Samples>,
@@ -126,6 +159,10 @@ impl Tally {
             }
         }
     }
+}
+
+fn summary(samples: &Mutex<Samples>) -> Latency {
+    samples.lock().unwrap_or_else(|p| p.into_inner()).summary()
 }
 
 /// A small deterministic generator for jitter (no need for a crate).
@@ -197,15 +234,23 @@ pub async fn run(
             .context("declaring the simulated devices")?;
     }
 
-    let pools: Vec<Client> = (0..plan.pools.max(1))
-        .map(|i| Client::new(&endpoints[i % endpoints.len()], None))
-        .collect::<std::result::Result<_, _>>()?;
+    let pools: Vec<(Client, Arc<Semaphore>)> = (0..plan.pools.max(1))
+        .map(|i| {
+            Ok((
+                Client::new(&endpoints[i % endpoints.len()], None)?,
+                Arc::new(Semaphore::new(plan.in_flight.max(1))),
+            ))
+        })
+        .collect::<Result<_>>()?;
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
+    tally.devices.store(plan.devices, Ordering::SeqCst);
+    *tally.steady_after.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(started + plan.enrol_window + plan.interval);
     let deadline = started + plan.duration;
     let mut tasks = Vec::with_capacity(plan.devices);
     for (i, id) in ids.iter().enumerate() {
-        let anonymous = pools[i % pools.len()].clone();
+        let (anonymous, slots) = pools[i % pools.len()].clone();
         let tally = tally.clone();
         let plan = plan.clone();
         let id = DeviceId::parse(id)?;
@@ -213,8 +258,9 @@ pub async fn run(
         let swarm = swarm.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = SplitMix(0x5eed ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
+            let pool = Pool { anonymous, slots };
             device(
-                i, id, anonymous, key, swarm, plan, tally, started, deadline, &mut rng,
+                i, id, pool, key, swarm, plan, tally, started, deadline, &mut rng,
             )
             .await
         }));
@@ -247,21 +293,11 @@ pub async fn run(
         errors: 0,
         lost,
         all_enrolled_secs: (enrolled == plan.devices).then_some(last as f64 / 1e6),
-        enrol: tally
-            .enrol
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .summary(),
-        config: tally
-            .config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .summary(),
-        report: tally
-            .report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .summary(),
+        enrol: summary(&tally.enrol),
+        config: summary(&tally.config),
+        report: summary(&tally.report),
+        config_steady: summary(&tally.config_steady),
+        report_steady: summary(&tally.report_steady),
         sample_errors: tally
             .sample_errors
             .lock()
@@ -272,12 +308,29 @@ pub async fn run(
     Ok(report)
 }
 
+/// A device's share of a connection pool.
+struct Pool {
+    anonymous: Client,
+    slots: Arc<Semaphore>,
+}
+
+impl Pool {
+    /// Runs one call once a slot is free.
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = std::result::Result<T, fogswarm_client::ClientError>>,
+    ) -> std::result::Result<T, fogswarm_client::ClientError> {
+        let _slot = self.slots.acquire().await;
+        f.await
+    }
+}
+
 /// One device's life; answers its id if it enrolled.
 #[allow(clippy::too_many_arguments)]
 async fn device(
     index: usize,
     id: DeviceId,
-    anonymous: Client,
+    pool: Pool,
     key: Secret,
     swarm: String,
     plan: FleetPlan,
@@ -291,13 +344,13 @@ async fn device(
     // Enrol, retrying as an agent does until the run ends.
     let credential = loop {
         let t = Instant::now();
-        let outcome = anonymous
-            .enrol(&EnrolRequest {
+        let outcome = pool
+            .call(pool.anonymous.enrol(&EnrolRequest {
                 device_id: id.clone(),
                 provisioning_key: key.clone(),
                 swarm: None,
                 facts: Labels::from([("arch".to_string(), "amd64".to_string())]),
-            })
+            }))
             .await;
         tally.record(&tally.enrol, t, &outcome);
         match outcome {
@@ -312,7 +365,7 @@ async fn device(
     tally
         .last_enrolled_micros
         .fetch_max(started.elapsed().as_micros() as usize, Ordering::SeqCst);
-    let client = anonymous.with_token(credential);
+    let client = pool.anonymous.with_token(credential);
     let mut joined = false;
     let mut first = true;
     while Instant::now() < deadline {
@@ -332,8 +385,8 @@ async fn device(
         }
         tokio::time::sleep(wait).await;
         let t = Instant::now();
-        let answer = client.config().await;
-        tally.record(&tally.config, t, &answer);
+        let answer = pool.call(client.config()).await;
+        tally.record_polled(&tally.config, &tally.config_steady, t, &answer);
         match answer {
             Ok(ConfigAnswer::Init { .. }) => {
                 tally.inits.fetch_add(1, Ordering::SeqCst);
@@ -344,7 +397,7 @@ async fn device(
                     manager_token: Secret::new(format!("SWMTKN-1-{swarm}-simulated-manager")),
                 };
                 let t = Instant::now();
-                let posted = client.post_swarm_tokens(&tokens).await;
+                let posted = pool.call(client.post_swarm_tokens(&tokens)).await;
                 tally.record(&tally.report, t, &posted);
                 if posted.is_ok() && !joined {
                     joined = true;
@@ -358,8 +411,8 @@ async fn device(
             _ => {}
         }
         let t = Instant::now();
-        let reported = client
-            .report(&ReportRequest {
+        let reported = pool
+            .call(client.report(&ReportRequest {
                 state: Some(if joined {
                     DeviceState::Active
                 } else {
@@ -370,9 +423,9 @@ async fn device(
                 engine_version: Some("28.2.2".into()),
                 facts: None,
                 error: None,
-            })
+            }))
             .await;
-        tally.record(&tally.report, t, &reported);
+        tally.record_polled(&tally.report, &tally.report_steady, t, &reported);
     }
     Some(id.to_string())
 }

@@ -318,6 +318,7 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
             enrol_window: Duration::from_secs(2),
             duration: Duration::from_secs(8),
             pools: 4,
+            in_flight: 16,
             swarm: "busy".into(),
         };
         fleet::run(&endpoints, token, key, &plan).await

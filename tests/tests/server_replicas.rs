@@ -35,6 +35,7 @@ fn plan(devices: usize, window: f64, duration: f64) -> FleetPlan {
         enrol_window: Duration::from_secs_f64(window),
         duration: Duration::from_secs_f64(duration),
         pools: 8,
+        in_flight: 16,
         swarm: String::new(),
     }
 }

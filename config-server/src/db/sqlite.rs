@@ -91,7 +91,7 @@ impl Sqlite {
         }
         let tx = conn.transaction()?;
         for (i, m) in migrations.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(m.sqlite)?;
+            tx.execute_batch(&super::Dialect::Sqlite.ddl(m.0))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         }
         tx.commit()?;

@@ -76,6 +76,9 @@ enum Mode {
         /// HTTP connection pools the simulated devices share.
         #[arg(long, default_value_t = 64)]
         pools: usize,
+        /// Requests in flight at once per pool (bounds the connections).
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -125,6 +128,7 @@ async fn main() -> Result<()> {
             enrol_window,
             duration,
             pools,
+            in_flight,
             json,
         } => {
             let plan = fogswarm_e2e::fleet::FleetPlan {
@@ -135,6 +139,7 @@ async fn main() -> Result<()> {
                 enrol_window: Duration::from_secs_f64(enrol_window),
                 duration: Duration::from_secs_f64(duration),
                 pools,
+                in_flight,
                 swarm: String::new(),
             };
             let admin_token = read(args.data.join("admin.token"))?;
@@ -160,9 +165,11 @@ async fn main() -> Result<()> {
                     ("enrol", &report.enrol),
                     ("config", &report.config),
                     ("report", &report.report),
+                    ("config, steady", &report.config_steady),
+                    ("report, steady", &report.report_steady),
                 ] {
                     println!(
-                        "{name:<7} {} calls, {} errors, p50 {:.1} ms, p99 {:.1} ms",
+                        "{name:<15} {} calls, {} errors, p50 {:.1} ms, p99 {:.1} ms",
                         l.count, l.errors, l.p50_ms, l.p99_ms
                     );
                 }
