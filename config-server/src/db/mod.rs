@@ -349,15 +349,18 @@ impl Database {
         })
     }
 
-    /// Runs `f` on a consistent read-only snapshot.
+    /// Runs `f` on a read-only view (see the backends for how consistent).
+    /// SQLite reads run where they are called: they take microseconds and
+    /// never wait for a writer, so handing the worker over would cost more
+    /// than it saves.
     pub fn read<T, E: From<DbError>>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        blocking(|| match self {
+        match self {
             Database::Sqlite(db) => db.read(f),
-            Database::Postgres(pool) => pool.read(f),
-        })
+            Database::Postgres(pool) => blocking(|| pool.read(f)),
+        }
     }
 
     /// Copies a SQLite database to `to` with SQLite's online backup API
@@ -372,9 +375,10 @@ impl Database {
     }
 }
 
-/// Database calls block (a mutex, a socket): on the server's multi-thread
-/// runtime they run with `block_in_place`, so the other tasks of the worker
-/// move elsewhere meanwhile; anywhere else (tests, tools) they just run.
+/// Database calls that wait (a writer's fsync, PostgreSQL's socket): on the
+/// server's multi-thread runtime they run with `block_in_place`, so the
+/// other tasks of the worker move elsewhere meanwhile; anywhere else
+/// (tests, tools) they just run.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
