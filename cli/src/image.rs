@@ -77,8 +77,37 @@ pub struct BuildArgs {
     /// Mount blobs from this repository of the same registry when it has them.
     #[arg(long)]
     pub mount_from: Option<String>,
+    #[command(flatten)]
+    pub auth: RegistryAuth,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Registry credentials for CI; without them, the Docker config file's
+/// (credHelpers, auths, credsStore) are used, as `docker push` would.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryAuth {
+    /// Registry user, with a token [env: FOGSWARM_REGISTRY_USER].
+    #[arg(long)]
+    pub registry_user: Option<String>,
+    /// File holding the registry password or token [env:
+    /// FOGSWARM_REGISTRY_TOKEN_FILE, or the token itself in
+    /// FOGSWARM_REGISTRY_TOKEN]. Never a flag's value.
+    #[arg(long)]
+    pub registry_token_file: Option<PathBuf>,
+}
+
+impl RegistryAuth {
+    /// A registry client with the credential these settings find.
+    pub fn client(&self, registry: &str, insecure: bool) -> Result<RegistryClient> {
+        let explicit = fogswarm_images::auth::Explicit {
+            user: self.registry_user.clone(),
+            token_file: self.registry_token_file.clone(),
+        };
+        let credential = fogswarm_images::auth::credential_for(registry, &explicit)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(RegistryClient::new(registry, insecure, credential)?)
+    }
 }
 
 fn bad(msg: impl Into<String>) -> anyhow::Error {
@@ -309,7 +338,7 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             "... pushing {} to {}",
             plan.reference, plan.reference.registry
         );
-        let client = RegistryClient::new(&plan.reference.registry, args.insecure)?;
+        let client = args.auth.client(&plan.reference.registry, args.insecure)?;
         report = Some(
             client
                 .push(&plan.reference, &image, args.mount_from.as_deref())
@@ -387,9 +416,14 @@ pub async fn build(args: BuildArgs) -> Result<()> {
 
 /// Reads an image back: the index, each platform's manifest digest and
 /// layer sizes.
-pub async fn inspect(reference: &str, insecure: bool, json: bool) -> Result<()> {
+pub async fn inspect(
+    reference: &str,
+    insecure: bool,
+    auth: &RegistryAuth,
+    json: bool,
+) -> Result<()> {
     let reference = Reference::parse(reference).map_err(|e| bad(e.to_string()))?;
-    let client = RegistryClient::new(&reference.registry, insecure)?;
+    let client = auth.client(&reference.registry, insecure)?;
     let top = client.get_manifest(&reference.name, &reference.tag).await?;
     let doc: serde_json::Value =
         serde_json::from_slice(&top.bytes).context("the registry's manifest is not JSON")?;

@@ -92,6 +92,8 @@ enum ImageCommand {
         /// Plain HTTP to the registry.
         #[arg(long)]
         insecure: bool,
+        #[command(flatten)]
+        auth: fogswarm::image::RegistryAuth,
         #[arg(long)]
         json: bool,
     },
@@ -259,8 +261,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ImageCommand::Inspect {
                 reference,
                 insecure,
+                auth,
                 json,
-            } => fogswarm::image::inspect(&reference, insecure, json)
+            } => fogswarm::image::inspect(&reference, insecure, &auth, json)
                 .await
                 .map(|_| ExitCode::SUCCESS),
         },

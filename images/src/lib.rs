@@ -6,6 +6,7 @@
 //! an OCI index or a Docker manifest list, and pushes it through the
 //! distribution API or writes an OCI layout or a `docker load` archive.
 
+pub mod auth;
 pub mod build;
 pub mod elf;
 pub mod layout;

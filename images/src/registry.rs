@@ -3,9 +3,12 @@
 //!
 //! Blobs the registry has are skipped (HEAD); blobs another repository of
 //! the same registry has are mounted; small blobs go in one PUT, large ones
-//! in PATCH chunks. Credentials come from the Docker config file (basic
-//! auth, and the bearer token flow); `--insecure` speaks plain HTTP.
+//! in PATCH chunks. Credentials come from [`crate::auth`]; the registry
+//! answers with basic auth or the bearer token flow, whose tokens are
+//! kept per scope until they expire. 429 and 5xx answers are retried with
+//! backoff. `--insecure` speaks plain HTTP.
 
+use crate::auth::Credential;
 use crate::build::{Blob, BuiltImage};
 use base64::Engine as _;
 use reqwest::header::{
@@ -15,6 +18,7 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Blobs larger than this are uploaded in chunks of this size.
 pub const CHUNK: usize = 4 * 1024 * 1024;
@@ -30,6 +34,15 @@ pub enum RegistryError {
     Unreachable { registry: String, reason: String },
     #[error("the registry {registry} refused the credentials{hint}")]
     Unauthorized { registry: String, hint: String },
+    #[error("the registry {registry} refused {scope}{who}")]
+    Denied {
+        registry: String,
+        scope: String,
+        /// " for USER (credentials from SOURCE)", never the secret.
+        who: String,
+    },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("the registry answered {status} to {what}: {body}")]
     Status {
         what: String,
@@ -108,38 +121,26 @@ pub struct PushReport {
     pub blobs_skipped: usize,
 }
 
-/// Basic credentials from the Docker config file for a registry.
-pub fn docker_config_auth(registry: &str) -> Option<String> {
-    let path = std::env::var_os("DOCKER_CONFIG")
-        .map(|d| std::path::PathBuf::from(d).join("config.json"))
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".docker/config.json"))
-        })?;
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    let auths = config.get("auths")?.as_object()?;
-    auths
-        .iter()
-        .find(|(k, _)| {
-            let k = k
-                .trim_start_matches("https://")
-                .trim_start_matches("http://");
-            k == registry || k.trim_end_matches('/') == registry
-        })
-        .and_then(|(_, v)| v.get("auth")?.as_str().map(str::to_string))
-}
-
 pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
     registry: String,
-    basic: Option<String>,
-    /// Bearer tokens by scope, from the token flow.
-    tokens: Mutex<HashMap<String, String>>,
+    credential: Option<Credential>,
+    /// Bearer tokens by scope, from the token flow, with when they expire.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
 
+/// Attempts of one request when the registry answers 429 or 5xx.
+const ATTEMPTS: u32 = 4;
+
 impl RegistryClient {
-    pub fn new(registry: &str, insecure: bool) -> Result<RegistryClient> {
+    /// A client for `registry` with a credential (see
+    /// [`crate::auth::credential_for`]), or anonymous.
+    pub fn new(
+        registry: &str,
+        insecure: bool,
+        credential: Option<Credential>,
+    ) -> Result<RegistryClient> {
         fogswarm_client::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(300))
@@ -149,13 +150,15 @@ impl RegistryClient {
             http,
             base: format!("{}://{registry}", if insecure { "http" } else { "https" }),
             registry: registry.into(),
-            basic: docker_config_auth(registry),
+            credential,
             tokens: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Sends a request, answering auth challenges (basic or the bearer
-    /// token flow) once.
+    /// Sends a request, answering an auth challenge (basic, or the bearer
+    /// token flow for `scope`: space-separated scopes are asked for
+    /// together) once, and retrying 429 and 5xx answers with backoff
+    /// (`Retry-After` when the registry gives one, at most 10 s).
     async fn send(
         &self,
         method: Method,
@@ -164,22 +167,51 @@ impl RegistryClient {
         headers: HeaderMap,
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response> {
-        for attempt in 0..2 {
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 1;
+        loop {
+            let response = self
+                .send_authorized(method.clone(), url, scope, &headers, &body)
+                .await?;
+            let status = response.status();
+            let retry = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            if !retry || attempt == ATTEMPTS {
+                return Ok(response);
+            }
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(backoff)
+                .min(Duration::from_secs(10));
+            tokio::time::sleep(wait).await;
+            backoff *= 2;
+            attempt += 1;
+        }
+    }
+
+    async fn send_authorized(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        headers: &HeaderMap,
+        body: &Option<Vec<u8>>,
+    ) -> Result<reqwest::Response> {
+        let mut fetched = false;
+        loop {
             let mut request = self
                 .http
                 .request(method.clone(), url)
                 .headers(headers.clone());
-            let token = self
-                .tokens
-                .lock()
-                .map(|t| t.get(scope).cloned())
-                .unwrap_or(None);
-            if let Some(token) = token {
+            if let Some(token) = self.cached_token(scope) {
                 request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-            } else if let Some(basic) = &self.basic {
-                request = request.header(AUTHORIZATION, format!("Basic {basic}"));
+            } else if let Some(c) = &self.credential {
+                request = request.header(AUTHORIZATION, format!("Basic {}", c.basic()));
             }
-            if let Some(b) = &body {
+            if let Some(b) = body {
                 request = request.body(b.clone());
             }
             let response = request
@@ -189,10 +221,8 @@ impl RegistryClient {
                     registry: self.registry.clone(),
                     reason: fogswarm_client::describe(&e),
                 })?;
-            if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
-                if response.status() == StatusCode::UNAUTHORIZED {
-                    return Err(self.unauthorized());
-                }
+            let status = response.status();
+            if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
                 return Ok(response);
             }
             let challenge = response
@@ -201,35 +231,59 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            if challenge.to_ascii_lowercase().starts_with("bearer") {
-                let token = self.fetch_token(&challenge, scope).await?;
-                if let Ok(mut t) = self.tokens.lock() {
-                    t.insert(scope.to_string(), token);
-                }
-            } else if self.basic.is_none() {
+            let bearer = challenge.to_ascii_lowercase().starts_with("bearer");
+            if status == StatusCode::FORBIDDEN || fetched {
+                // The registry says no outright, or to a token just issued
+                // for this scope: the scope is refused.
+                return Err(self.denied(scope));
+            }
+            if !bearer {
                 return Err(self.unauthorized());
             }
+            let (token, expires) = self.fetch_token(&challenge, scope).await?;
+            if let Ok(mut t) = self.tokens.lock() {
+                t.insert(scope.to_string(), (token, expires));
+            }
+            fetched = true;
         }
-        Err(self.unauthorized())
+    }
+
+    /// A token for `scope` that has not expired.
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().ok()?;
+        tokens
+            .get(scope)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(t, _)| t.clone())
+    }
+
+    fn who(&self) -> String {
+        match &self.credential {
+            Some(c) => format!(" for {} (credentials from {})", c.user, c.source),
+            None => " to an anonymous client (no credentials: docker login, a credential helper, or --registry-user with --registry-token-file)".into(),
+        }
+    }
+
+    fn denied(&self, scope: &str) -> RegistryError {
+        RegistryError::Denied {
+            registry: self.registry.clone(),
+            scope: scope.to_string(),
+            who: self.who(),
+        }
     }
 
     fn unauthorized(&self) -> RegistryError {
         RegistryError::Unauthorized {
             registry: self.registry.clone(),
-            hint: if self.basic.is_none() {
-                format!(
-                    " (no credentials for {} in the Docker config file: `docker login {}`)",
-                    self.registry, self.registry
-                )
-            } else {
-                String::new()
-            },
+            hint: self.who(),
         }
     }
 
-    /// The bearer token flow: GET realm?service=..&scope=.. with the basic
-    /// credentials (or none, for anonymous pulls).
-    async fn fetch_token(&self, challenge: &str, scope: &str) -> Result<String> {
+    /// The bearer token flow: GET realm?service=..&scope=..[&scope=..] with
+    /// the credential (or none, for anonymous pulls). Answers the token and
+    /// when to stop using it (`expires_in`, 60 s when unsaid, less a
+    /// margin).
+    async fn fetch_token(&self, challenge: &str, scope: &str) -> Result<(String, Instant)> {
         let params: HashMap<String, String> = challenge[6..]
             .split(',')
             .filter_map(|kv| kv.trim().split_once('='))
@@ -243,35 +297,61 @@ impl RegistryClient {
         let realm = params
             .get("realm")
             .ok_or_else(|| RegistryError::Other("bearer challenge without a realm".into()))?;
-        let mut query = vec![("scope", scope.to_string())];
+        let mut query: Vec<(&str, String)> =
+            scope.split(' ').map(|s| ("scope", s.to_string())).collect();
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));
         }
         let url = reqwest::Url::parse_with_params(realm, &query)
             .map_err(|e| RegistryError::Other(format!("token realm {realm}: {e}")))?;
-        let mut request = self.http.get(url);
-        if let Some(basic) = &self.basic {
-            request = request.header(AUTHORIZATION, format!("Basic {basic}"));
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                registry: realm.clone(),
-                reason: fogswarm_client::describe(&e),
-            })?;
-        if !response.status().is_success() {
-            return Err(self.unauthorized());
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 1;
+        let response = loop {
+            let mut request = self.http.get(url.clone());
+            if let Some(c) = &self.credential {
+                request = request.header(AUTHORIZATION, format!("Basic {}", c.basic()));
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| RegistryError::Unreachable {
+                    registry: realm.clone(),
+                    reason: fogswarm_client::describe(&e),
+                })?;
+            let status = response.status();
+            if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                && attempt < ATTEMPTS
+            {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+                continue;
+            }
+            break response;
+        };
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED => return Err(self.unauthorized()),
+            _ => return Err(self.denied(scope)),
         }
         let body: serde_json::Value = response
             .json()
             .await
-            .map_err(|e| RegistryError::Other(format!("token answer: {e}")))?;
-        body.get("token")
+            .map_err(|e| RegistryError::Other(format!("token answer from {realm}: {e}")))?;
+        let token = body
+            .get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
             .map(str::to_string)
-            .ok_or_else(|| RegistryError::Other("the token answer holds no token".into()))
+            .ok_or_else(|| {
+                RegistryError::Other(format!("the token answer from {realm} holds no token"))
+            })?;
+        let lifetime = body
+            .get("expires_in")
+            .and_then(|e| e.as_u64())
+            .unwrap_or(60)
+            .max(10);
+        Ok((token, Instant::now() + Duration::from_secs(lifetime - 5)))
     }
 
     fn scope(name: &str) -> String {
@@ -311,17 +391,14 @@ impl RegistryClient {
     /// there, else in one PUT or in chunks. Answers whether bytes moved.
     async fn upload_blob(&self, name: &str, blob: &Blob, mount_from: Option<&str>) -> Result<bool> {
         let mut start = format!("{}/v2/{name}/blobs/uploads/", self.base);
+        let mut scope = Self::scope(name);
         if let Some(from) = mount_from.filter(|f| *f != name) {
             start.push_str(&format!("?mount={}&from={from}", blob.digest));
+            // A mount reads the source repository: pull on it too.
+            scope.push_str(&format!(" repository:{from}:pull"));
         }
         let response = self
-            .send(
-                Method::POST,
-                &start,
-                &Self::scope(name),
-                HeaderMap::new(),
-                None,
-            )
+            .send(Method::POST, &start, &scope, HeaderMap::new(), None)
             .await?;
         if response.status() == StatusCode::CREATED {
             return Ok(false); // mounted

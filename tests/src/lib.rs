@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod postgres;
 pub mod registry;
 pub mod server;
+pub mod token_registry;
 
 use anyhow::{bail, Context, Result};
 use fogswarm::engine::{Engine, EngineAddr};
