@@ -19,8 +19,8 @@ pub struct BuildArgs {
     /// Build this Cargo package for every platform.
     #[arg(long, conflicts_with = "binaries")]
     pub package: Option<String>,
-    /// Cargo.toml of the package's workspace.
-    #[arg(long, requires = "package")]
+    /// Cargo.toml of the package's workspace (also for --sbom-package).
+    #[arg(long)]
     pub manifest_path: Option<PathBuf>,
     /// Cargo profile for --package.
     #[arg(long, requires = "package", default_value = "release")]
@@ -79,6 +79,18 @@ pub struct BuildArgs {
     pub mount_from: Option<String>,
     #[command(flatten)]
     pub auth: RegistryAuth,
+    /// Attach an SPDX 2.3 SBOM per platform to the pushed image (when the
+    /// crate is known: --package, or --sbom-package for --binary files);
+    /// --sbom=false skips it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub sbom: bool,
+    /// The Cargo package the --binary files were built from, for the SBOM.
+    #[arg(long, conflicts_with = "package")]
+    pub sbom_package: Option<String>,
+    /// Sign the pushed image (its index digest) with this private key, in
+    /// the format cosign and containers/image verify.
+    #[arg(long)]
+    pub sign: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -312,6 +324,19 @@ fn cargo_build(args: &BuildArgs, package: &str, platform: Platform) -> Result<Pa
 pub async fn build(args: BuildArgs) -> Result<()> {
     let started = Instant::now();
     let plan = plan(&args)?;
+    if !args.push && args.sign.is_some() {
+        return Err(bad(
+            "--sign needs --push: a signature is stored beside the image in its registry",
+        ));
+    }
+    // The key is read before anything is built or pushed: a bad key file
+    // pushes nothing.
+    let signing_key = match &args.sign {
+        Some(path) => {
+            Some(fogswarm_images::sign::SigningKey::load(path).map_err(|e| bad(e.to_string()))?)
+        }
+        None => None,
+    };
     let mut binaries = Vec::new();
     for p in &plan.platforms {
         let path = match &args.package {
@@ -333,6 +358,7 @@ pub async fn build(args: BuildArgs) -> Result<()> {
     let image = fogswarm_images::build(&plan.spec, &binaries, plan.format)
         .map_err(|e| anyhow::anyhow!(e))?;
     let mut report = None;
+    let mut sboms = Vec::new();
     if args.push {
         eprintln!(
             "... pushing {} to {}",
@@ -344,6 +370,27 @@ pub async fn build(args: BuildArgs) -> Result<()> {
                 .push(&plan.reference, &image, args.mount_from.as_deref())
                 .await?,
         );
+        if let Some(package) = args
+            .package
+            .as_deref()
+            .or(args.sbom_package.as_deref())
+            .filter(|_| args.sbom)
+        {
+            eprintln!("... attaching an SBOM per platform");
+            sboms = crate::supply::attach_sboms(
+                &client,
+                &plan.reference,
+                &image,
+                package,
+                args.manifest_path.as_deref(),
+                plan.spec.source_date_epoch,
+            )
+            .await?;
+        }
+        if let Some(key) = &signing_key {
+            eprintln!("... signing {}", image.index.digest);
+            crate::supply::sign_digest(&client, &plan.reference, &image.index.digest, key).await?;
+        }
     }
     if let Some(dir) = &args.oci_layout {
         fogswarm_images::layout::write_oci_layout(dir, &image, &plan.reference.tag)
@@ -385,6 +432,8 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             "layer_bytes": i.layer.size(),
         })).collect::<Vec<_>>(),
         "uploaded_bytes": report.as_ref().map(|r| r.uploaded_bytes),
+        "sboms": sboms.iter().map(|(p, d)| serde_json::json!({"platform": p, "digest": d})).collect::<Vec<_>>(),
+        "signed_with": signing_key.as_ref().map(|k| k.key_id()),
         "skipped_bytes": report.as_ref().map(|r| r.skipped_bytes + r.mounted_bytes),
         "seconds": started.elapsed().as_secs_f64(),
     });

@@ -8,4 +8,5 @@ pub mod fleet;
 pub mod image;
 pub mod lab;
 pub mod service;
+pub mod supply;
 pub mod table;

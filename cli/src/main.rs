@@ -97,6 +97,40 @@ enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a signing key pair: PREFIX.key (private, 0600) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "fogswarm")]
+        out: std::path::PathBuf,
+    },
+    /// Sign an image in its registry, as cosign does (`sha256-DIGEST.sig`).
+    Sign {
+        reference: String,
+        /// The private key (fogswarm image keygen).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// Plain HTTP to the registry.
+        #[arg(long)]
+        insecure: bool,
+        #[command(flatten)]
+        auth: fogswarm::image::RegistryAuth,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that an image carries a signature by one of the keys.
+    Verify {
+        reference: String,
+        /// A public key (repeatable).
+        #[arg(long)]
+        key: Vec<std::path::PathBuf>,
+        /// Plain HTTP to the registry.
+        #[arg(long)]
+        insecure: bool,
+        #[command(flatten)]
+        auth: fogswarm::image::RegistryAuth,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -264,6 +298,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 auth,
                 json,
             } => fogswarm::image::inspect(&reference, insecure, &auth, json)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            ImageCommand::Keygen { out } => {
+                fogswarm::supply::keygen(&out).map(|(private, public)| {
+                    println!(
+                        "private key {} (0600)\npublic key  {}",
+                        private.display(),
+                        public.display()
+                    );
+                    ExitCode::SUCCESS
+                })
+            }
+            ImageCommand::Sign {
+                reference,
+                key,
+                insecure,
+                auth,
+                json,
+            } => fogswarm::supply::sign_image(&reference, &key, insecure, &auth, json)
+                .await
+                .map(|_| ExitCode::SUCCESS),
+            ImageCommand::Verify {
+                reference,
+                key,
+                insecure,
+                auth,
+                json,
+            } => fogswarm::supply::verify_image(&reference, &key, insecure, &auth, json)
                 .await
                 .map(|_| ExitCode::SUCCESS),
         },

@@ -12,6 +12,8 @@ pub mod elf;
 pub mod layout;
 pub mod platform;
 pub mod registry;
+pub mod sbom;
+pub mod sign;
 
 pub use build::{build, BuiltImage, Format, ImageSpec};
 pub use platform::Platform;

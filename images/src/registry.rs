@@ -20,6 +20,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// The OCI 1.1 empty descriptor's media type (`{}`), an artifact's config.
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// An OCI descriptor of a blob.
+fn descriptor(blob: &Blob) -> serde_json::Value {
+    serde_json::json!({"mediaType": blob.media_type, "digest": blob.digest, "size": blob.size()})
+}
+
 /// Blobs larger than this are uploaded in chunks of this size.
 pub const CHUNK: usize = 4 * 1024 * 1024;
 
@@ -55,11 +66,12 @@ pub enum RegistryError {
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
-/// `registry/name:tag` (or `@sha256:...`).
+/// `registry/name:tag` or `registry/name@sha256:HEX`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reference {
     pub registry: String,
     pub name: String,
+    /// The tag, or the digest (`sha256:HEX`) of a by-digest reference.
     pub tag: String,
 }
 
@@ -72,9 +84,26 @@ impl Reference {
         if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
             return Err(bad("must start with a registry host (like 10.0.0.1:5000/app:tag); Docker Hub is not reachable here"));
         }
-        let (name, tag) = match rest.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, t),
-            _ => (rest, "latest"),
+        let (name, tag) = match rest.split_once('@') {
+            Some((n, d)) => {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| bad("has a digest that is not sha256:HEX"))?;
+                if hex.len() != 64
+                    || !hex
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                {
+                    return Err(bad(
+                        "has a digest that is not sha256: and 64 lower-case hex digits",
+                    ));
+                }
+                (n, d)
+            }
+            None => match rest.rsplit_once(':') {
+                Some((n, t)) if !t.contains('/') => (n, t),
+                _ => (rest, "latest"),
+            },
         };
         let name_ok = !name.is_empty()
             && name.split('/').all(|c| {
@@ -89,11 +118,12 @@ impl Reference {
                 "has an invalid repository name (lower-case letters, digits, '.', '_', '-', '/')",
             ));
         }
-        let tag_ok = !tag.is_empty()
-            && tag.len() <= 128
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let tag_ok = tag.starts_with("sha256:")
+            || !tag.is_empty()
+                && tag.len() <= 128
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !tag_ok {
             return Err(bad("has an invalid tag"));
         }
@@ -107,7 +137,12 @@ impl Reference {
 
 impl std::fmt::Display for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}:{}", self.registry, self.name, self.tag)
+        let separator = if self.tag.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
+        write!(f, "{}/{}{separator}{}", self.registry, self.name, self.tag)
     }
 }
 
@@ -532,7 +567,202 @@ impl RegistryClient {
             .await
             .map_err(|e| RegistryError::Other(e.to_string()))?
             .to_vec();
-        Ok(Blob::new(&media_type, bytes))
+        let blob = Blob::new(&media_type, bytes);
+        if reference.starts_with("sha256:") && blob.digest != reference {
+            return Err(RegistryError::Other(format!(
+                "the registry {} answered {name}@{reference} with a manifest whose digest is {}: refusing it",
+                self.registry, blob.digest
+            )));
+        }
+        Ok(blob)
+    }
+
+    /// A manifest, or None where the registry has none (404).
+    pub async fn find_manifest(&self, name: &str, reference: &str) -> Result<Option<Blob>> {
+        match self.get_manifest(name, reference).await {
+            Ok(blob) => Ok(Some(blob)),
+            Err(RegistryError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A blob's bytes, checked against its digest.
+    pub async fn get_blob(&self, name: &str, digest: &str) -> Result<Vec<u8>> {
+        let url = format!("{}/v2/{name}/blobs/{digest}", self.base);
+        let response = self
+            .send(
+                Method::GET,
+                &url,
+                &format!("repository:{name}:pull"),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(Self::status_error(format!("GET blob {digest}"), response).await);
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| RegistryError::Other(e.to_string()))?
+            .to_vec();
+        if crate::build::sha256(&bytes) != digest {
+            return Err(RegistryError::Other(format!(
+                "the registry {} answered blob {digest} of {name} with other bytes: refusing them",
+                self.registry
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Uploads a blob unless the repository has it.
+    pub async fn ensure_blob(&self, name: &str, blob: &Blob) -> Result<()> {
+        if !self.has_blob(name, &blob.digest).await? {
+            self.upload_blob(name, blob, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes an OCI artifact holding `content` that refers to `subject`
+    /// (a manifest of `name`), by digest, and lists it under the referrers
+    /// tag-schema fallback `sha256-HEX` of the subject (adding to what is
+    /// listed there). Answers the artifact's manifest.
+    pub async fn push_referrer(
+        &self,
+        name: &str,
+        subject: &Blob,
+        artifact_type: &str,
+        content: &Blob,
+    ) -> Result<Blob> {
+        let empty = Blob::new(EMPTY_MEDIA_TYPE, b"{}".to_vec());
+        self.ensure_blob(name, &empty).await?;
+        self.ensure_blob(name, content).await?;
+        let manifest = Blob::new(
+            OCI_MANIFEST,
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": artifact_type,
+                "config": descriptor(&empty),
+                "layers": [descriptor(content)],
+                "subject": descriptor(subject),
+            }))
+            .map_err(|e| RegistryError::Other(e.to_string()))?,
+        );
+        self.put_manifest(name, &manifest.digest, &manifest).await?;
+        let tag = subject.digest.replace(':', "-");
+        let mut index = match self.find_manifest(name, &tag).await? {
+            Some(existing) => serde_json::from_slice(&existing.bytes).map_err(|e| {
+                RegistryError::Other(format!("the referrers list {name}:{tag} is not JSON: {e}"))
+            })?,
+            None => {
+                serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+            }
+        };
+        let listed = index["manifests"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|d| d["digest"] == manifest.digest.as_str()));
+        if !listed {
+            let mut entry = descriptor(&manifest);
+            entry["artifactType"] = artifact_type.into();
+            match index["manifests"].as_array_mut() {
+                Some(list) => list.push(entry),
+                None => index["manifests"] = serde_json::json!([entry]),
+            }
+            let bytes =
+                serde_json::to_vec(&index).map_err(|e| RegistryError::Other(e.to_string()))?;
+            self.put_manifest(name, &tag, &Blob::new(OCI_INDEX, bytes))
+                .await?;
+        }
+        Ok(manifest)
+    }
+
+    /// The artifacts listed under a digest's referrers fallback tag, as
+    /// descriptors.
+    pub async fn referrers(&self, name: &str, digest: &str) -> Result<Vec<serde_json::Value>> {
+        let tag = digest.replace(':', "-");
+        Ok(match self.find_manifest(name, &tag).await? {
+            Some(index) => serde_json::from_slice::<serde_json::Value>(&index.bytes)
+                .ok()
+                .and_then(|v| v["manifests"].as_array().cloned())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        })
+    }
+
+    /// Adds a cosign signature of `digest` (payload and base64 signature)
+    /// to the `sha256-HEX.sig` manifest of `name`, as containers/image and
+    /// cosign write it: one layer per signature, the signature in its
+    /// annotation, a config listing the layers.
+    pub async fn push_signature(
+        &self,
+        name: &str,
+        digest: &str,
+        payload: &Blob,
+        signature: &str,
+    ) -> Result<()> {
+        let tag = crate::sign::signature_tag(digest);
+        let mut layers: Vec<serde_json::Value> = match self.find_manifest(name, &tag).await? {
+            Some(existing) => serde_json::from_slice::<serde_json::Value>(&existing.bytes)
+                .ok()
+                .and_then(|m| m["layers"].as_array().cloned())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut layer = descriptor(payload);
+        layer["annotations"] = serde_json::json!({crate::sign::SIGNATURE_ANNOTATION: signature});
+        if layers.contains(&layer) {
+            return Ok(());
+        }
+        self.ensure_blob(name, payload).await?;
+        layers.push(layer);
+        let config = Blob::new(
+            OCI_CONFIG,
+            serde_json::to_vec(&serde_json::json!({
+                "architecture": "",
+                "os": "",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l["digest"].clone()).collect::<Vec<_>>()},
+            }))
+            .map_err(|e| RegistryError::Other(e.to_string()))?,
+        );
+        self.ensure_blob(name, &config).await?;
+        let manifest = Blob::new(
+            OCI_MANIFEST,
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": descriptor(&config),
+                "layers": layers,
+            }))
+            .map_err(|e| RegistryError::Other(e.to_string()))?,
+        );
+        self.put_manifest(name, &tag, &manifest).await
+    }
+
+    /// The signatures stored for `digest`: each payload with its base64
+    /// signature. A payload that does not match its digest is refused.
+    pub async fn signatures(&self, name: &str, digest: &str) -> Result<Vec<(Vec<u8>, String)>> {
+        let tag = crate::sign::signature_tag(digest);
+        let Some(manifest) = self.find_manifest(name, &tag).await? else {
+            return Ok(Vec::new());
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&manifest.bytes).map_err(|e| {
+            RegistryError::Other(format!(
+                "the signatures {name}:{tag} are not a JSON manifest: {e}"
+            ))
+        })?;
+        let mut out = Vec::new();
+        for layer in doc["layers"].as_array().into_iter().flatten() {
+            let (Some(digest), Some(signature)) = (
+                layer["digest"].as_str(),
+                layer["annotations"][crate::sign::SIGNATURE_ANNOTATION].as_str(),
+            ) else {
+                continue;
+            };
+            out.push((self.get_blob(name, digest).await?, signature.to_string()));
+        }
+        Ok(out)
     }
 
     /// Pushes an image so the tag never points at something incomplete:

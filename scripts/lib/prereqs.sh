@@ -2,7 +2,7 @@
 # fresh machine lacks and makes sure a Docker daemon answers. Every failure
 # stops the run with a message; nothing is skipped silently.
 
-APT_PACKAGES=(docker-registry skopeo debootstrap qemu-user-static gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu libc6-dev-armhf-cross libc6-dev-riscv64-cross apache2-utils umoci curl postgresql e2fsprogs)
+APT_PACKAGES=(docker-registry skopeo debootstrap qemu-user-static gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu libc6-dev-armhf-cross libc6-dev-riscv64-cross apache2-utils umoci curl postgresql e2fsprogs openssl)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf i686-unknown-linux-musl riscv64gc-unknown-linux-gnu)
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -49,8 +49,18 @@ ensure_docker() {
   die "dockerd did not answer on /var/run/docker.sock within 60s"
 }
 
+# Independent validators the tests judge fogswarm's output with.
+ensure_python_tools() {
+  command -v pyspdxtools >/dev/null && return
+  say "pip install spdx-tools (pyspdxtools, the SPDX validator)"
+  python3 -m pip install -q spdx-tools >/dev/null 2>&1 || die "pip install spdx-tools failed"
+  command -v pyenv >/dev/null && pyenv rehash 2>/dev/null; hash -r
+  command -v pyspdxtools >/dev/null || die "pyspdxtools is not on PATH after pip install spdx-tools"
+}
+
 ensure_prereqs() {
   ensure_apt_packages
   ensure_rust
   ensure_docker
+  ensure_python_tools
 }
