@@ -15,16 +15,26 @@ impl LocalRegistry {
     /// Starts a registry; with `user`, it requires that user's password
     /// (htpasswd, bcrypt).
     pub fn start(user: Option<(&str, &str)>) -> Result<LocalRegistry> {
-        Self::start_with(user, false)
+        Self::start_with(user, false, "")
+    }
+
+    /// A registry with an `auth:` section of the caller's (the token
+    /// flow, say).
+    pub fn start_with_auth(auth: &str) -> Result<LocalRegistry> {
+        Self::start_with(None, false, auth)
     }
 
     /// A registry in read-only maintenance mode: it answers reads and
     /// refuses every upload, a real failure in the middle of a push.
     pub fn start_read_only() -> Result<LocalRegistry> {
-        Self::start_with(None, true)
+        Self::start_with(None, true, "")
     }
 
-    fn start_with(user: Option<(&str, &str)>, read_only: bool) -> Result<LocalRegistry> {
+    fn start_with(
+        user: Option<(&str, &str)>,
+        read_only: bool,
+        auth: &str,
+    ) -> Result<LocalRegistry> {
         let dir = tempfile::tempdir()?;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -50,6 +60,7 @@ impl LocalRegistry {
                 dir.path().join("htpasswd").display()
             ));
         }
+        config.push_str(auth);
         std::fs::write(dir.path().join("config.yml"), config)?;
         let child = Command::new("docker-registry")
             .arg("serve")

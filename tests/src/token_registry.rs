@@ -4,10 +4,10 @@
 //! the scopes asked (signed by a certificate the registry trusts), refuses
 //! repositories under `forbidden/`, and counts what it was asked.
 
-use anyhow::{bail, Context, Result};
+use crate::registry::LocalRegistry;
+use anyhow::{Context, Result};
 use base64::Engine as _;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 pub const SERVICE: &str = "fogswarm-test-registry";
@@ -27,7 +27,7 @@ pub struct Seen {
 pub struct TokenRegistry {
     pub addr: String,
     pub seen: Arc<Mutex<Seen>>,
-    child: Child,
+    _registry: LocalRegistry,
     server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -136,12 +136,6 @@ async fn token_endpoint(
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl TokenRegistry {
     /// Starts the token server and a registry that trusts it; `user` and
     /// `password` are the only credentials the token server accepts.
@@ -178,42 +172,22 @@ impl TokenRegistry {
             let _ = axum::serve(listener, app).await;
         });
 
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {storage}\nhttp:\n  addr: {addr}\n\
-             auth:\n  token:\n    realm: http://{token_addr}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {bundle}\n",
-            storage = dir.path().join("storage").display(),
-            bundle = dir.path().join("issuer.pem").display(),
-        );
-        std::fs::write(dir.path().join("config.yml"), config)?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting docker-registry")?;
-        let registry = TokenRegistry {
-            addr,
+        let registry = LocalRegistry::start_with_auth(&format!(
+            "auth:\n  token:\n    realm: http://{token_addr}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            dir.path().join("issuer.pem").display(),
+        ))?;
+        Ok(TokenRegistry {
+            addr: registry.addr.clone(),
             seen,
-            child,
+            _registry: registry,
             server,
             _dir: dir,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&registry.addr).is_ok() {
-                return Ok(registry);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        bail!("the token registry did not start on {}", registry.addr)
+        })
     }
 }
 
 impl Drop for TokenRegistry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         self.server.abort();
     }
 }

@@ -50,6 +50,46 @@ fn push(reference: &str, extra: &[&str]) -> Run {
         .into()
 }
 
+/// Uploads a blob by hand (monolithic upload); answers its digest.
+async fn upload_blob(
+    http: &reqwest::Client,
+    registry: &str,
+    repo: &str,
+    bytes: &[u8],
+) -> Result<String> {
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+    );
+    let upload = http
+        .post(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await?;
+    let location = upload
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("no upload location")?
+        .to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = http
+        .put(format!("{location}{sep}digest={digest}"))
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    ensure!(
+        put.status().is_success(),
+        "uploading {digest}: {}",
+        put.status()
+    );
+    Ok(digest)
+}
+
 async fn get(client: &reqwest::Client, url: &str, accept: &str) -> Result<reqwest::Response> {
     Ok(client.get(url).header("accept", accept).send().await?)
 }
@@ -481,63 +521,8 @@ async fn bad_keys_payloads_and_lying_registries_change_nothing() -> Result<()> {
 
     // A signature whose payload is not JSON: refused, said so.
     let payload = b"this is no simple-signing payload".to_vec();
-    let payload_digest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&payload))
-    );
-    let upload = http
-        .post(format!(
-            "http://{}/v2/fog/plain/blobs/uploads/",
-            registry.addr
-        ))
-        .send()
-        .await?;
-    let location = upload
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .context("location")?
-        .to_string();
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("http://{}{location}", registry.addr)
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let put = http
-        .put(format!("{location}{sep}digest={payload_digest}"))
-        .body(payload.clone())
-        .send()
-        .await?;
-    ensure!(put.status().is_success());
-    let config = b"{}".to_vec();
-    let config_digest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&config))
-    );
-    let upload = http
-        .post(format!(
-            "http://{}/v2/fog/plain/blobs/uploads/",
-            registry.addr
-        ))
-        .send()
-        .await?;
-    let location = upload
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .context("location")?
-        .to_string();
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("http://{}{location}", registry.addr)
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    http.put(format!("{location}{sep}digest={config_digest}"))
-        .body(config)
-        .send()
-        .await?;
+    let payload_digest = upload_blob(&http, &registry.addr, "fog/plain", &payload).await?;
+    let config_digest = upload_blob(&http, &registry.addr, "fog/plain", b"{}").await?;
     let sig_manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST,
