@@ -80,7 +80,7 @@ fn shared_secret(
     file: &std::path::Path,
     prefix: &str,
 ) -> Result<(String, bool)> {
-    let (hash, _) = store.credential_or_insert(name, || {
+    let hash = store.credential_or_insert(name, || {
         let secret = secrets::load_or_create(file, prefix)
             .with_context(|| format!("reading {}", file.display()))?;
         Ok(secrets::hash(secret.expose()))
@@ -93,6 +93,7 @@ fn shared_secret(
     }
     Ok((hash, here))
 }
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(opts: ServerOptions) -> Result<()> {
     std::fs::DirBuilder::new()
@@ -137,7 +138,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             all.sort();
             all.dedup();
             let tls_dir = opts.data.join("tls");
-            let (ca, _) = store.credential_or_insert(ServerCredentials::CA, || {
+            let ca = store.credential_or_insert(ServerCredentials::CA, || {
                 tls::existing_or_new_ca(&tls_dir)
             })?;
             Some(tls::self_signed(&ca, &tls_dir, &all)?)

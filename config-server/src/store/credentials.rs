@@ -33,12 +33,11 @@ impl Store {
     /// The stored value of `name`; when there is none, `make()`'s is
     /// stored and answered. Of replicas starting together exactly one
     /// stores its value (writes are serialised); the others get that one.
-    /// The flag says whether this call stored it.
     pub fn credential_or_insert(
         &self,
         name: &str,
         make: impl FnOnce() -> anyhow::Result<String>,
-    ) -> anyhow::Result<(String, bool)> {
+    ) -> anyhow::Result<String> {
         // make() may fail (a file it reads): its error is answered after the
         // transaction, which then wrote nothing.
         self.write(|tx| {
@@ -46,7 +45,7 @@ impl Store {
                 "SELECT value FROM server_credentials WHERE name = $1",
                 params![name],
             )? {
-                return Ok(Ok((row.get(0)?, false)));
+                return Ok(Ok(row.get(0)?));
             }
             let value = match make() {
                 Ok(v) => v,
@@ -56,7 +55,7 @@ impl Store {
                 "INSERT INTO server_credentials (name, value) VALUES ($1, $2)",
                 params![name, &value],
             )?;
-            Ok(Ok((value, true)))
+            Ok(Ok(value))
         })?
     }
 
