@@ -1,0 +1,136 @@
+//! The device API: enrolment with the provisioning key, then, with the
+//! device's credential, its config, reports, a manager's tokens, the
+//! desired state (long-polled) and the raft leader's observations.
+
+use super::*;
+
+/// Enrol a device with the fleet's provisioning key; answers its credential.
+#[utoipa::path(post, path = "/v1/enrol", tag = "device", request_body = EnrolRequest,
+    responses((status = 200, body = EnrolResponse), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn enrol(
+    State(state): State<Shared>,
+    Peer(ip): Peer,
+    ApiJson(req): ApiJson<EnrolRequest>,
+) -> ApiResult<Json<EnrolResponse>> {
+    state.admit(ip)?;
+    // Read each time: another replica may have rotated it.
+    let hash = state
+        .store
+        .credential(ServerCredentials::PROVISIONING_KEY_HASH)?
+        .unwrap_or_default();
+    if !secrets::matches(req.provisioning_key.expose(), &hash) {
+        state.limiter.fail(ip);
+        state.metrics.enrolment("refused_key");
+        return Err(ApiFailure::unauthorized(
+            "the provisioning key is not valid",
+        ));
+    }
+    let (enrolment, touched) = state
+        .store
+        .enrol(&req.device_id, req.swarm.as_deref(), &req.facts)
+        .inspect_err(|e| {
+            if matches!(e, StoreError::Forbidden(_)) {
+                state.metrics.enrolment("refused_unknown");
+            }
+        })?;
+    state.metrics.enrolment(if enrolment.pending {
+        "pending"
+    } else {
+        "accepted"
+    });
+    state.notify(&touched);
+    Ok(Json(EnrolResponse {
+        device_id: req.device_id,
+        swarm: enrolment.swarm,
+        role: enrolment.role,
+        credential: enrolment.credential,
+        pending: enrolment.pending,
+    }))
+}
+
+/// What the device does next: init, join, wait or leave.
+#[utoipa::path(get, path = "/v1/config", tag = "device", security(("device" = [])),
+    responses((status = 200, body = ConfigAnswer), (status = 401, body = ApiError)))]
+pub(super) async fn config(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+) -> ApiResult<Json<ConfigAnswer>> {
+    let (answer, lease_granted) = state.store.config_for(&device)?;
+    if lease_granted {
+        state.metrics.lease_grant();
+    }
+    Ok(Json(answer))
+}
+
+/// The device's state, node, engine, facts and error.
+#[utoipa::path(post, path = "/v1/report", tag = "device", security(("device" = [])), request_body = ReportRequest,
+    responses((status = 204), (status = 401, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn report(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<ReportRequest>,
+) -> ApiResult<StatusCode> {
+    let touched = state.store.report(&device, &req)?;
+    state.notify(&touched);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A manager posts its swarm's cluster id, manager addresses and join tokens.
+#[utoipa::path(post, path = "/v1/device/swarm", tag = "device", security(("device" = [])), request_body = SwarmTokens,
+    responses((status = 204), (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn post_tokens(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<SwarmTokens>,
+) -> ApiResult<StatusCode> {
+    let touched = state.store.set_tokens(&device, &req)?;
+    state.notify(&touched);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct DesiredQuery {
+    /// Answer only once the revision is greater than this (long poll).
+    since: Option<u64>,
+    /// Seconds to hold the request waiting for a change (at most 60).
+    wait: Option<u64>,
+}
+
+/// The swarm's desired state, for its managers; long-polls with `since`.
+#[utoipa::path(get, path = "/v1/desired", tag = "device", security(("device" = [])), params(DesiredQuery),
+    responses((status = 200, body = DesiredState), (status = 403, body = ApiError)))]
+pub(super) async fn desired(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiQuery(q): ApiQuery<DesiredQuery>,
+) -> ApiResult<Json<DesiredState>> {
+    let swarm = state.store.manager_swarm(&device)?;
+    // Subscribe before reading, so a change between the two is not missed.
+    let mut rx = state.watch(&swarm);
+    let current = state.store.desired_state(&swarm)?;
+    let Some(since) = q.since.filter(|since| current.revision <= *since) else {
+        return Ok(Json(current));
+    };
+    let wait = Duration::from_secs(q.wait.unwrap_or(30).min(MAX_WAIT_SECS));
+    let _ = tokio::time::timeout(wait, async {
+        while rx.changed().await.is_ok() {
+            if *rx.borrow() > since {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(Json(state.store.desired_state(&swarm)?))
+}
+
+/// The raft leader's agent reports what its swarm runs.
+#[utoipa::path(post, path = "/v1/observed", tag = "device", security(("device" = [])), request_body = ObservedReport,
+    responses((status = 204), (status = 403, body = ApiError)))]
+pub(super) async fn post_observed(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(report): ApiJson<ObservedReport>,
+) -> ApiResult<StatusCode> {
+    state.store.set_observed(&device, &report)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,546 @@
+//! The HTTP API: device bootstrap endpoints, the operator API, health,
+//! metrics and the OpenAPI document.
+//!
+//! Every failure answers `{"error", "message", "field"}` with a 4xx (or a
+//! 500 that says nothing of internals); no message ever carries a secret.
+
+use crate::db::DbError;
+use crate::limit::FailureLimiter;
+use crate::metrics::Metrics;
+use crate::secrets;
+use crate::store::{Actor, ServerCredentials, Store, StoreError, Touched};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query,
+    Request, State,
+};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use fogswarm_protocol::api::*;
+use fogswarm_protocol::service::*;
+use fogswarm_protocol::validate::Role;
+use fogswarm_protocol::DeviceId;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use utoipa::OpenApi;
+
+mod device;
+mod operator;
+
+/// Request bodies are small JSON documents; bulk import and a big swarm's
+/// observed services may be larger.
+pub const BODY_LIMIT: usize = 64 * 1024;
+pub const IMPORT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Longest a desired-state long poll is held.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+pub struct AppState {
+    pub store: Store,
+    /// The admin token's hash, as shared through the database (it never
+    /// changes while the server runs).
+    pub admin_hash: String,
+    /// Where a rotated provisioning key is written (on this replica).
+    pub provisioning_file: PathBuf,
+    /// Per-swarm revision channels that wake long polls.
+    pub revisions: Mutex<HashMap<String, watch::Sender<u64>>>,
+    pub metrics: Metrics,
+    pub limiter: FailureLimiter,
+}
+
+impl AppState {
+    fn watch(&self, swarm: &str) -> watch::Receiver<u64> {
+        let mut map = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(swarm.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the long polls of every swarm a change touched. On
+    /// PostgreSQL the change's notification does it, on every replica
+    /// this one included (see `db::Listener`).
+    fn notify(&self, touched: &Touched) {
+        if self.store.database().dialect() == crate::db::Dialect::Postgres {
+            return;
+        }
+        for swarm in touched {
+            if let Ok(revision) = self.store.revision(swarm) {
+                self.wake(swarm, revision);
+            }
+        }
+    }
+
+    /// Wakes the long polls of `swarm` waiting for less than `revision`
+    /// (from this replica's changes, or another's through the database).
+    /// Revisions only move forward, whatever order wake-ups come in.
+    pub fn wake(&self, swarm: &str, revision: u64) {
+        let mut map = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = map
+            .entry(swarm.to_string())
+            .or_insert_with(|| watch::channel(0).0);
+        sender.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
+    }
+
+    /// Re-reads the revision of every swarm someone waits on: after the
+    /// database's notifications were interrupted, some may have been lost.
+    pub fn resync(&self) {
+        let swarms: Vec<String> = self
+            .revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for swarm in swarms {
+            if let Ok(revision) = self.store.revision(&swarm) {
+                self.wake(&swarm, revision);
+            }
+        }
+    }
+}
+
+type Shared = Arc<AppState>;
+
+// ---- errors ----
+
+/// An API failure: a status and the JSON body that explains it.
+#[derive(Debug)]
+pub struct ApiFailure {
+    status: StatusCode,
+    body: ApiError,
+    /// Seconds for a Retry-After header (429, 503).
+    retry_after: Option<u64>,
+}
+
+impl ApiFailure {
+    fn new(
+        status: StatusCode,
+        code: &str,
+        message: impl Into<String>,
+        field: Option<String>,
+    ) -> Self {
+        ApiFailure {
+            status,
+            body: ApiError {
+                error: code.into(),
+                message: message.into(),
+                field,
+            },
+            retry_after: None,
+        }
+    }
+
+    fn too_many_failures(wait: Duration) -> Self {
+        let secs = wait.as_secs().max(1);
+        ApiFailure {
+            retry_after: Some(secs),
+            ..ApiFailure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many failed authentications from this address; try again in {secs}s"),
+                None,
+            )
+        }
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message, None)
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            message,
+            Some(field.into()),
+        )
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiFailure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid { field, message } => {
+                ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message, field)
+            }
+            StoreError::NotFound(m) => ApiFailure::new(StatusCode::NOT_FOUND, "not_found", m, None),
+            StoreError::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, "conflict", m, None),
+            StoreError::Forbidden(m) => {
+                ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", m, None)
+            }
+            StoreError::Database(DbError::Unavailable(m)) => {
+                tracing::warn!(error = %m, "database unavailable");
+                ApiFailure {
+                    retry_after: Some(2),
+                    ..ApiFailure::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("the server cannot store or read right now: {m}"),
+                        None,
+                    )
+                }
+            }
+            StoreError::Database(DbError::Constraint(m)) => {
+                tracing::warn!(error = %m, "constraint refused a change");
+                ApiFailure::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the change conflicts with one made at the same time; retry",
+                    None,
+                )
+            }
+            e @ (StoreError::Database(_) | StoreError::Corrupt(_)) => {
+                tracing::error!(error = %e, "store failure");
+                ApiFailure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                    None,
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// `Json<T>` whose rejections answer in the API's error format.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiFailure {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "the body does not match the expected document: {}",
+                e.body_text().trim_start_matches(
+                    "Failed to deserialize the JSON body into the target type: "
+                )
+            ),
+            None,
+        ),
+        JsonRejection::JsonSyntaxError(_) => ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            "the body is not valid JSON",
+            None,
+        ),
+        JsonRejection::MissingJsonContentType(_) => ApiFailure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported",
+            "send the body as Content-Type: application/json",
+            None,
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            too_large()
+        }
+        other => ApiFailure::new(other.status(), "bad_request", other.body_text(), None),
+    }
+}
+
+/// `Query<T>` whose rejections answer in the API's error format.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text(), None))
+    }
+}
+
+fn too_large() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "the request body is too large",
+        None,
+    )
+}
+
+// ---- authentication ----
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The address a request came from, for the brute-force limiter.
+pub struct Peer(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(peer_ip(parts)))
+    }
+}
+
+fn peer_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+impl AppState {
+    /// Refuses (429) an address that failed too often lately.
+    fn admit(&self, ip: IpAddr) -> ApiResult<()> {
+        self.limiter
+            .check(ip)
+            .map_err(ApiFailure::too_many_failures)
+    }
+}
+
+/// The caller presented the admin token.
+pub struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = peer_ip(parts);
+        state.admit(ip)?;
+        match bearer(parts) {
+            Some(token) if secrets::matches(token, &state.admin_hash) => Ok(Admin),
+            Some(_) => {
+                state.limiter.fail(ip);
+                Err(ApiFailure::unauthorized("the admin token is not valid"))
+            }
+            None => Err(ApiFailure::unauthorized(
+                "this endpoint needs the admin token as a bearer token",
+            )),
+        }
+    }
+}
+
+/// The caller presented a device credential; this is the device.
+pub struct AuthDevice(pub String);
+
+impl FromRequestParts<Shared> for AuthDevice {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = peer_ip(parts);
+        state.admit(ip)?;
+        let token = bearer(parts).ok_or_else(|| {
+            ApiFailure::unauthorized(
+                "this endpoint needs the device's credential as a bearer token",
+            )
+        })?;
+        match state.store.authenticate_device(token)? {
+            Some(id) => Ok(AuthDevice(id)),
+            None => {
+                state.limiter.fail(ip);
+                Err(ApiFailure::unauthorized(
+                    "the device credential is not valid",
+                ))
+            }
+        }
+    }
+}
+
+// ---- router ----
+
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/v1/enrol", post(device::enrol))
+        .route("/v1/config", get(device::config))
+        .route("/v1/report", post(device::report))
+        .route("/v1/device/swarm", post(device::post_tokens))
+        .route("/v1/desired", get(device::desired))
+        .route(
+            "/v1/swarms",
+            get(operator::list_swarms).post(operator::create_swarm),
+        )
+        .route(
+            "/v1/swarms/{name}",
+            get(operator::show_swarm)
+                .patch(operator::update_swarm)
+                .delete(operator::remove_swarm),
+        )
+        .route(
+            "/v1/swarms/{name}/services",
+            get(operator::list_services).post(operator::create_service),
+        )
+        .route(
+            "/v1/swarms/{name}/services/{service}",
+            get(operator::show_service)
+                .put(operator::deploy_service)
+                .delete(operator::remove_service),
+        )
+        .route(
+            "/v1/swarms/{name}/stacks/{stack}",
+            put(operator::deploy_stack).delete(operator::remove_stack),
+        )
+        .route(
+            "/v1/devices",
+            get(operator::list_devices).post(operator::create_device),
+        )
+        .route(
+            "/v1/devices/{id}",
+            get(operator::show_device)
+                .patch(operator::update_device)
+                .delete(operator::remove_device),
+        )
+        .route("/v1/devices/{id}/labels", post(operator::change_labels))
+        .route("/v1/devices/{id}/approve", post(operator::approve_device))
+        .route(
+            "/v1/provisioning-key/rotate",
+            post(operator::rotate_provisioning_key),
+        )
+        .route("/v1/status", get(operator::status))
+        .route("/v1/events", get(operator::events))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    let import = Router::new()
+        .route("/v1/devices/import", post(operator::import_devices))
+        // A big swarm's observed tasks outgrow the small-body limit.
+        .route("/v1/observed", post(device::post_observed))
+        .layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT));
+    Router::new()
+        .merge(api)
+        .merge(import)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts every request by route and status, and logs it at debug level:
+/// method, route template (never the raw path, which may hold ids only),
+/// status and duration. Headers and bodies are never logged.
+async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.metrics.request(method.as_str(), &route, status);
+    tracing::debug!(%method, route, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    response
+}
+
+async fn method_not_allowed() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+        None,
+    )
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint", None)
+}
+
+// ---- the rest ----
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "api": API_VERSION}))
+}
+
+async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
+    let by_state = state.store.devices_by_state()?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&by_state),
+    )
+        .into_response())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fogswarm configuration server", description = "Device bootstrap and operator API."),
+    paths(
+        device::enrol, device::config, device::report, device::post_tokens, device::desired,
+        operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm,
+        operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
+        operator::rotate_provisioning_key, operator::status, operator::events,
+        operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, device::post_observed
+    ),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["admin", "device"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}

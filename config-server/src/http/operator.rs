@@ -1,0 +1,462 @@
+//! The operator API, behind the admin token: swarms, devices (one, in
+//! bulk, labels, approval, decommission), services and stacks, the
+//! provisioning key, fleet status and the event log.
+
+use super::*;
+
+/// All swarms.
+#[utoipa::path(get, path = "/v1/swarms", tag = "operator", security(("admin" = [])), responses((status = 200, body = Vec<SwarmView>)))]
+pub(super) async fn list_swarms(
+    State(state): State<Shared>,
+    _: Admin,
+) -> ApiResult<Json<Vec<SwarmView>>> {
+    Ok(Json(state.store.list_swarms()?))
+}
+
+/// Create a swarm.
+#[utoipa::path(post, path = "/v1/swarms", tag = "operator", security(("admin" = [])), request_body = SwarmCreate,
+    responses((status = 201, body = SwarmView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn create_swarm(
+    State(state): State<Shared>,
+    _: Admin,
+    ApiJson(req): ApiJson<SwarmCreate>,
+) -> ApiResult<(StatusCode, Json<SwarmView>)> {
+    let view = state
+        .store
+        .create_swarm(&Actor::Admin, &req.name, req.auto_enrol)?;
+    state.notify(&vec![view.name.clone()]);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One swarm.
+#[utoipa::path(get, path = "/v1/swarms/{name}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = SwarmView), (status = 404, body = ApiError)))]
+pub(super) async fn show_swarm(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SwarmView>> {
+    Ok(Json(state.store.get_swarm(&name)?))
+}
+
+/// Change a swarm's settings.
+#[utoipa::path(patch, path = "/v1/swarms/{name}", tag = "operator", security(("admin" = [])), request_body = SwarmUpdate,
+    responses((status = 200, body = SwarmView), (status = 404, body = ApiError)))]
+pub(super) async fn update_swarm(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SwarmUpdate>,
+) -> ApiResult<Json<SwarmView>> {
+    Ok(Json(state.store.update_swarm(
+        &Actor::Admin,
+        &name,
+        req.auto_enrol,
+    )?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct ForceQuery {
+    /// Remove even when it would also remove devices (swarm) or skip the
+    /// leave step (device).
+    #[serde(default)]
+    force: bool,
+}
+
+/// Remove a swarm (refused while it has devices, unless forced).
+#[utoipa::path(delete, path = "/v1/swarms/{name}", tag = "operator", security(("admin" = [])), params(ForceQuery),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn remove_swarm(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> ApiResult<StatusCode> {
+    state.store.remove_swarm(&Actor::Admin, &name, q.force)?;
+    state
+        .revisions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- services ----
+
+/// A swarm's services, each with its status and latest observation.
+#[utoipa::path(get, path = "/v1/swarms/{name}/services", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<ServiceView>), (status = 404, body = ApiError)))]
+pub(super) async fn list_services(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+) -> ApiResult<Json<Vec<ServiceView>>> {
+    Ok(Json(state.store.list_services(&swarm)?))
+}
+
+/// Create a service; refused (409) when the name is taken.
+#[utoipa::path(post, path = "/v1/swarms/{name}/services", tag = "operator", security(("admin" = [])), request_body = ServiceSpec,
+    responses((status = 201, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn create_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let (view, touched) = state.store.create_service(&Actor::Admin, &swarm, &spec)?;
+    state.notify(&touched);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One service.
+#[utoipa::path(get, path = "/v1/swarms/{name}/services/{service}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
+pub(super) async fn show_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<Json<ServiceView>> {
+    Ok(Json(state.store.get_service(&swarm, &name)?))
+}
+
+/// Create or replace a service (the body is the whole spec); an identical
+/// spec is a no-op.
+#[utoipa::path(put, path = "/v1/swarms/{name}/services/{service}", tag = "operator", security(("admin" = [])), request_body = ServiceSpec,
+    responses((status = 200, body = ServiceDeployed), (status = 201, body = ServiceDeployed), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn deploy_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> ApiResult<(StatusCode, Json<ServiceDeployed>)> {
+    if spec.name != name {
+        return Err(ApiFailure::invalid(
+            "name",
+            format!(
+                "the body names service {:?} but the path names {name:?}",
+                spec.name
+            ),
+        ));
+    }
+    let (service, outcome, touched) = state.store.deploy_service(&Actor::Admin, &swarm, &spec)?;
+    state.notify(&touched);
+    let status = if outcome == DeployOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(ServiceDeployed { outcome, service })))
+}
+
+/// Remove a service; the swarm's manager removes it from the swarm.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/services/{service}", tag = "operator", security(("admin" = [])),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub(super) async fn remove_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let touched = state.store.remove_service(&Actor::Admin, &swarm, &name)?;
+    state.notify(&touched);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deploy a stack: its services are checked together and written in one
+/// transaction.
+#[utoipa::path(put, path = "/v1/swarms/{name}/stacks/{stack}", tag = "operator", security(("admin" = [])), request_body = StackDeploy,
+    responses((status = 200, body = Vec<StackServiceOutcome>), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn deploy_stack(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, stack)): Path<(String, String)>,
+    ApiJson(request): ApiJson<StackDeploy>,
+) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
+    let (outcome, touched) = state
+        .store
+        .deploy_stack(&Actor::Admin, &swarm, &stack, &request)?;
+    state.notify(&touched);
+    Ok(Json(outcome))
+}
+
+/// Remove every service of a stack.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/stacks/{stack}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<StackServiceOutcome>), (status = 404, body = ApiError)))]
+pub(super) async fn remove_stack(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, stack)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
+    let (names, touched) = state.store.remove_stack(&Actor::Admin, &swarm, &stack)?;
+    state.notify(&touched);
+    Ok(Json(
+        names
+            .into_iter()
+            .map(|name| StackServiceOutcome {
+                name,
+                outcome: DeployOutcome::Removed,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct DeviceListQuery {
+    swarm: Option<String>,
+}
+
+/// All devices, or one swarm's.
+#[utoipa::path(get, path = "/v1/devices", tag = "operator", security(("admin" = [])), params(DeviceListQuery),
+    responses((status = 200, body = Vec<DeviceView>)))]
+pub(super) async fn list_devices(
+    State(state): State<Shared>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<DeviceListQuery>,
+) -> ApiResult<Json<Vec<DeviceView>>> {
+    Ok(Json(state.store.list_devices(q.swarm.as_deref())?))
+}
+
+/// Declare a device.
+#[utoipa::path(post, path = "/v1/devices", tag = "operator", security(("admin" = [])), request_body = DeviceCreate,
+    responses((status = 201, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn create_device(
+    State(state): State<Shared>,
+    _: Admin,
+    ApiJson(req): ApiJson<DeviceCreate>,
+) -> ApiResult<(StatusCode, Json<DeviceView>)> {
+    let (view, touched) = state.store.create_device(&Actor::Admin, &req)?;
+    state.notify(&touched);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Declare many devices from JSON (an array of devices) or CSV (columns
+/// id, swarm, role, labels with labels as `k=v;k=v`): all rows or none.
+#[utoipa::path(post, path = "/v1/devices/import", tag = "operator", security(("admin" = [])),
+    request_body(content = Vec<DeviceCreate>, content_type = "application/json"),
+    responses((status = 201, body = ImportResult), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn import_devices(
+    State(state): State<Shared>,
+    _: Admin,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<ImportResult>)> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let rows: Vec<DeviceCreate> = if content_type.starts_with("text/csv") {
+        parse_csv(&body)?
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiFailure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("import body: {e}"),
+                None,
+            )
+        })?
+    } else {
+        return Err(ApiFailure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported",
+            "send the import as application/json or text/csv",
+            None,
+        ));
+    };
+    if rows.is_empty() {
+        return Err(ApiFailure::invalid("rows", "the import has no rows"));
+    }
+    let (created, touched) = state.store.import_devices(&Actor::Admin, &rows)?;
+    state.notify(&touched);
+    Ok((StatusCode::CREATED, Json(ImportResult { created })))
+}
+
+/// Parses the CSV import format, naming the row of any error.
+pub fn parse_csv(body: &[u8]) -> ApiResult<Vec<DeviceCreate>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(body);
+    let headers = reader
+        .headers()
+        .map_err(|e| ApiFailure::invalid("header", format!("CSV header: {e}")))?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let (Some(id_col), Some(swarm_col)) = (column("id"), column("swarm")) else {
+        return Err(ApiFailure::invalid(
+            "header",
+            "the CSV header must name the columns id and swarm (and optionally role, labels)",
+        ));
+    };
+    let role_col = column("role");
+    let labels_col = column("labels");
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let n = i + 1;
+        let record = record
+            .map_err(|e| ApiFailure::invalid(&format!("row {n}"), format!("row {n}: {e}")))?;
+        let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).unwrap_or("").to_string();
+        let role = match cell(role_col).as_str() {
+            "" => Role::Worker,
+            r => Role::parse(r).map_err(|e| {
+                ApiFailure::invalid(&format!("row {n}: role"), format!("row {n}: {}", e.message))
+            })?,
+        };
+        let mut labels = fogswarm_protocol::Labels::new();
+        for pair in cell(labels_col)
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) =
+                fogswarm_protocol::validate::parse_label_assignment(pair).map_err(|e| {
+                    ApiFailure::invalid(
+                        &format!("row {n}: {}", e.field),
+                        format!("row {n}: {}", e.message),
+                    )
+                })?;
+            labels.insert(k, v);
+        }
+        rows.push(DeviceCreate {
+            id: cell(Some(id_col)),
+            swarm: cell(Some(swarm_col)),
+            role,
+            labels,
+        });
+    }
+    Ok(rows)
+}
+
+/// One device.
+#[utoipa::path(get, path = "/v1/devices/{id}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = DeviceView), (status = 404, body = ApiError)))]
+pub(super) async fn show_device(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
+    Ok(Json(state.store.get_device(&id)?))
+}
+
+/// Change a device's swarm, role or (all of its) labels.
+#[utoipa::path(patch, path = "/v1/devices/{id}", tag = "operator", security(("admin" = [])), request_body = DeviceUpdate,
+    responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn update_device(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DeviceUpdate>,
+) -> ApiResult<Json<DeviceView>> {
+    let (view, touched) = state.store.update_device(&Actor::Admin, &id, &req)?;
+    state.notify(&touched);
+    Ok(Json(view))
+}
+
+/// Set and unset some of a device's labels.
+#[utoipa::path(post, path = "/v1/devices/{id}/labels", tag = "operator", security(("admin" = [])), request_body = LabelChange,
+    responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn change_labels(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<LabelChange>,
+) -> ApiResult<Json<DeviceView>> {
+    let (view, touched) = state.store.change_labels(&Actor::Admin, &id, &req)?;
+    state.notify(&touched);
+    Ok(Json(view))
+}
+
+/// Approve a device held pending by auto-enrolment.
+#[utoipa::path(post, path = "/v1/devices/{id}/approve", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn approve_device(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
+    let view = state.store.approve_device(&Actor::Admin, &id)?;
+    state.notify(&vec![view.swarm.clone()]);
+    Ok(Json(view))
+}
+
+/// Decommission a device: it is told to leave, then removed; `force`
+/// removes it at once.
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "operator", security(("admin" = [])), params(ForceQuery),
+    responses((status = 202, body = DeviceView), (status = 204), (status = 404, body = ApiError)))]
+pub(super) async fn remove_device(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> ApiResult<Response> {
+    let (view, touched) = state.store.remove_device(&Actor::Admin, &id, q.force)?;
+    state.notify(&touched);
+    Ok(match view {
+        Some(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Replace the fleet's provisioning key; answers the new one (once).
+#[utoipa::path(post, path = "/v1/provisioning-key/rotate", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = ProvisioningKeyRotated)))]
+pub(super) async fn rotate_provisioning_key(
+    State(state): State<Shared>,
+    _: Admin,
+) -> ApiResult<Json<ProvisioningKeyRotated>> {
+    let key = secrets::random_token("fsp");
+    secrets::write_secret_file(&state.provisioning_file, key.expose()).map_err(|e| {
+        tracing::error!(error = %e, "writing the provisioning key file");
+        ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "could not write the provisioning key file",
+            None,
+        )
+    })?;
+    state.store.set_credential(
+        ServerCredentials::PROVISIONING_KEY_HASH,
+        &secrets::hash(key.expose()),
+    )?;
+    state
+        .store
+        .log(&Actor::Admin, "provisioning_key.rotate", "fleet", "")?;
+    Ok(Json(ProvisioningKeyRotated {
+        provisioning_key: key,
+        file: state.provisioning_file.display().to_string(),
+    }))
+}
+
+/// The fleet at a glance: devices per swarm and state, and problems.
+#[utoipa::path(get, path = "/v1/status", tag = "operator", security(("admin" = [])), responses((status = 200, body = FleetStatus)))]
+pub(super) async fn status(State(state): State<Shared>, _: Admin) -> ApiResult<Json<FleetStatus>> {
+    Ok(Json(state.store.status()?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct EventQuery {
+    /// Only events with a greater id.
+    #[serde(default)]
+    since: i64,
+    /// At most this many (default 100, at most 1000): the newest.
+    limit: Option<u32>,
+    /// Only events about this swarm or device.
+    subject: Option<String>,
+}
+
+/// The event log: who did what, when.
+#[utoipa::path(get, path = "/v1/events", tag = "operator", security(("admin" = [])), params(EventQuery),
+    responses((status = 200, body = Vec<Event>)))]
+pub(super) async fn events(
+    State(state): State<Shared>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Json<Vec<Event>>> {
+    let subject = q
+        .subject
+        .map(|s| DeviceId::parse(&s).map(String::from).unwrap_or(s));
+    Ok(Json(state.store.events(
+        q.since,
+        q.limit.unwrap_or(100).min(1000),
+        subject.as_deref(),
+    )?))
+}
