@@ -5,7 +5,9 @@
 use crate::workspace_binary;
 use anyhow::{bail, Context, Result};
 use fogswarm_client::{Client, Endpoint};
-use fogswarm_protocol::api::Secret;
+use fogswarm_protocol::api::{EnrolRequest, EnrolResponse, Secret};
+use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
+use fogswarm_protocol::DeviceId;
 use fogswarm_server::db::{Location, PostgresOptions};
 use fogswarm_server::store::Store;
 use std::collections::BTreeMap;
@@ -52,6 +54,27 @@ pub fn db_fingerprint(data: &Path) -> Result<String> {
         .join()
         .map_err(|_| anyhow::anyhow!("fingerprint panicked"))?
     })
+}
+
+/// Declares a swarm (no auto-enrolment) and its devices by id and role.
+pub async fn declare(admin: &Client, swarm: &str, devices: &[(&str, Role)]) -> Result<()> {
+    admin
+        .create_swarm(&fogswarm_protocol::api::SwarmCreate {
+            name: swarm.into(),
+            auto_enrol: AutoEnrol::Off,
+        })
+        .await?;
+    for (id, role) in devices {
+        admin
+            .create_device(&fogswarm_protocol::api::DeviceCreate {
+                id: (*id).into(),
+                swarm: swarm.into(),
+                role: *role,
+                labels: Labels::new(),
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 pub struct ServerProcess {
@@ -157,6 +180,27 @@ impl ServerProcess {
 
     pub fn anonymous(&self) -> Client {
         Client::new(&self.endpoint(), None).expect("client")
+    }
+
+    /// Enrols a device with the fleet's provisioning key and these facts;
+    /// answers a client holding its credential, and the enrolment.
+    pub async fn enrol(&self, id: &str, facts: &[(&str, &str)]) -> Result<(Client, EnrolResponse)> {
+        let response = self
+            .anonymous()
+            .enrol(&EnrolRequest {
+                device_id: DeviceId::parse(id)?,
+                provisioning_key: self.provisioning_key(),
+                swarm: None,
+                facts: facts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .await?;
+        Ok((
+            self.anonymous().with_token(response.credential.clone()),
+            response,
+        ))
     }
 
     /// Everything the server logged so far.

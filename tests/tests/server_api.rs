@@ -35,27 +35,6 @@ fn tokens(cluster: &str) -> SwarmTokens {
     }
 }
 
-/// Enrols a device and answers a client holding its credential.
-async fn enrol(
-    server: &ServerProcess,
-    id: &str,
-    facts: &[(&str, &str)],
-) -> Result<(Client, EnrolResponse)> {
-    let response = server
-        .anonymous()
-        .enrol(&EnrolRequest {
-            device_id: DeviceId::parse(id)?,
-            provisioning_key: server.provisioning_key(),
-            swarm: None,
-            facts: labels(facts),
-        })
-        .await?;
-    Ok((
-        server.anonymous().with_token(response.credential.clone()),
-        response,
-    ))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_happy_path() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -164,18 +143,17 @@ async fn every_endpoint_happy_path() -> Result<()> {
     assert_eq!(relabelled.labels, labels(&[("zone", "b")]));
 
     // Bootstrap: enrol, one init, waits, tokens, joins.
-    let (leader_c, enrolled) = enrol(
-        &server,
-        "02:fb:00:00:00:01",
-        &[("arch", "amd64"), ("cpus", "2")],
-    )
-    .await?;
+    let (leader_c, enrolled) = server
+        .enrol("02:fb:00:00:00:01", &[("arch", "amd64"), ("cpus", "2")])
+        .await?;
     assert_eq!(
         (enrolled.swarm.as_str(), enrolled.role, enrolled.pending),
         ("hall1", Role::Leader, false)
     );
-    let (manager_c, _) = enrol(&server, "02:fb:00:00:00:02", &[]).await?;
-    let (worker_c, _) = enrol(&server, "02:fb:00:00:00:03", &[("arch", "arm64")]).await?;
+    let (manager_c, _) = server.enrol("02:fb:00:00:00:02", &[]).await?;
+    let (worker_c, _) = server
+        .enrol("02:fb:00:00:00:03", &[("arch", "arm64")])
+        .await?;
     assert!(matches!(
         worker_c.config().await?,
         ConfigAnswer::Wait { .. }
@@ -336,7 +314,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
         })
         .await;
     assert_eq!(refused.err().and_then(|e| e.status()), Some(401));
-    enrol(&server, "02:fb:00:00:00:04", &[]).await?;
+    server.enrol("02:fb:00:00:00:04", &[]).await?;
 
     // Status, events, metrics, OpenAPI.
     let status = admin.status().await?;
@@ -568,9 +546,9 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
     admin
         .create_device(&device("02:fb:00:00:02:01", "s2", Role::Worker, &[]))
         .await?;
-    let (_, leader) = enrol(&server, "02:fb:00:00:01:01", &[]).await?;
-    let (_, manager) = enrol(&server, "02:fb:00:00:01:02", &[]).await?;
-    let (_, worker) = enrol(&server, "02:fb:00:00:01:03", &[]).await?;
+    let (_, leader) = server.enrol("02:fb:00:00:01:01", &[]).await?;
+    let (_, manager) = server.enrol("02:fb:00:00:01:02", &[]).await?;
+    let (_, worker) = server.enrol("02:fb:00:00:01:03", &[]).await?;
     let key = server.provisioning_key();
 
     let long = "x".repeat(300);
@@ -1229,7 +1207,7 @@ async fn exactly_one_init_under_concurrency() -> Result<()> {
         .await?;
     let mut clients = Vec::new();
     for row in &rows {
-        clients.push((row.id.clone(), enrol(&server, &row.id, &[]).await?.0));
+        clients.push((row.id.clone(), server.enrol(&row.id, &[]).await?.0));
     }
     // 100 devices at once, the leader with 20 extra concurrent requests.
     let mut requests: Vec<(String, Client)> = clients.clone();
@@ -1276,7 +1254,7 @@ async fn exactly_one_init_under_concurrency() -> Result<()> {
         .await?;
     let mut clients = Vec::new();
     for m in &managers {
-        clients.push(enrol(&server, &m.id, &[]).await?.0);
+        clients.push(server.enrol(&m.id, &[]).await?.0);
     }
     let answers = futures_util::future::join_all(clients.iter().map(|c| c.config())).await;
     let inits = answers
@@ -1322,8 +1300,10 @@ async fn restart_keeps_fleet_credentials_and_ca() -> Result<()> {
     admin
         .create_device(&device("02:fb:00:00:03:02", "keep", Role::Worker, &[]))
         .await?;
-    let (leader, _) = enrol(&server, "02:fb:00:00:03:01", &[("arch", "amd64")]).await?;
-    let (worker, worker_enrolment) = enrol(&server, "02:fb:00:00:03:02", &[]).await?;
+    let (leader, _) = server
+        .enrol("02:fb:00:00:03:01", &[("arch", "amd64")])
+        .await?;
+    let (worker, worker_enrolment) = server.enrol("02:fb:00:00:03:02", &[]).await?;
     assert!(matches!(leader.config().await?, ConfigAnswer::Init { .. }));
     leader.post_swarm_tokens(&tokens("ckeep")).await?;
     let devices_before = admin.list_devices(None).await?;
@@ -1374,7 +1354,9 @@ async fn secrets_never_reach_logs_events_metrics_or_openapi() -> Result<()> {
     admin
         .create_device(&device("02:fb:00:00:04:01", "quiet", Role::Leader, &[]))
         .await?;
-    let (leader, l) = enrol(&server, "02:fb:00:00:04:01", &[("arch", "amd64")]).await?;
+    let (leader, l) = server
+        .enrol("02:fb:00:00:04:01", &[("arch", "amd64")])
+        .await?;
     let (worker, w) = {
         let response = server
             .anonymous()

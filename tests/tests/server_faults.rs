@@ -5,32 +5,13 @@
 use anyhow::{bail, ensure, Context, Result};
 use fogswarm_client::{Client, ClientError};
 use fogswarm_e2e::fleet::{self, FleetPlan};
-use fogswarm_e2e::server::{server_binary, ServerProcess};
+use fogswarm_e2e::server::{declare, server_binary, ServerProcess};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
-use fogswarm_protocol::DeviceId;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-async fn swarm_with_device(admin: &Client, swarm: &str, id: &str, role: Role) -> Result<()> {
-    admin
-        .create_swarm(&SwarmCreate {
-            name: swarm.into(),
-            auto_enrol: AutoEnrol::Off,
-        })
-        .await?;
-    admin
-        .create_device(&DeviceCreate {
-            id: id.into(),
-            swarm: swarm.into(),
-            role,
-            labels: Labels::new(),
-        })
-        .await?;
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_keeps_every_acknowledged_change() -> Result<()> {
@@ -38,7 +19,7 @@ async fn kill_9_mid_stream_keeps_every_acknowledged_change() -> Result<()> {
     let data = dir.path().join("data");
     let mut server = ServerProcess::start(&data, &[])?;
     let admin = server.admin();
-    swarm_with_device(&admin, "durable", "02:fd:00:00:00:01", Role::Worker).await?;
+    declare(&admin, "durable", &[("02:fd:00:00:00:01", Role::Worker)]).await?;
     let labeller = {
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -295,17 +276,8 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
     let server = ServerProcess::start(&data, &["--tls-self-signed"])?;
     let fingerprint = server.fingerprint.clone().context("fingerprint")?;
     let admin = server.admin();
-    swarm_with_device(&admin, "kept", "02:fe:00:00:00:01", Role::Leader).await?;
-    let credential = server
-        .anonymous()
-        .enrol(&EnrolRequest {
-            device_id: DeviceId::parse("02:fe:00:00:00:01")?,
-            provisioning_key: server.provisioning_key(),
-            swarm: None,
-            facts: Labels::new(),
-        })
-        .await?
-        .credential;
+    declare(&admin, "kept", &[("02:fe:00:00:00:01", Role::Leader)]).await?;
+    let credential = server.enrol("02:fe:00:00:00:01", &[]).await?.1.credential;
     // Load while the backup is taken.
     let endpoints = [server.endpoint()];
     let (token, key) = (server.admin_token(), server.provisioning_key());
@@ -408,7 +380,7 @@ async fn guessing_is_rate_limited_per_address() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(&dir.path().join("data"), &[])?;
     let admin = server.admin();
-    swarm_with_device(&admin, "guarded", "02:ff:00:00:00:01", Role::Leader).await?;
+    declare(&admin, "guarded", &[("02:ff:00:00:00:01", Role::Leader)]).await?;
 
     let enrol_body = |key: &str| serde_json::json!({"device_id": "02:ff:00:00:00:01", "provisioning_key": key, "facts": {}});
     let attacker = raw_client("127.0.0.1")?;
@@ -489,19 +461,8 @@ async fn last_seen_follows_polls_within_seconds() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(&dir.path().join("data"), &[])?;
     let admin = server.admin();
-    swarm_with_device(&admin, "seen", "02:f0:00:00:00:01", Role::Worker).await?;
-    let device = server.anonymous().with_token(
-        server
-            .anonymous()
-            .enrol(&EnrolRequest {
-                device_id: DeviceId::parse("02:f0:00:00:00:01")?,
-                provisioning_key: server.provisioning_key(),
-                swarm: None,
-                facts: Labels::new(),
-            })
-            .await?
-            .credential,
-    );
+    declare(&admin, "seen", &[("02:f0:00:00:00:01", Role::Worker)]).await?;
+    let (device, _) = server.enrol("02:f0:00:00:00:01", &[]).await?;
     let enrolled_at = admin
         .get_device("02:f0:00:00:00:01")
         .await?

@@ -7,10 +7,9 @@ use anyhow::{ensure, Context, Result};
 use fogswarm_client::{Client, ClientError, Endpoint};
 use fogswarm_e2e::fleet::{self, FleetPlan, FleetReport};
 use fogswarm_e2e::postgres::{self, PgCluster};
-use fogswarm_e2e::server::ServerProcess;
+use fogswarm_e2e::server::{declare, ServerProcess};
 use fogswarm_protocol::api::*;
-use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
-use fogswarm_protocol::DeviceId;
+use fogswarm_protocol::validate::{Labels, Role};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -106,36 +105,16 @@ async fn two_replicas_grant_one_init_and_wake_each_others_long_polls() -> Result
 
     // A manager long-polls A; a label change made through B wakes it.
     let admin_a = a.admin();
-    admin_a
-        .create_swarm(&SwarmCreate {
-            name: "watch".into(),
-            auto_enrol: AutoEnrol::Off,
-        })
-        .await?;
-    for (id, role) in [
-        ("02:fa:00:00:00:01", Role::Leader),
-        ("02:fa:00:00:00:02", Role::Worker),
-    ] {
-        admin_a
-            .create_device(&DeviceCreate {
-                id: id.into(),
-                swarm: "watch".into(),
-                role,
-                labels: Labels::new(),
-            })
-            .await?;
-    }
-    let manager = a.anonymous().with_token(
-        a.anonymous()
-            .enrol(&EnrolRequest {
-                device_id: DeviceId::parse("02:fa:00:00:00:01")?,
-                provisioning_key: a.provisioning_key(),
-                swarm: None,
-                facts: Labels::new(),
-            })
-            .await?
-            .credential,
-    );
+    declare(
+        &admin_a,
+        "watch",
+        &[
+            ("02:fa:00:00:00:01", Role::Leader),
+            ("02:fa:00:00:00:02", Role::Worker),
+        ],
+    )
+    .await?;
+    let (manager, _) = a.enrol("02:fa:00:00:00:01", &[]).await?;
     for _ in 0..5 {
         let revision = manager.desired(None, 0).await?.revision;
         let poll = {
@@ -207,20 +186,7 @@ async fn postgres_restarted_under_load_gives_503_then_recovers() -> Result<()> {
     let a = replica(&dir.path().join("a"), &database)?;
     let b = replica(&dir.path().join("b"), &database)?;
     let admin = Client::new(&both(&a, &b)?, Some(a.admin_token()))?;
-    admin
-        .create_swarm(&SwarmCreate {
-            name: "steady".into(),
-            auto_enrol: AutoEnrol::Off,
-        })
-        .await?;
-    admin
-        .create_device(&DeviceCreate {
-            id: "02:fb:00:00:00:01".into(),
-            swarm: "steady".into(),
-            role: Role::Worker,
-            labels: Labels::new(),
-        })
-        .await?;
+    declare(&admin, "steady", &[("02:fb:00:00:00:01", Role::Worker)]).await?;
     // Load: a fleet polling every second, and a stream of label changes
     // whose acknowledged values must all survive.
     let endpoints = [both(&a, &b)?, both(&b, &a)?];
@@ -320,30 +286,8 @@ async fn a_fleet_restored_from_pg_dump_keeps_credentials_and_ca() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let server = replica(&dir.path().join("a"), &database)?;
     let admin = server.admin();
-    admin
-        .create_swarm(&SwarmCreate {
-            name: "kept".into(),
-            auto_enrol: AutoEnrol::Off,
-        })
-        .await?;
-    admin
-        .create_device(&DeviceCreate {
-            id: "02:fc:00:00:00:01".into(),
-            swarm: "kept".into(),
-            role: Role::Leader,
-            labels: Labels::new(),
-        })
-        .await?;
-    let credential = server
-        .anonymous()
-        .enrol(&EnrolRequest {
-            device_id: DeviceId::parse("02:fc:00:00:00:01")?,
-            provisioning_key: server.provisioning_key(),
-            swarm: None,
-            facts: Labels::new(),
-        })
-        .await?
-        .credential;
+    declare(&admin, "kept", &[("02:fc:00:00:00:01", Role::Leader)]).await?;
+    let credential = server.enrol("02:fc:00:00:00:01", &[]).await?.1.credential;
     let fingerprint = server.fingerprint.clone().context("fingerprint")?;
     let admin_token = server.admin_token();
 

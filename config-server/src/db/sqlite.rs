@@ -8,7 +8,7 @@
 //! a process crash but could lose the last commits on power loss.
 
 use super::{DbError, DbResult, Migration, Row, Tx, TxInner, Value};
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -109,15 +109,7 @@ impl Sqlite {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| E::from(e.into()))?;
-        let value = f(&Tx {
-            inner: TxInner::Sqlite(&tx),
-        })?;
-        tx.commit().map_err(|e| E::from(e.into()))?;
-        Ok(value)
+        in_transaction(&mut self.lock(), TransactionBehavior::Immediate, f)
     }
 
     /// Runs `f` in a read transaction on a reading connection: one
@@ -131,16 +123,7 @@ impl Sqlite {
             Some(conn) => conn,
             None => self.open_reader().map_err(E::from)?,
         };
-        let result = (|| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
-                .map_err(|e| E::from(e.into()))?;
-            let value = f(&Tx {
-                inner: TxInner::Sqlite(&tx),
-            })?;
-            tx.commit().map_err(|e| E::from(e.into()))?;
-            Ok(value)
-        })();
+        let result = in_transaction(&mut conn, TransactionBehavior::Deferred, f);
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if readers.len() < MAX_IDLE_READERS {
             readers.push(conn);
@@ -169,6 +152,23 @@ impl Sqlite {
         dest.pragma_update(None, "journal_mode", "DELETE")?;
         Ok(())
     }
+}
+
+/// Runs `f` in a transaction of `behavior` on `conn`: committed if it
+/// answers Ok, rolled back (on drop) otherwise.
+fn in_transaction<T, E: From<DbError>>(
+    conn: &mut Connection,
+    behavior: TransactionBehavior,
+    f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn
+        .transaction_with_behavior(behavior)
+        .map_err(|e| E::from(e.into()))?;
+    let value = f(&Tx {
+        inner: TxInner::Sqlite(&tx),
+    })?;
+    tx.commit().map_err(|e| E::from(e.into()))?;
+    Ok(value)
 }
 
 /// Binds `$N` placeholders by name: SQLite numbers named parameters in the
