@@ -554,7 +554,7 @@ fn yes_no(b: bool) -> String {
 }
 
 /// "12s ago", "5m ago", "3h ago", "2d ago".
-fn ago(at: i64) -> String {
+pub(crate) fn ago(at: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

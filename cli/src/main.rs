@@ -61,6 +61,27 @@ enum Command {
         #[command(subcommand)]
         command: fogswarm::service::StackCommand,
     },
+    /// Secrets a swarm's services read as files (encrypted on the server).
+    Secret {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::files::FileCommand,
+    },
+    /// Configs a swarm's services read as files.
+    Config {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::files::FileCommand,
+    },
+    /// Registry logins a swarm's devices pull with.
+    Registry {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::files::RegistryCommand,
+    },
     /// The fleet at a glance: devices per swarm and state, and problems.
     Status {
         #[command(flatten)]
@@ -339,6 +360,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Stack { conn, command } => fogswarm::service::stack(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Secret { conn, command } => {
+            fogswarm::files::file(&conn, fogswarm_protocol::secret::FileKind::Secret, command)
+                .await
+                .map(|_| ExitCode::SUCCESS)
+        }
+        Command::Config { conn, command } => {
+            fogswarm::files::file(&conn, fogswarm_protocol::secret::FileKind::Config, command)
+                .await
+                .map(|_| ExitCode::SUCCESS)
+        }
+        Command::Registry { conn, command } => fogswarm::files::registry(&conn, command)
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Status { conn } => fleet::status(&conn).await.map(|_| ExitCode::SUCCESS),

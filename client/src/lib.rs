@@ -10,6 +10,7 @@ pub mod engine;
 pub mod pin;
 
 use fogswarm_protocol::api::*;
+use fogswarm_protocol::secret::*;
 use fogswarm_protocol::service::*;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -501,6 +502,122 @@ impl Client {
     pub async fn remove_stack(&self, swarm: &str, stack: &str) -> Result<Vec<StackServiceOutcome>> {
         self.call(Method::DELETE, &stack_path(swarm, stack), None::<&()>)
             .await
+    }
+
+    /// Swaps a service's spec with its previous one.
+    pub async fn rollback_service(&self, swarm: &str, name: &str) -> Result<ServiceView> {
+        self.call(
+            Method::POST,
+            &format!("{}/rollback", services_path(swarm, Some(name))),
+            None::<&()>,
+        )
+        .await
+    }
+
+    // ---- secrets, configs, registry logins ----
+
+    fn files_path(swarm: &str, kind: FileKind, name: Option<&str>) -> String {
+        let base = format!("/v1/swarms/{}/{}", seg(swarm), kind.plural());
+        match name {
+            Some(n) => format!("{base}/{}", seg(n)),
+            None => base,
+        }
+    }
+
+    /// Writes a secret or config: `create_only` refuses an existing name
+    /// (`secret create`); otherwise a new value becomes a new version.
+    pub async fn write_file(
+        &self,
+        swarm: &str,
+        kind: FileKind,
+        write: &FileWrite,
+        create_only: bool,
+    ) -> Result<FileWritten> {
+        if create_only {
+            self.call(
+                Method::POST,
+                &Self::files_path(swarm, kind, None),
+                Some(write),
+            )
+            .await
+        } else {
+            self.call(
+                Method::PUT,
+                &Self::files_path(swarm, kind, Some(&write.name)),
+                Some(write),
+            )
+            .await
+        }
+    }
+
+    pub async fn list_files(&self, swarm: &str, kind: FileKind) -> Result<Vec<FileView>> {
+        self.call(
+            Method::GET,
+            &Self::files_path(swarm, kind, None),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// One secret or config; a config's value comes as `data` (base64).
+    pub async fn get_file(
+        &self,
+        swarm: &str,
+        kind: FileKind,
+        name: &str,
+    ) -> Result<serde_json::Value> {
+        self.call(
+            Method::GET,
+            &Self::files_path(swarm, kind, Some(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn remove_file(&self, swarm: &str, kind: FileKind, name: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &Self::files_path(swarm, kind, Some(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn registry_login(
+        &self,
+        swarm: &str,
+        host: &str,
+        login: &RegistryLogin,
+    ) -> Result<RegistryView> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/swarms/{}/registries/{}", seg(swarm), seg(host)),
+            Some(login),
+        )
+        .await
+    }
+
+    pub async fn list_registries(&self, swarm: &str) -> Result<Vec<RegistryView>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/swarms/{}/registries", seg(swarm)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn registry_logout(&self, swarm: &str, host: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/v1/swarms/{}/registries/{}", seg(swarm), seg(host)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// A manager agent's request for the values it hands to its engine.
+    pub async fn values(&self, request: &ValuesRequest) -> Result<ValuesAnswer> {
+        self.call(Method::POST, "/v1/values", Some(request)).await
     }
 
     /// The raft leader's report of what its swarm runs.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod limit;
 pub mod mdns;
 pub mod metrics;
+pub mod seal;
 pub mod secrets;
 pub mod store;
 pub mod tls;
@@ -51,6 +52,9 @@ pub struct ServerOptions {
     /// The database; SQLite in the data directory when not given.
     pub database: Option<db::Location>,
     pub postgres: db::PostgresOptions,
+    /// The key that seals secrets at rest; DATA/secrets.key when not given
+    /// (created on first start). Replicas of one database share it.
+    pub secrets_key: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -117,6 +121,12 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         "fsp",
     )?;
 
+    let key_file = opts
+        .secrets_key
+        .clone()
+        .unwrap_or_else(|| opts.data.join("secrets.key"));
+    let sealer = seal::Sealer::open_or_create(&key_file)?;
+
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
@@ -153,6 +163,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         revisions: Default::default(),
         metrics: Default::default(),
         limiter: Default::default(),
+        sealer,
     });
     // Changes made through other replicas wake this one's long polls.
     let (woken, resynced) = (state.clone(), state.clone());

@@ -128,6 +128,11 @@ struct Serve {
     /// Advertise on this interface only.
     #[arg(long, requires = "mdns")]
     mdns_interface: Option<String>,
+    /// The key that seals secret values and registry passwords at rest
+    /// [default: DATA/secrets.key, created on first start]. Replicas of
+    /// one PostgreSQL database must share it.
+    #[arg(long, env = "FOGSWARM_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -181,6 +186,7 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         mdns_interface: args.mdns_interface,
         database,
         postgres,
+        secrets_key: args.secrets_key_file,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

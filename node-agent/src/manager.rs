@@ -308,7 +308,7 @@ async fn services_pass(
     last_report: &mut Option<ObservedReport>,
 ) -> Result<bool> {
     let (changes, errors) = duty
-        .reconcile(engine, &desired.swarm, &desired.services)
+        .reconcile(engine, device, &desired.swarm, &desired.services)
         .await?;
     if !changes.is_empty() {
         tracing::info!(

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use utoipa::OpenApi;
 
 mod device;
+mod files;
 mod operator;
 
 /// Request bodies are small JSON documents; bulk import and a big swarm's
@@ -53,6 +54,8 @@ pub struct AppState {
     pub revisions: Mutex<HashMap<String, watch::Sender<u64>>>,
     pub metrics: Metrics,
     pub limiter: FailureLimiter,
+    /// Seals secret values and registry passwords at rest.
+    pub sealer: crate::seal::Sealer,
 }
 
 impl AppState {
@@ -426,6 +429,16 @@ pub fn router(state: Shared) -> Router {
             put(operator::deploy_stack).delete(operator::remove_stack),
         )
         .route(
+            "/v1/swarms/{name}/services/{service}/rollback",
+            post(operator::rollback_service),
+        )
+        .route("/v1/swarms/{name}/registries", get(files::list_registries))
+        .route(
+            "/v1/swarms/{name}/registries/{host}",
+            put(files::put_registry).delete(files::remove_registry),
+        )
+        .route("/v1/values", post(files::values))
+        .route(
             "/v1/devices",
             get(operator::list_devices).post(operator::create_device),
         )
@@ -448,6 +461,27 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/devices/import", post(operator::import_devices))
         // A big swarm's observed tasks outgrow the small-body limit.
         .route("/v1/observed", post(device::post_observed))
+        // Secrets and configs take up to swarm's 500 KiB.
+        .route(
+            "/v1/swarms/{name}/secrets",
+            get(files::list_secrets).post(files::create_secret),
+        )
+        .route(
+            "/v1/swarms/{name}/secrets/{secret}",
+            get(files::show_secret)
+                .put(files::put_secret)
+                .delete(files::remove_secret),
+        )
+        .route(
+            "/v1/swarms/{name}/configs",
+            get(files::list_configs).post(files::create_config),
+        )
+        .route(
+            "/v1/swarms/{name}/configs/{config}",
+            get(files::show_config)
+                .put(files::put_config)
+                .delete(files::remove_config),
+        )
         .layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT));
     Router::new()
         .merge(api)
@@ -515,7 +549,10 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
         operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm,
         operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
         operator::rotate_provisioning_key, operator::status, operator::events,
-        operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, device::post_observed
+        operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,
+        files::list_secrets, files::create_secret, files::put_secret, files::show_secret, files::remove_secret,
+        files::list_configs, files::create_config, files::put_config, files::show_config, files::remove_config,
+        files::list_registries, files::put_registry, files::remove_registry, files::values
     ),
     modifiers(&SecuritySchemes)
 )]

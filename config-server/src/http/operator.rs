@@ -460,3 +460,17 @@ pub(super) async fn events(
         subject.as_deref(),
     )?))
 }
+
+/// Go back to the spec the service had before its last change, as
+/// `docker service rollback` does: a new revision with the previous spec.
+#[utoipa::path(post, path = "/v1/swarms/{name}/services/{service}/rollback", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn rollback_service(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<Json<ServiceView>> {
+    let (view, touched) = state.store.rollback_service(&Actor::Admin, &swarm, &name)?;
+    state.notify(&touched);
+    Ok(Json(view))
+}

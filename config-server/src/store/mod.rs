@@ -15,6 +15,7 @@ use std::path::Path;
 mod credentials;
 mod devices;
 mod events;
+mod files;
 mod presence;
 mod schema;
 mod services;

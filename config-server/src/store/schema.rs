@@ -74,4 +74,24 @@ CREATE TABLE observed (
     // provisioning key's hashes, the CA. In the database, they travel with
     // its backups too.
     Migration("CREATE TABLE server_credentials (name TEXT PRIMARY KEY, value TEXT NOT NULL);"),
+    // Secrets (sealed), configs (base64) and registry logins (sealed
+    // password, user name in `detail`): the current version of each. And
+    // each service's spec before its last change, for `service rollback`.
+    Migration(
+        r#"
+CREATE TABLE swarm_files (
+    swarm TEXT NOT NULL REFERENCES swarms(name),
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    value TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (swarm, kind, name)
+);
+ALTER TABLE services ADD COLUMN previous_spec TEXT;
+"#,
+    ),
 ];

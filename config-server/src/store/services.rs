@@ -9,9 +9,11 @@ use super::events::log_event;
 use super::swarms::require_swarm;
 use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Touched};
 use crate::db::{params, Row, Tx};
+use fogswarm_protocol::secret::{registry_of, FileKind};
+use fogswarm_protocol::service::FileRef;
 use fogswarm_protocol::service::{
-    DeployOutcome, DesiredService, ObservedReport, ServiceMode, ServiceObserved, ServiceSpec,
-    ServiceStatus, ServiceView, StackDeploy, StackServiceOutcome,
+    DeployOutcome, DesiredService, ObservedReport, ServiceObserved, ServiceSpec, ServiceStatus,
+    ServiceView, StackDeploy, StackServiceOutcome,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +35,7 @@ impl Store {
         spec.validate()?;
         self.write(|tx| {
             known_swarm(tx, swarm)?;
+            super::files::check_files_exist(tx, swarm, &[spec])?;
             if service_row(tx, swarm, &spec.name)?.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "service {} already exists in swarm {swarm}",
@@ -58,6 +61,7 @@ impl Store {
         spec.validate()?;
         self.write(|tx| {
             known_swarm(tx, swarm)?;
+            super::files::check_files_exist(tx, swarm, &[spec])?;
             if let Some(existing) = service_row(tx, swarm, &spec.name)? {
                 check_same_stack(&existing.spec, spec)?;
             }
@@ -110,6 +114,11 @@ impl Store {
         }
         self.write(|tx| {
             known_swarm(tx, swarm)?;
+            super::files::check_files_exist(
+                tx,
+                swarm,
+                &request.services.iter().collect::<Vec<_>>(),
+            )?;
             for spec in &request.services {
                 if let Some(existing) = service_row(tx, swarm, &spec.name)? {
                     check_same_stack(&existing.spec, spec)?;
@@ -144,6 +153,56 @@ impl Store {
                 vec![]
             };
             Ok((outcome, touched))
+        })
+    }
+
+    /// Swaps a service's spec with the one it had before its last change
+    /// (so a second rollback undoes the first, as Docker's does).
+    pub fn rollback_service(
+        &self,
+        actor: &Actor,
+        swarm: &str,
+        name: &str,
+    ) -> Result<(ServiceView, Touched)> {
+        self.write(|tx| {
+            known_swarm(tx, swarm)?;
+            let current = service_row(tx, swarm, name)?.ok_or_else(|| not_found(swarm, name))?;
+            let previous: Option<String> = tx
+                .query_one(
+                    "SELECT previous_spec FROM services WHERE swarm = $1 AND name = $2",
+                    params![swarm, name],
+                )?
+                .get(0)?;
+            let previous: ServiceSpec = match previous {
+                Some(text) => from_json(&text)?,
+                None => {
+                    return Err(StoreError::Conflict(format!(
+                        "service {name} has no previous spec to roll back to"
+                    )))
+                }
+            };
+            super::files::check_files_exist(tx, swarm, &[&previous])?;
+            let revision = bump(tx, swarm)?;
+            tx.execute(
+                "UPDATE services SET spec = $1, previous_spec = $2, revision = $3, updated_at = $4
+                 WHERE swarm = $5 AND name = $6",
+                params![
+                    json_of(&previous),
+                    json_of(&current.spec),
+                    revision as i64,
+                    now(),
+                    swarm,
+                    name
+                ],
+            )?;
+            log_event(
+                tx,
+                actor,
+                "service.rollback",
+                &format!("{swarm}/{name}"),
+                &format!("image={} revision={revision}", previous.image),
+            )?;
+            Ok((service_view(tx, swarm, name)?, vec![swarm.to_string()]))
         })
     }
 
@@ -221,6 +280,15 @@ impl Store {
 /// The services a swarm's managers should run, for the desired state.
 pub(super) fn desired_services(tx: &Tx<'_>, swarm: &str) -> Result<Vec<DesiredService>> {
     let (observed, _) = observed(tx, swarm)?;
+    let files = super::files::swarm_files(tx, swarm)?;
+    let versions = |kind: FileKind, refs: &[FileRef]| -> BTreeMap<String, u64> {
+        refs.iter()
+            .filter_map(|r| {
+                let v = files.versions.get(&(kind, r.source.clone()))?;
+                Some((r.source.clone(), *v))
+            })
+            .collect()
+    };
     Ok(list_rows(tx, swarm)?
         .into_iter()
         .map(|r| DesiredService {
@@ -228,6 +296,10 @@ pub(super) fn desired_services(tx: &Tx<'_>, swarm: &str) -> Result<Vec<DesiredSe
                 .get(&r.spec.name)
                 .is_some_and(|o| o.rolled_back_revision == Some(r.revision)),
             revision: r.revision,
+            secret_versions: versions(FileKind::Secret, &r.spec.secrets),
+            config_versions: versions(FileKind::Config, &r.spec.configs),
+            registry_auth: Some(registry_of(&r.spec.image).to_string())
+                .filter(|host| files.registries.contains(host)),
             spec: r.spec,
         })
         .collect())
@@ -267,11 +339,12 @@ fn upsert(tx: &Tx<'_>, actor: &Actor, swarm: &str, spec: &ServiceSpec) -> Result
     }
     let revision = bump(tx, swarm)?;
     let at = now();
+    let previous = existing.as_ref().map(|e| json_of(&e.spec));
     tx.execute(
-        "INSERT INTO services (swarm, name, stack, spec, revision, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)
-         ON CONFLICT(swarm, name) DO UPDATE SET stack = $3, spec = $4, revision = $5, updated_at = $6",
-        params![swarm, &spec.name, &spec.stack, json_of(spec), revision as i64, at],
+        "INSERT INTO services (swarm, name, stack, spec, revision, created_at, updated_at, previous_spec)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+         ON CONFLICT(swarm, name) DO UPDATE SET stack = $3, spec = $4, revision = $5, updated_at = $6, previous_spec = $7",
+        params![swarm, &spec.name, &spec.stack, json_of(spec), revision as i64, at, previous],
     )?;
     let (action, deployed) = if existing.is_some() {
         ("service.update", DeployOutcome::Updated)
@@ -288,10 +361,7 @@ fn upsert(tx: &Tx<'_>, actor: &Actor, swarm: &str, spec: &ServiceSpec) -> Result
         &format!(
             "image={} mode={} revision={revision}",
             spec.image,
-            match spec.mode {
-                ServiceMode::Global => "global".to_string(),
-                ServiceMode::Replicated => format!("replicated/{}", spec.replicas.unwrap_or(1)),
-            }
+            spec.mode.describe(spec.replicas).replace(' ', "/")
         ),
     )?;
     Ok(deployed)

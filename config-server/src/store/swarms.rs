@@ -96,7 +96,7 @@ impl Store {
                     view.devices
                 )));
             }
-            for table in ["devices", "services", "observed"] {
+            for table in ["devices", "services", "observed", "swarm_files"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE swarm = $1"),
                     params![name],

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod options;
+mod task;
 mod wire;
 pub use options::*;
+pub use task::*;
 pub use wire::*;
 
 /// Service label marking what fogswarm manages; its value is the swarm name.
@@ -32,11 +34,46 @@ const MAX_NAME_LEN: usize = 63;
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ServiceMode {
     #[default]
     Replicated,
     Global,
+    /// Runs `replicas` tasks to completion (`max_concurrent` at a time):
+    /// one-off work on a fleet, like collecting data.
+    ReplicatedJob,
+    /// Runs one task to completion on every eligible node (flash firmware).
+    GlobalJob,
+}
+
+impl ServiceMode {
+    /// Jobs run to completion instead of being kept running.
+    pub fn is_job(self) -> bool {
+        matches!(self, ServiceMode::ReplicatedJob | ServiceMode::GlobalJob)
+    }
+
+    /// One task per eligible node rather than a count.
+    pub fn is_global(self) -> bool {
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceMode::Replicated => "replicated",
+            ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
+        }
+    }
+
+    /// `global`, `replicated 3`, `replicated-job 5`: as tables show it.
+    pub fn describe(self, replicas: Option<u64>) -> String {
+        if self.is_global() {
+            self.as_str().to_string()
+        } else {
+            format!("{} {}", self.as_str(), replicas.unwrap_or(1))
+        }
+    }
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -176,32 +213,103 @@ pub struct Resources {
     pub reserve_cpus: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve_memory: Option<String>,
+    /// At most this many processes per task (`--limit-pids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_pids: Option<u64>,
 }
 
-/// What an operator wants a swarm to run under one name.
+/// What an operator wants a swarm to run under one name: Engine API
+/// 1.41's service spec in Docker's notation. Fields left out take Docker's
+/// defaults (or the image's, for command, user, healthcheck and the like).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
     pub image: String,
     #[serde(default)]
     pub mode: ServiceMode,
-    /// Replicated services only; 1 when not given.
+    /// Replicated services and jobs only; 1 when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u64>,
+    /// Replicated jobs: tasks running at once (default: all replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u64>,
+    /// Replaces the image's entrypoint (`--entrypoint`, Compose
+    /// `entrypoint`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// Replaces the image's command: the arguments after the image
+    /// (Compose `command`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `USER[:GROUP]` or numeric ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Supplementary groups (`--group`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Docker placement constraints (`node.labels.sensor==1`).
     #[serde(default)]
     pub constraints: Vec<String>,
     /// `spread=node.labels.KEY`.
     #[serde(default)]
     pub placement_prefs: Vec<String>,
+    /// Tasks per node at most (`--max-replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u64>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Service labels (`--label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Labels on every task's container (`--container-label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
     /// The tasks' host name; Docker's templates work, so
     /// `{{.Node.Hostname}}` names each task after its device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// Run an init process as PID 1 (reaps zombies, forwards signals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Time between the stop signal and SIGKILL (Docker's default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Name servers (`--dns`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
+    /// Extra /etc/hosts entries as `HOST:IP` (`--host`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
     #[serde(default)]
@@ -209,12 +317,30 @@ pub struct ServiceSpec {
     /// Overlay networks, created when missing.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// More names per network for the tasks (`--network name=N,alias=A`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_aliases: BTreeMap<String, Vec<String>>,
+    /// Driver options for networks the leader creates for this service
+    /// (Compose `networks.NAME.driver_opts`); a network that exists keeps
+    /// its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_options: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub update: UpdatePolicy,
+    /// How a failed update is undone; when absent, it goes back the way
+    /// the update came and pauses if that fails too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<UpdatePolicy>,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
     pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
+    /// Bumped by `service update --force` to restart every task with an
+    /// otherwise unchanged spec.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub force_update: u64,
     /// Set by `stack deploy`: the stack this service belongs to. Within a
     /// stack, a service is also reachable by its name without the
     /// `STACK_` prefix, as with `docker stack deploy`.
@@ -228,19 +354,7 @@ impl ServiceSpec {
         ServiceSpec {
             name: name.into(),
             image: image.into(),
-            mode: ServiceMode::default(),
-            replicas: None,
-            constraints: vec![],
-            placement_prefs: vec![],
-            env: BTreeMap::new(),
-            hostname: None,
-            ports: vec![],
-            endpoint_mode: EndpointMode::default(),
-            networks: vec![],
-            update: UpdatePolicy::default(),
-            restart: RestartPolicy::default(),
-            resources: Resources::default(),
-            stack: None,
+            ..Default::default()
         }
     }
 
@@ -248,12 +362,25 @@ impl ServiceSpec {
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_service_name(&self.name)?;
         validate_image(&self.image)?;
-        if self.mode == ServiceMode::Global && self.replicas.is_some() {
+        if self.mode.is_global() && self.replicas.is_some() {
             return Err(ValidationError::new(
                 "replicas",
                 "replicas is for replicated services; a global service runs one task on every eligible node",
             ));
         }
+        if self.max_concurrent.is_some() && self.mode != ServiceMode::ReplicatedJob {
+            return Err(ValidationError::new(
+                "max_concurrent",
+                "max-concurrent is for replicated jobs (--mode replicated-job)",
+            ));
+        }
+        if self.max_replicas.is_some() && self.mode.is_global() {
+            return Err(ValidationError::new(
+                "max_replicas",
+                "max-replicas limits replicated services; a global one runs one task per node",
+            ));
+        }
+        self.validate_container()?;
         for (i, c) in self.constraints.iter().enumerate() {
             Constraint::parse(c)
                 .map_err(|e| ValidationError::new(format!("constraints[{i}]"), e.to_string()))?;
@@ -310,15 +437,8 @@ impl ServiceSpec {
                 ));
             }
         }
-        if self.update.parallelism > 1000 {
-            return Err(ValidationError::new(
-                "update.parallelism",
-                "at most 1000 tasks at once",
-            ));
-        }
+        validate_update_policy("update", &self.update)?;
         for (field, value) in [
-            ("update.delay", &self.update.delay),
-            ("update.monitor", &self.update.monitor),
             ("restart.delay", &self.restart.delay),
             ("restart.window", &self.restart.window),
         ] {
@@ -342,6 +462,28 @@ impl ServiceSpec {
                 parse_memory(v).map_err(|m| ValidationError::new(field, m))?;
             }
         }
+        for (network, aliases) in &self.network_aliases {
+            if !self.networks.contains(network) {
+                return Err(ValidationError::new(
+                    "network_aliases",
+                    format!("aliases given for network {network}, which the service does not join"),
+                ));
+            }
+            for a in aliases {
+                validate_object_name("network_aliases", "alias", a)?;
+            }
+        }
+        if let Some(r) = &self.rollback {
+            validate_update_policy("rollback", r)?;
+        }
+        if let Some(log) = &self.log_driver {
+            if log.name.is_empty() || log.name.chars().any(|c| c.is_whitespace()) {
+                return Err(ValidationError::new(
+                    "log_driver",
+                    format!("log driver {:?} is not a driver name", log.name),
+                ));
+            }
+        }
         if let Some(stack) = &self.stack {
             validate_object_name("stack", "stack", stack)?;
             if !self.name.starts_with(&format!("{stack}_")) {
@@ -350,6 +492,90 @@ impl ServiceSpec {
                     format!("a service of stack {stack} is named {stack}_NAME"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Everything about the containers themselves.
+    fn validate_container(&self) -> Result<(), ValidationError> {
+        let no_empty =
+            |field: &str, list: &[String]| match list.iter().position(|a| a.contains('\0')) {
+                Some(i) => Err(ValidationError::new(
+                    format!("{field}[{i}]"),
+                    "contains a NUL character",
+                )),
+                None => Ok(()),
+            };
+        no_empty("entrypoint", &self.entrypoint)?;
+        no_empty("command", &self.command)?;
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') {
+                return Err(ValidationError::new(
+                    "workdir",
+                    format!("{w:?} must be an absolute path"),
+                ));
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.contains(char::is_whitespace) {
+                return Err(ValidationError::new(
+                    "user",
+                    format!("{u:?}: expected USER[:GROUP] or UID[:GID]"),
+                ));
+            }
+        }
+        for (field, map) in [
+            ("labels", &self.labels),
+            ("container_labels", &self.container_labels),
+            ("sysctls", &self.sysctls),
+        ] {
+            if let Some(k) = map.keys().find(|k| k.is_empty() || k.contains(['=', ' '])) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("key {k:?} must be non-empty, without '=' or spaces"),
+                ));
+            }
+        }
+        if let Some(k) = self.labels.keys().find(|k| k.starts_with("io.fogswarm.")) {
+            return Err(ValidationError::new(
+                "labels",
+                format!("label {k} is fogswarm's own; choose another prefix"),
+            ));
+        }
+        validate_mounts(&self.mounts)?;
+        validate_file_refs("secrets", &self.secrets, true)?;
+        validate_file_refs("configs", &self.configs, false)?;
+        if let Some(h) = &self.healthcheck {
+            validate_healthcheck(h)?;
+        }
+        for (list, caps) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
+            for (i, c) in caps.iter().enumerate() {
+                validate_capability(&format!("{list}[{i}]"), c)?;
+            }
+        }
+        validate_ulimits(&self.ulimits)?;
+        if let Some(g) = &self.stop_grace_period {
+            parse_duration(g).map_err(|m| ValidationError::new("stop_grace_period", m))?;
+        }
+        if let Some(signal) = &self.stop_signal {
+            validate_signal(signal)?;
+        }
+        for (i, ns) in self.dns.iter().enumerate() {
+            if ns.parse::<std::net::IpAddr>().is_err() {
+                return Err(ValidationError::new(
+                    format!("dns[{i}]"),
+                    format!("{ns:?} is not an IP address"),
+                ));
+            }
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            parse_host_entry(h).map_err(|m| ValidationError::new(format!("hosts[{i}]"), m))?;
+        }
+        if self.resources.limit_pids == Some(0) {
+            return Err(ValidationError::new(
+                "resources.limit_pids",
+                "a limit of 0 processes would stop every task; leave it out for no limit",
+            ));
         }
         Ok(())
     }
@@ -364,13 +590,36 @@ impl ServiceSpec {
     }
 }
 
+fn validate_update_policy(prefix: &str, u: &UpdatePolicy) -> Result<(), ValidationError> {
+    if u.parallelism > 1000 {
+        return Err(ValidationError::new(
+            format!("{prefix}.parallelism"),
+            "at most 1000 tasks at once",
+        ));
+    }
+    for (field, value) in [("delay", &u.delay), ("monitor", &u.monitor)] {
+        if let Some(v) = value {
+            parse_duration(v).map_err(|m| ValidationError::new(format!("{prefix}.{field}"), m))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// A service name as swarmkit accepts it: 1 to 63 letters and digits, with
 /// single runs of '-' or '_' inside.
 pub fn validate_service_name(name: &str) -> Result<(), ValidationError> {
     validate_object_name("name", "service", name)
 }
 
-fn validate_object_name(field: &str, what: &str, name: &str) -> Result<(), ValidationError> {
+pub(crate) fn validate_object_name(
+    field: &str,
+    what: &str,
+    name: &str,
+) -> Result<(), ValidationError> {
     let err = |m: String| Err(ValidationError::new(field, m));
     if name.is_empty() {
         return err(format!("{what} name is empty"));

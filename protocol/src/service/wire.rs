@@ -7,7 +7,7 @@ use super::*;
 /// which it last changed, which the agent records in a label to tell
 /// whether the running service is current.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DesiredService {
     pub revision: u64,
     /// Swarm rolled this revision back (as a manager reported): not to be
@@ -15,6 +15,24 @@ pub struct DesiredService {
     #[serde(default)]
     pub rolled_back: bool,
     pub spec: ServiceSpec,
+    /// The current version of each server secret the spec names: the
+    /// leader runs the swarm secret of that version, and a new version
+    /// rolls the service to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
+    /// The same for configs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_versions: BTreeMap<String, u64>,
+    /// The registry host whose login the server keeps for this image: the
+    /// leader fetches it and passes it on, so every node can pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<String>,
+}
+
+/// The swarm object holding version `version` of a server secret or
+/// config: swarm's secrets cannot change, so each version is its own.
+pub fn versioned_name(source: &str, version: u64) -> String {
+    format!("{source}.v{version}")
 }
 
 /// One task as the raft leader sees it.
@@ -29,6 +47,9 @@ pub struct TaskObserved {
     pub device: Option<DeviceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// The node's host name, as swarm knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     pub image: String,
     /// Swarm's task state: new, pending, assigned, preparing, starting,
     /// running, complete, shutdown, failed, rejected, orphaned, remove.
@@ -57,6 +78,9 @@ pub struct ServiceObserved {
     pub desired_tasks: u64,
     /// Tasks that are running.
     pub running_tasks: u64,
+    /// Jobs: tasks of the current spec that ran to completion.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub completed_tasks: u64,
     /// Swarm's update state: updating, paused, completed, rollback_started,
     /// rollback_paused, rollback_completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +127,12 @@ pub enum ServiceStatus {
     Paused,
     /// The service could not be created or updated (see `error`).
     Failed,
+    /// A job whose every task ran to completion.
+    Complete,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ServiceStatus {
@@ -115,6 +145,7 @@ impl ServiceStatus {
             ServiceStatus::RolledBack => "rolled_back",
             ServiceStatus::Paused => "paused",
             ServiceStatus::Failed => "failed",
+            ServiceStatus::Complete => "complete",
         }
     }
 
@@ -136,6 +167,9 @@ impl ServiceStatus {
         match state {
             "paused" => ServiceStatus::Paused,
             "updating" => ServiceStatus::Updating,
+            _ if o.completed_tasks > 0 && o.completed_tasks >= o.desired_tasks => {
+                ServiceStatus::Complete
+            }
             _ if o.running_tasks >= o.desired_tasks => ServiceStatus::Running,
             _ => ServiceStatus::Converging,
         }
@@ -230,6 +264,7 @@ mod tests {
             image: None,
             desired_tasks: desired,
             running_tasks: running,
+            completed_tasks: 0,
             update_state: update.map(String::from),
             rolled_back_revision: None,
             apply_error: None,
@@ -255,5 +290,10 @@ mod tests {
         refused.apply_error = Some("no such network".into());
         assert_eq!(judge(refused), Failed);
         assert!(Running.is_settled() && RolledBack.is_settled() && !Updating.is_settled());
+        let mut job = observed(Some(3), 0, 4, None);
+        job.completed_tasks = 3;
+        assert_eq!(judge(job.clone()), Converging);
+        job.completed_tasks = 4;
+        assert_eq!(judge(job), Complete);
     }
 }

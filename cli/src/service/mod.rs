@@ -6,9 +6,11 @@
 //! Docker's, waits until the service runs or swarm gives up, unless
 //! `--detach`.
 
+mod flags;
+
 use crate::fleet::{bad, print_json, Connection};
 use crate::table::Table;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use fogswarm_client::Client;
 use fogswarm_protocol::service::*;
@@ -17,8 +19,45 @@ use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
-    /// Create or replace a service (the flags are its whole spec).
+    /// Create or replace a service (the flags are its whole spec); the
+    /// words after the image's flags are its command and arguments.
     Deploy(Box<DeployArgs>),
+    /// Change part of a service, as `docker service update` does.
+    Update {
+        name: String,
+        #[arg(long)]
+        swarm: String,
+        #[command(flatten)]
+        changes: Box<flags::UpdateArgs>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Set the task count of replicated services: NAME=N...
+    Scale {
+        #[arg(required = true)]
+        scales: Vec<String>,
+        #[arg(long)]
+        swarm: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Go back to the spec a service had before its last change.
+    Rollback {
+        name: String,
+        #[arg(long)]
+        swarm: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Services' specs and observed state (JSON; --pretty for people).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        swarm: String,
+        #[arg(long)]
+        pretty: bool,
+    },
     /// List a swarm's services.
     Ls {
         #[arg(long)]
@@ -47,9 +86,9 @@ pub enum StackCommand {
         stack: String,
         #[arg(long)]
         swarm: String,
-        /// The Compose file.
-        #[arg(short = 'c', long = "compose-file")]
-        compose_file: PathBuf,
+        /// The Compose file; several merge in order, as Docker merges them.
+        #[arg(short = 'c', long = "compose-file", required = true)]
+        compose_files: Vec<PathBuf>,
         /// Remove services of the stack that the file no longer names.
         #[arg(long)]
         prune: bool,
@@ -84,147 +123,24 @@ pub struct DeployArgs {
     pub name: String,
     #[arg(long)]
     pub swarm: String,
-    #[arg(long)]
-    pub image: String,
-    /// global or replicated.
-    #[arg(long, default_value = "replicated", value_parser = parse_name::<ServiceMode>)]
-    pub mode: ServiceMode,
-    /// Tasks of a replicated service [default: 1].
-    #[arg(long)]
-    pub replicas: Option<u64>,
-    /// Placement constraint, like node.labels.temperature_sensor==1.
-    #[arg(long = "constraint")]
-    pub constraints: Vec<String>,
-    /// Placement preference: spread=node.labels.KEY.
-    #[arg(long = "placement-pref")]
-    pub placement_prefs: Vec<String>,
-    /// Environment variable K=V (K alone takes it from this shell).
-    #[arg(short = 'e', long = "env")]
-    pub env: Vec<String>,
-    /// Tasks' host name; {{.Node.Hostname}} names each after its device.
-    #[arg(long)]
-    pub hostname: Option<String>,
-    /// [mode=host|ingress,]PUBLISHED:TARGET[/PROTO], or the long form
-    /// published=P,target=T[,protocol=..][,mode=..]. Host mode by default.
-    #[arg(short = 'p', long = "publish")]
-    pub publish: Vec<String>,
-    /// Overlay network (created when missing).
-    #[arg(long = "network")]
-    pub networks: Vec<String>,
-    /// dnsrr (default; works without IPVS) or vip.
-    #[arg(long, default_value = "dnsrr", value_parser = parse_name::<EndpointMode>)]
-    pub endpoint_mode: EndpointMode,
-    #[arg(long, default_value_t = 1)]
-    pub update_parallelism: u64,
-    /// Pause between update batches (10s, 1m30s).
-    #[arg(long)]
-    pub update_delay: Option<String>,
-    /// pause, continue or rollback.
-    #[arg(long, default_value = "pause", value_parser = parse_name::<FailureAction>)]
-    pub update_failure_action: FailureAction,
-    /// How long each updated task is watched for failure.
-    #[arg(long)]
-    pub update_monitor: Option<String>,
-    /// stop-first or start-first.
-    #[arg(long, default_value = "stop-first", value_parser = parse_name::<UpdateOrder>)]
-    pub update_order: UpdateOrder,
-    /// none, on-failure or any.
-    #[arg(long, default_value = "any", value_parser = parse_name::<RestartCondition>)]
-    pub restart_condition: RestartCondition,
-    #[arg(long)]
-    pub restart_delay: Option<String>,
-    #[arg(long)]
-    pub restart_max_attempts: Option<u64>,
-    #[arg(long)]
-    pub restart_window: Option<String>,
-    /// CPUs, like 0.5.
-    #[arg(long)]
-    pub limit_cpu: Option<String>,
-    /// Memory, like 128M.
-    #[arg(long)]
-    pub limit_memory: Option<String>,
-    #[arg(long)]
-    pub reserve_cpu: Option<String>,
-    #[arg(long)]
-    pub reserve_memory: Option<String>,
+    #[command(flatten)]
+    pub spec: flags::SpecArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
+    /// The command and its arguments, replacing the image's (after `--`
+    /// when they start with a dash).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
 }
 
 impl DeployArgs {
     /// The spec these flags describe, checked as the server will check it.
     pub fn spec(&self) -> Result<ServiceSpec> {
-        let mut spec = ServiceSpec::new(self.name.clone(), self.image.clone());
-        spec.mode = self.mode;
-        spec.replicas = self.replicas;
-        spec.constraints = self.constraints.clone();
-        spec.placement_prefs = self.placement_prefs.clone();
-        for e in &self.env {
-            let (k, v) = match e.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (
-                    e.clone(),
-                    std::env::var(e).map_err(|_| {
-                        bad(format!("--env {e}: no value given and {e} is not set here"))
-                    })?,
-                ),
-            };
-            spec.env.insert(k, v);
-        }
-        spec.hostname = self.hostname.clone();
-        for p in &self.publish {
-            spec.ports.push(parse_publish(p).map_err(bad)?);
-        }
-        spec.networks = self.networks.clone();
-        spec.endpoint_mode = self.endpoint_mode;
-        spec.update = UpdatePolicy {
-            parallelism: self.update_parallelism,
-            delay: self.update_delay.clone(),
-            failure_action: self.update_failure_action,
-            monitor: self.update_monitor.clone(),
-            order: self.update_order,
-        };
-        spec.restart = RestartPolicy {
-            condition: self.restart_condition,
-            delay: self.restart_delay.clone(),
-            max_attempts: self.restart_max_attempts,
-            window: self.restart_window.clone(),
-        };
-        spec.resources = Resources {
-            limit_cpus: self.limit_cpu.clone(),
-            limit_memory: self.limit_memory.clone(),
-            reserve_cpus: self.reserve_cpu.clone(),
-            reserve_memory: self.reserve_memory.clone(),
-        };
-        spec.validate()
-            .map_err(|e| bad(format!("{}: {}", flag_of(&e.field), e.message)))?;
-        Ok(spec)
-    }
-}
-
-/// The flag a spec field comes from, for error messages.
-fn flag_of(field: &str) -> String {
-    let base = field.split('[').next().unwrap_or(field);
-    let flag = match base {
-        "name" => "NAME",
-        "constraints" => "--constraint",
-        "placement_prefs" => "--placement-pref",
-        "ports" => "--publish",
-        "networks" => "--network",
-        "update.delay" => "--update-delay",
-        "update.monitor" => "--update-monitor",
-        "update.parallelism" => "--update-parallelism",
-        "restart.delay" => "--restart-delay",
-        "restart.window" => "--restart-window",
-        "resources.limit_cpus" => "--limit-cpu",
-        "resources.limit_memory" => "--limit-memory",
-        "resources.reserve_cpus" => "--reserve-cpu",
-        "resources.reserve_memory" => "--reserve-memory",
-        other => return format!("--{}", other.replace('_', "-")),
-    };
-    match field.find('[') {
-        Some(i) => format!("{flag}{}", &field[i..]),
-        None => flag.to_string(),
+        self.spec.spec(&self.name, &self.command)
     }
 }
 
@@ -232,31 +148,85 @@ pub async fn service(conn: &Connection, command: ServiceCommand) -> Result<()> {
     match command {
         ServiceCommand::Deploy(args) => {
             let spec = args.spec()?;
-            let timeout = wait_timeout(&args.wait)?;
+            deploy_and_wait(conn, &args.swarm, spec, &args.wait).await
+        }
+        ServiceCommand::Update {
+            name,
+            swarm,
+            changes,
+            wait,
+        } => {
+            wait_timeout(&wait)?;
+            let current = conn.client()?.get_service(&swarm, &name).await?;
+            let spec = changes.apply(current.spec)?;
+            deploy_and_wait(conn, &swarm, spec, &wait).await
+        }
+        ServiceCommand::Scale {
+            scales,
+            swarm,
+            wait,
+        } => {
+            let timeout = wait_timeout(&wait)?;
+            let mut wanted = Vec::new();
+            for s in &scales {
+                let (name, n) = s
+                    .split_once('=')
+                    .and_then(|(name, n)| Some((name, n.parse::<u64>().ok()?)))
+                    .ok_or_else(|| bad(format!("{s:?}: expected SERVICE=REPLICAS")))?;
+                wanted.push((name.to_string(), n));
+            }
             let client = conn.client()?;
-            let deployed = client.deploy_service(&args.swarm, &spec).await?;
-            if !conn.json {
-                eprintln!(
-                    "service {} {} (revision {})",
-                    spec.name,
-                    deployed.outcome.as_str(),
-                    deployed.service.revision
-                );
+            let mut names = Vec::new();
+            for (name, n) in wanted {
+                let mut spec = client.get_service(&swarm, &name).await?.spec;
+                if spec.mode.is_global() {
+                    return Err(bad(format!(
+                        "{name}: scale can only be used with replicated or replicated-job mode"
+                    )));
+                }
+                spec.replicas = Some(n);
+                client.deploy_service(&swarm, &spec).await?;
+                if !conn.json {
+                    eprintln!("{name} scaled to {n}");
+                }
+                names.push(name);
             }
             let views = match timeout {
-                Some(t) => {
-                    wait_settled(
-                        &client,
-                        &args.swarm,
-                        std::slice::from_ref(&spec.name),
-                        t,
-                        conn.json,
-                    )
-                    .await?
-                }
-                None => vec![deployed.service],
+                Some(t) => wait_settled(&client, &swarm, &names, t, conn.json).await?,
+                None => select(&client, &swarm, &names).await?,
             };
             show_deployed(conn, &views)
+        }
+        ServiceCommand::Rollback { name, swarm, wait } => {
+            let timeout = wait_timeout(&wait)?;
+            let client = conn.client()?;
+            let view = client.rollback_service(&swarm, &name).await?;
+            if !conn.json {
+                eprintln!("service {name} rolled back (revision {})", view.revision);
+            }
+            let views = match timeout {
+                Some(t) => wait_settled(&client, &swarm, &[name], t, conn.json).await?,
+                None => vec![view],
+            };
+            show_deployed(conn, &views)
+        }
+        ServiceCommand::Inspect {
+            names,
+            swarm,
+            pretty,
+        } => {
+            let client = conn.client()?;
+            let mut views = Vec::new();
+            for name in &names {
+                views.push(client.get_service(&swarm, name).await?);
+            }
+            if !pretty {
+                return print_json(&views);
+            }
+            for v in &views {
+                print_pretty(v);
+            }
+            Ok(())
         }
         ServiceCommand::Ls { swarm } => {
             let views = conn.client()?.list_services(&swarm).await?;
@@ -272,26 +242,50 @@ pub async fn service(conn: &Connection, command: ServiceCommand) -> Result<()> {
             if conn.json {
                 return print_json(&tasks);
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
             let mut table = Table::new(&[
-                "TASK", "DEVICE", "SLOT", "IMAGE", "DESIRED", "STATE", "SINCE", "ERROR",
+                "TASK",
+                "NAME",
+                "DEVICE",
+                "NODE",
+                "IMAGE",
+                "DESIRED STATE",
+                "CURRENT STATE",
+                "ERROR",
             ]);
             for t in &tasks {
+                let task_name = match t.slot {
+                    Some(slot) => format!("{name}.{slot}"),
+                    None => format!(
+                        "{name}.{}",
+                        t.node_id
+                            .as_deref()
+                            .map(|n| &n[..n.len().min(12)])
+                            .unwrap_or("-")
+                    ),
+                };
                 table.row([
                     t.id.chars().take(12).collect(),
+                    task_name,
                     t.device
                         .as_ref()
                         .map(|d| d.to_string())
-                        .or_else(|| {
-                            t.node_id
-                                .as_ref()
-                                .map(|n| format!("node {}", &n[..n.len().min(12)]))
-                        })
                         .unwrap_or_else(|| "-".into()),
-                    t.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    t.hostname
+                        .clone()
+                        .or_else(|| t.node_id.as_ref().map(|n| n[..n.len().min(12)].to_string()))
+                        .unwrap_or_else(|| "-".into()),
                     short_image(&t.image),
-                    t.desired_state.clone(),
-                    t.state.clone(),
-                    t.since.clone().unwrap_or_default(),
+                    capitalise(&t.desired_state),
+                    match t.since.as_deref().and_then(crate::table::parse_rfc3339) {
+                        Some(at) => {
+                            format!("{} {}", capitalise(&t.state), crate::table::ago(now - at))
+                        }
+                        None => capitalise(&t.state),
+                    },
                     t.error.clone().unwrap_or_default(),
                 ]);
             }
@@ -319,17 +313,43 @@ pub async fn stack(conn: &Connection, command: StackCommand) -> Result<()> {
         StackCommand::Deploy {
             stack,
             swarm,
-            compose_file,
+            compose_files,
             prune,
             wait,
         } => {
-            let text = std::fs::read_to_string(&compose_file)
-                .with_context(|| format!("reading {}", compose_file.display()))
-                .map_err(|e| bad(format!("{e:#}")))?;
-            let services = crate::compose::parse(&text, &stack)
-                .map_err(|e| bad(format!("{}: {e}", compose_file.display())))?;
+            let input = crate::compose::Input::read(&compose_files).map_err(bad)?;
+            let project = crate::compose::load(&input, &stack).map_err(bad)?;
+            for w in &project.warnings {
+                eprintln!("{w}");
+            }
+            let services = project.services;
             let timeout = wait_timeout(&wait)?;
             let client = conn.client()?;
+            // The stack's own secrets and configs first: its services name
+            // them. An unchanged value is a no-op; a changed one rolls the
+            // services that use it.
+            for f in &project.files {
+                let written = client
+                    .write_file(
+                        &swarm,
+                        f.kind,
+                        &fogswarm_protocol::secret::FileWrite {
+                            name: f.name.clone(),
+                            data: fogswarm_protocol::api::Secret::new(crate::files::b64(&f.data)),
+                        },
+                        false,
+                    )
+                    .await?;
+                if !conn.json && written.outcome != DeployOutcome::Unchanged {
+                    eprintln!(
+                        "{} {} {} (version {})",
+                        f.kind.as_str(),
+                        f.name,
+                        written.outcome.as_str(),
+                        written.file.version
+                    );
+                }
+            }
             let outcome = client
                 .deploy_stack(&swarm, &stack, &StackDeploy { services, prune })
                 .await?;
@@ -396,6 +416,127 @@ pub async fn stack(conn: &Connection, command: StackCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Deploys one spec and, unless detached, waits until it settles.
+async fn deploy_and_wait(
+    conn: &Connection,
+    swarm: &str,
+    spec: ServiceSpec,
+    wait: &WaitArgs,
+) -> Result<()> {
+    let timeout = wait_timeout(wait)?;
+    let client = conn.client()?;
+    let deployed = client.deploy_service(swarm, &spec).await?;
+    if !conn.json {
+        eprintln!(
+            "service {} {} (revision {})",
+            spec.name,
+            deployed.outcome.as_str(),
+            deployed.service.revision
+        );
+    }
+    let views = match timeout {
+        Some(t) => {
+            wait_settled(
+                &client,
+                swarm,
+                std::slice::from_ref(&spec.name),
+                t,
+                conn.json,
+            )
+            .await?
+        }
+        None => vec![deployed.service],
+    };
+    show_deployed(conn, &views)
+}
+
+async fn select(client: &Client, swarm: &str, names: &[String]) -> Result<Vec<ServiceView>> {
+    Ok(client
+        .list_services(swarm)
+        .await?
+        .into_iter()
+        .filter(|v| names.contains(&v.spec.name))
+        .collect())
+}
+
+/// "Running" for "running", as Docker's tables write states.
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// `service inspect --pretty`: the spec's set parts, one per line.
+fn print_pretty(v: &ServiceView) {
+    let spec = &v.spec;
+    println!("Name:\t\t{}", spec.name);
+    println!("Swarm:\t\t{}", v.swarm);
+    println!("Revision:\t{} ({})", v.revision, v.status.as_str());
+    println!("Mode:\t\t{}", spec.mode.describe(spec.replicas));
+    println!("Image:\t\t{}", spec.image);
+    if let Some(o) = &v.observed {
+        if let Some(image) = &o.image {
+            println!("Running image:\t{image}");
+        }
+        println!(
+            "Tasks:\t\t{} running of {}",
+            o.running_tasks, o.desired_tasks
+        );
+    }
+    if !spec.entrypoint.is_empty() {
+        println!("Entrypoint:\t{}", spec.entrypoint.join(" "));
+    }
+    if !spec.command.is_empty() {
+        println!("Args:\t\t{}", spec.command.join(" "));
+    }
+    for (title, list) in [
+        ("Constraints", &spec.constraints),
+        ("Networks", &spec.networks),
+    ] {
+        if !list.is_empty() {
+            println!("{title}:\t{}", list.join(", "));
+        }
+    }
+    // Environment values may be credentials: names only.
+    if !spec.env.is_empty() {
+        println!(
+            "Env:\t\t{}",
+            spec.env.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    for m in &spec.mounts {
+        println!(
+            "Mount:\t\t{:?} {} -> {}{}",
+            m.kind,
+            m.source.as_deref().unwrap_or("(anonymous)"),
+            m.target,
+            if m.read_only { " (ro)" } else { "" }
+        );
+    }
+    for (kind, refs) in [("Secret", &spec.secrets), ("Config", &spec.configs)] {
+        for r in refs {
+            println!(
+                "{kind}:\t\t{} -> {}",
+                r.source,
+                r.target_or_default(kind == "Secret")
+            );
+        }
+    }
+    if let Some(h) = &spec.healthcheck {
+        println!("Healthcheck:\t{}", h.test.join(" "));
+    }
+    for p in &spec.ports {
+        println!("Port:\t\t{p}");
+    }
+    println!(
+        "Update:\t\tparallelism {}, on failure {:?}, order {:?}",
+        spec.update.parallelism, spec.update.failure_action, spec.update.order
+    );
+    println!();
 }
 
 async fn stack_services(client: &Client, swarm: &str, stack: &str) -> Result<Vec<ServiceView>> {
@@ -519,10 +660,7 @@ fn print_services(views: &[ServiceView]) {
             .unwrap_or_default();
         table.row([
             v.spec.name.clone(),
-            match v.spec.mode {
-                ServiceMode::Global => "global".to_string(),
-                ServiceMode::Replicated => format!("replicated {}", v.spec.replicas.unwrap_or(1)),
-            },
+            v.spec.mode.describe(v.spec.replicas),
             format!("{running}/{desired}"),
             v.spec.image.clone(),
             v.status.as_str().to_string(),

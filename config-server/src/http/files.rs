@@ -1,0 +1,256 @@
+//! Secrets, configs and registry logins (operators), and their values for
+//! the manager agents that need them (devices).
+
+use super::*;
+use base64::Engine as _;
+use fogswarm_protocol::secret::*;
+use serde::Serialize;
+
+fn decode(data: &Secret) -> ApiResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.expose())
+        .map_err(|_| ApiFailure::invalid("data", "the value is not base64"))
+}
+
+async fn list(state: Shared, swarm: String, kind: FileKind) -> ApiResult<Json<Vec<FileView>>> {
+    Ok(Json(state.store.list_files(&swarm, kind)?))
+}
+
+async fn write(
+    state: Shared,
+    swarm: String,
+    kind: FileKind,
+    name: &str,
+    req: FileWrite,
+    create_only: bool,
+) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+    if req.name != name {
+        return Err(ApiFailure::invalid(
+            "name",
+            format!("the body names {:?} but the path names {name:?}", req.name),
+        ));
+    }
+    let data = decode(&req.data)?;
+    let (written, touched) = state.store.write_file(
+        &Actor::Admin,
+        &swarm,
+        kind,
+        name,
+        &data,
+        create_only,
+        &state.sealer,
+    )?;
+    state.notify(&touched);
+    let status = if written.outcome == DeployOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(written)))
+}
+
+/// A config with its value (base64); a secret's value is never shown.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct FileShown {
+    #[serde(flatten)]
+    file: FileView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+}
+
+async fn show(
+    state: Shared,
+    swarm: String,
+    kind: FileKind,
+    name: String,
+) -> ApiResult<Json<FileShown>> {
+    let (file, data) = state.store.get_file(&swarm, kind, &name)?;
+    Ok(Json(FileShown {
+        file,
+        data: data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+    }))
+}
+
+async fn remove(
+    state: Shared,
+    swarm: String,
+    kind: FileKind,
+    name: String,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .remove_file(&Actor::Admin, &swarm, kind, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A swarm's secrets: names, versions, users; never values.
+#[utoipa::path(get, path = "/v1/swarms/{name}/secrets", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<FileView>), (status = 404, body = ApiError)))]
+pub(super) async fn list_secrets(
+    State(s): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+) -> ApiResult<Json<Vec<FileView>>> {
+    list(s, swarm, FileKind::Secret).await
+}
+
+/// Create a secret (409 when it exists).
+#[utoipa::path(post, path = "/v1/swarms/{name}/secrets", tag = "operator", security(("admin" = [])), request_body = FileWrite,
+    responses((status = 201, body = FileWritten), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn create_secret(
+    State(s): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+    ApiJson(req): ApiJson<FileWrite>,
+) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+    let name = req.name.clone();
+    write(s, swarm, FileKind::Secret, &name, req, true).await
+}
+
+/// Create a secret or give it a new value: a new version, to which the
+/// services using it roll.
+#[utoipa::path(put, path = "/v1/swarms/{name}/secrets/{secret}", tag = "operator", security(("admin" = [])), request_body = FileWrite,
+    responses((status = 200, body = FileWritten), (status = 201, body = FileWritten), (status = 422, body = ApiError)))]
+pub(super) async fn put_secret(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+    ApiJson(req): ApiJson<FileWrite>,
+) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+    write(s, swarm, FileKind::Secret, &name, req, false).await
+}
+
+/// One secret, without its value.
+#[utoipa::path(get, path = "/v1/swarms/{name}/secrets/{secret}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = FileView), (status = 404, body = ApiError)))]
+pub(super) async fn show_secret(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<Json<FileShown>> {
+    show(s, swarm, FileKind::Secret, name).await
+}
+
+/// Remove a secret no service uses.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/secrets/{secret}", tag = "operator", security(("admin" = [])),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn remove_secret(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    remove(s, swarm, FileKind::Secret, name).await
+}
+
+/// A swarm's configs.
+#[utoipa::path(get, path = "/v1/swarms/{name}/configs", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<FileView>), (status = 404, body = ApiError)))]
+pub(super) async fn list_configs(
+    State(s): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+) -> ApiResult<Json<Vec<FileView>>> {
+    list(s, swarm, FileKind::Config).await
+}
+
+/// Create a config (409 when it exists).
+#[utoipa::path(post, path = "/v1/swarms/{name}/configs", tag = "operator", security(("admin" = [])), request_body = FileWrite,
+    responses((status = 201, body = FileWritten), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn create_config(
+    State(s): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+    ApiJson(req): ApiJson<FileWrite>,
+) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+    let name = req.name.clone();
+    write(s, swarm, FileKind::Config, &name, req, true).await
+}
+
+/// Create a config or give it a new value (a new version).
+#[utoipa::path(put, path = "/v1/swarms/{name}/configs/{config}", tag = "operator", security(("admin" = [])), request_body = FileWrite,
+    responses((status = 200, body = FileWritten), (status = 201, body = FileWritten), (status = 422, body = ApiError)))]
+pub(super) async fn put_config(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+    ApiJson(req): ApiJson<FileWrite>,
+) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+    write(s, swarm, FileKind::Config, &name, req, false).await
+}
+
+/// One config with its value (base64).
+#[utoipa::path(get, path = "/v1/swarms/{name}/configs/{config}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = FileShown), (status = 404, body = ApiError)))]
+pub(super) async fn show_config(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<Json<FileShown>> {
+    show(s, swarm, FileKind::Config, name).await
+}
+
+/// Remove a config no service uses.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/configs/{config}", tag = "operator", security(("admin" = [])),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn remove_config(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    remove(s, swarm, FileKind::Config, name).await
+}
+
+/// The registry logins a swarm's pulls use (never the passwords).
+#[utoipa::path(get, path = "/v1/swarms/{name}/registries", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = Vec<RegistryView>), (status = 404, body = ApiError)))]
+pub(super) async fn list_registries(
+    State(s): State<Shared>,
+    _: Admin,
+    Path(swarm): Path<String>,
+) -> ApiResult<Json<Vec<RegistryView>>> {
+    Ok(Json(s.store.list_registries(&swarm)?))
+}
+
+/// Store a registry login for the swarm's pulls (`docker login` for every
+/// device, through the leader agent).
+#[utoipa::path(put, path = "/v1/swarms/{name}/registries/{host}", tag = "operator", security(("admin" = [])), request_body = RegistryLogin,
+    responses((status = 200, body = RegistryView), (status = 422, body = ApiError)))]
+pub(super) async fn put_registry(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, host)): Path<(String, String)>,
+    ApiJson(req): ApiJson<RegistryLogin>,
+) -> ApiResult<Json<RegistryView>> {
+    let (view, touched) = s
+        .store
+        .put_registry(&Actor::Admin, &swarm, &host, &req, &s.sealer)?;
+    s.notify(&touched);
+    Ok(Json(view))
+}
+
+/// Forget a registry login.
+#[utoipa::path(delete, path = "/v1/swarms/{name}/registries/{host}", tag = "operator", security(("admin" = [])),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub(super) async fn remove_registry(
+    State(s): State<Shared>,
+    _: Admin,
+    Path((swarm, host)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.store.remove_registry(&Actor::Admin, &swarm, &host)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A manager agent fetches the values it must hand to its engine.
+#[utoipa::path(post, path = "/v1/values", tag = "device", security(("device" = [])), request_body = ValuesRequest,
+    responses((status = 200, body = ValuesAnswer), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub(super) async fn values(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<ValuesRequest>,
+) -> ApiResult<Json<ValuesAnswer>> {
+    Ok(Json(state.store.values_for(
+        &device,
+        &req,
+        &state.sealer,
+    )?))
+}
