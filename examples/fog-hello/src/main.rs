@@ -14,6 +14,16 @@
 //! on purpose: the binary goes into a scratch image on small boards, and
 //! every dependency costs bytes there.
 //!
+//! For the tests of swarm's service features it also: reports the command
+//! line it was started with (`"argv"`), so a service's entrypoint and
+//! arguments show; serves `GET /file/PATH` (a file's mode, owner and
+//! content: secrets, configs and mounts as the task sees them); counts its
+//! starts in `FOG_COUNTER_FILE` when set (`"starts"`: data that outlives a
+//! task); answers `/healthz` with 503 once `GET /sick` was called or when
+//! `FOG_UNHEALTHY` is set; and has two subcommands: `fog-hello health`
+//! (a healthcheck command for images without a shell) and `fog-hello once
+//! [WORDS]` (prints a line and exits: a job's task).
+//!
 //! It exits at once on SIGTERM. As a container's PID 1 it would otherwise
 //! ignore the signal (the kernel applies no default action to a namespace's
 //! init), and every stop, rolling update or move off a relabelled device
@@ -21,7 +31,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Set by `GET /sick` (or `FOG_UNHEALTHY`): `/healthz` answers 503.
+static SICK: AtomicBool = AtomicBool::new(false);
 
 /// Largest request head we read before answering 431; keeps a misbehaving
 /// client from growing our memory.
@@ -47,7 +61,29 @@ fn exit_on_terminate() {
 
 fn main() {
     exit_on_terminate();
+    let args: Vec<String> = std::env::args().collect();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
+    match args.get(1).map(String::as_str) {
+        Some("health") => {
+            std::process::exit(match fetch_path(&format!("127.0.0.1:{port}"), "/healthz") {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("fog-hello: unhealthy: {e}");
+                    1
+                }
+            })
+        }
+        Some("once") => {
+            println!("fog-hello: once on {}: {}", hostname(), args[2..].join(" "));
+            return;
+        }
+        _ => {}
+    }
+    SICK.store(
+        std::env::var_os("FOG_UNHEALTHY").is_some(),
+        Ordering::Relaxed,
+    );
+    let starts = count_start();
     let addr = format!("0.0.0.0:{port}");
     let listener = match TcpListener::bind(&addr) {
         Ok(l) => l,
@@ -56,12 +92,21 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let body = response_body(
+    let mut body = response_body(
         &hostname(),
         std::env::consts::ARCH,
         &std::env::var("FOG_VERSION").unwrap_or_default(),
         &std::env::var("FOG_LABELS").unwrap_or_default(),
     );
+    // The extra facts go in before the closing brace.
+    body.truncate(body.trim_end().len() - 1);
+    body.push_str(&format!(
+        ",\"argv\":[{}],\"starts\":{starts}}}\n",
+        args.iter()
+            .map(|a| json_string(a))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
     eprintln!("fog-hello: listening on {addr}");
     for stream in listener.incoming().flatten() {
         // One bad client must not take the service down: errors end that
@@ -87,6 +132,9 @@ fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
     }
     let (status, content) = match call_target(&request_line) {
         Some(target) => call(target),
+        None if path_of(&request_line).is_some_and(|p| p.starts_with("/file/")) => {
+            file(&path_of(&request_line).unwrap_or_default()["/file".len()..])
+        }
         None => {
             let (status, content) = route(&request_line, seen > MAX_HEAD_BYTES, body);
             (status, content.to_string())
@@ -107,6 +155,53 @@ fn call_target(request_line: &str) -> Option<&str> {
         (Some("GET"), Some(path)) => path.strip_prefix("/call/").filter(|t| !t.is_empty()),
         _ => None,
     }
+}
+
+fn path_of(request_line: &str) -> Option<String> {
+    let mut parts = request_line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => Some(path.to_string()),
+        _ => None,
+    }
+}
+
+/// A file as the task sees it: mode, owner and content.
+fn file(path: &str) -> (&'static str, String) {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::read(path)) {
+        (Ok(meta), Ok(content)) => (
+            "200 OK",
+            format!(
+                "{{\"path\":{},\"mode\":\"{:04o}\",\"uid\":{},\"gid\":{},\"content\":{}}}\n",
+                json_string(path),
+                meta.mode() & 0o7777,
+                meta.uid(),
+                meta.gid(),
+                json_string(&String::from_utf8_lossy(&content))
+            ),
+        ),
+        (Err(e), _) | (_, Err(e)) => (
+            "404 Not Found",
+            format!("{{\"error\":{}}}", json_string(&format!("{path}: {e}"))),
+        ),
+    }
+}
+
+/// Adds one to the number in `FOG_COUNTER_FILE` (when set) and answers
+/// it: how many times a task started on this data.
+fn count_start() -> u64 {
+    let Ok(path) = std::env::var("FOG_COUNTER_FILE") else {
+        return 0;
+    };
+    let starts = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    if let Err(e) = std::fs::write(&path, format!("{starts}\n")) {
+        eprintln!("fog-hello: cannot write {path}: {e}");
+    }
+    starts
 }
 
 /// Fetches `/` from `target` and wraps the answer; 502 when it fails.
@@ -131,6 +226,10 @@ fn call(target: &str) -> (&'static str, String) {
 }
 
 fn fetch(target: &str) -> std::io::Result<String> {
+    fetch_path(target, "/")
+}
+
+fn fetch_path(target: &str, path: &str) -> std::io::Result<String> {
     use std::io::Read;
     use std::net::ToSocketAddrs;
     let addr = target
@@ -139,7 +238,7 @@ fn fetch(target: &str) -> std::io::Result<String> {
         .ok_or_else(|| std::io::Error::other("no address"))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET / HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
     let mut response = String::new();
     stream.take(64 * 1024).read_to_string(&mut response)?;
     match response.split_once("\r\n\r\n") {
@@ -165,7 +264,14 @@ fn route<'a>(request_line: &str, head_too_large: bool, body: &'a str) -> (&'stat
             "{\"error\":\"request head too large\"}",
         ),
         (Some("GET"), Some("/")) => ("200 OK", body),
+        (Some("GET"), Some("/healthz")) if SICK.load(Ordering::Relaxed) => {
+            ("503 Service Unavailable", "{\"status\":\"sick\"}")
+        }
         (Some("GET"), Some("/healthz")) => ("200 OK", "{\"status\":\"ok\"}"),
+        (Some("GET"), Some("/sick")) => {
+            SICK.store(true, Ordering::Relaxed);
+            ("200 OK", "{\"status\":\"sick from now on\"}")
+        }
         (Some(_), Some(_)) => ("404 Not Found", "{\"error\":\"not found\"}"),
         _ => ("400 Bad Request", "{\"error\":\"bad request line\"}"),
     }
