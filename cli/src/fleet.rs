@@ -27,8 +27,9 @@ pub struct Connection {
     #[arg(long, env = "FOGSWARM_CA_FINGERPRINT", global = true)]
     pub ca_fingerprint: Option<String>,
     /// Config file with server, token_file and ca_fingerprint
-    /// [default: ~/.config/fogswarm/cli.json].
-    #[arg(long, env = "FOGSWARM_CONFIG", global = true)]
+    /// [default: ~/.config/fogswarm/cli.json]. (Not `--config`: that is
+    /// Docker's flag for a service's config files.)
+    #[arg(long = "client-config", env = "FOGSWARM_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Output JSON for scripts instead of tables.
     #[arg(long, global = true)]

@@ -560,3 +560,15 @@ fn print_status(status: &LabStatus, json: bool) -> Result<()> {
     table.print();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over every command (unique flag
+    /// names across flattened groups, say), which otherwise fire only when
+    /// the command runs.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

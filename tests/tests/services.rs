@@ -751,16 +751,36 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
         std::fs::write(&path, text)?;
         Ok(path.display().to_string())
     };
-    let unsupported = compose(
-        "build.yml",
-        "services:\n  web:\n    image: x\n    build: .\n",
+    let typo = compose(
+        "typo.yml",
+        "services:\n  web:\n    image: x\n    build: .\n    comand: [run]\n",
     )?;
-    let deploy_labels = compose(
-        "labels.yml",
-        "services:\n  web:\n    image: x\n    deploy:\n      labels: {a: b}\n",
+    let required = compose(
+        "required.yml",
+        "services:\n  web:\n    image: x:${TAG:?set TAG to the release}\n",
+    )?;
+    let relative = compose(
+        "relative.yml",
+        "services:\n  web:\n    image: x\n    volumes: [\"./data:/data\"]\n",
+    )?;
+    let undeclared = compose(
+        "undeclared.yml",
+        "services:\n  web:\n    image: x\n    volumes: [\"data:/data\"]\n",
+    )?;
+    let missing_file = compose(
+        "missing.yml",
+        "services:\n  web:\n    image: x\n    secrets: [db]\nsecrets:\n  db: {file: ./nowhere.txt}\n",
+    )?;
+    let both = compose(
+        "both.yml",
+        "services:\n  web:\n    image: x\nsecrets:\n  db: {file: ./a, external: true}\n",
+    )?;
+    let bad_mode = compose(
+        "mode.yml",
+        "services:\n  web:\n    image: x\n    configs: [{source: c, mode: 0999}]\nconfigs:\n  c: {content: hi}\n",
     )?;
     let takeover = compose("takeover.yml", "services:\n  web:\n    image: x\n")?;
-    let cases: Vec<(Vec<&str>, i32, Vec<&str>)> = vec![
+    let mut cases: Vec<(Vec<&str>, i32, Vec<&str>)> = vec![
         (
             vec![
                 "service",
@@ -829,30 +849,39 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
             vec!["--replicas", "global"],
         ),
         (
-            vec![
-                "stack",
-                "deploy",
-                "shop",
-                "--swarm",
-                "fog",
-                "-c",
-                &unsupported,
-            ],
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &typo],
             2,
-            vec!["unknown field `build`"],
+            vec!["unknown field `comand`", "typo.yml:5"],
         ),
         (
-            vec![
-                "stack",
-                "deploy",
-                "shop",
-                "--swarm",
-                "fog",
-                "-c",
-                &deploy_labels,
-            ],
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &required],
             2,
-            vec!["unknown field `labels`"],
+            vec!["TAG", "set TAG to the release"],
+        ),
+        (
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &relative],
+            2,
+            vec!["services.web.mounts[0]", "absolute path"],
+        ),
+        (
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &undeclared],
+            2,
+            vec!["volumes[0]", "\"data\" is not declared"],
+        ),
+        (
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &missing_file],
+            2,
+            vec!["secrets.db.file", "nowhere.txt"],
+        ),
+        (
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &both],
+            2,
+            vec!["secrets.db", "external"],
+        ),
+        (
+            vec!["stack", "deploy", "shop", "--swarm", "fog", "-c", &bad_mode],
+            2,
+            vec!["configs[0]", "octal"],
         ),
         (
             vec![
@@ -867,6 +896,70 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
             vec!["service ghost does not exist in swarm fog"],
         ),
     ];
+    // Every service flag with a value of its own, each refused by name.
+    let base = ["service", "deploy", "api", "--swarm", "fog", "--image", "x"];
+    let flag_cases: &[(&[&str], &[&str])] = &[
+        (&["--mount", "type=nfs,target=/x"], &["--mount", "nfs"]),
+        (&["--mount", "type=bind,source=rel,target=/x"], &["--mount[0]", "absolute path"]),
+        (&["--mount", "type=tmpfs,source=x,target=/x"], &["--mount[0]", "no source"]),
+        (&["--mount", "type=volume,target=/a", "--mount", "type=tmpfs,target=/a"], &["--mount[1]", "twice"]),
+        (&["--secret", "source=db,mode=0999"], &["--secret", "octal"]),
+        (&["--secret", "target=/x"], &["--secret", "no source"]),
+        (&["--config", "source=c,target=relative"], &["--config[0]", "absolute path"]),
+        (&["--health-interval", "soon"], &["--health-interval"]),
+        (&["--health-cmd", "true", "--no-healthcheck"], &["--no-healthcheck"]),
+        (&["--ulimit", "nofile=10:5"], &["--ulimit[0]", "above hard"]),
+        (&["--ulimit", "bogus=1"], &["--ulimit[0]", "unknown ulimit"]),
+        (&["--ulimit", "nofile"], &["--ulimit", "NAME=SOFT"]),
+        (&["--cap-add", "net_admin"], &["--cap-add[0]", "upper case"]),
+        (&["--sysctl", "novalue"], &["--sysctl", "KEY=VALUE"]),
+        (&["--stop-grace-period", "forever"], &["--stop-grace-period"]),
+        (&["--stop-signal", "TERM NOW"], &["--stop-signal"]),
+        (&["--dns", "resolver.local"], &["--dns[0]", "IP address"]),
+        (&["--host", "nocolon"], &["--host[0]", "HOST:IP"]),
+        (&["--limit-pids", "0"], &["--limit-pids"]),
+        (&["--mode", "global", "--max-replicas", "2"], &["--max-replicas"]),
+        (&["--max-concurrent", "2"], &["--max-concurrent", "replicated-job"]),
+        (&["--mode", "forever"], &["--mode", "global-job"]),
+        (&["--log-opt", "max-size=1m"], &["--log-driver"]),
+        (&["--label", "io.fogswarm.revision=1"], &["--label", "fogswarm's own"]),
+        (&["--label", "novalue"], &["--label", "KEY=VALUE"]),
+        (&["--network", "name=n,alias=-bad"], &["--network", "alias"]),
+        (&["--network", "n", "--network", "n"], &["--network[1]", "twice"]),
+        (&["--entrypoint", "'unclosed"], &["--entrypoint", "quote"]),
+        (&["--workdir", "relative"], &["--workdir", "absolute"]),
+        (&["--user", "a b"], &["--user"]),
+        (&["--rollback-delay", "soon"], &["--rollback-delay"]),
+        (&["--update-failure-action", "explode"], &["--update-failure-action"]),
+        (&["--restart-condition", "sometimes"], &["--restart-condition"]),
+    ];
+    for (flags, needles) in flag_cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(flags);
+        cases.push((args, 2, needles.to_vec()));
+    }
+    let value_file = dir.path().join("value.txt");
+    std::fs::write(&value_file, "v")?;
+    let value_file = value_file.display().to_string();
+    let more: Vec<(Vec<&str>, i32, Vec<&str>)> = vec![
+        (
+            [base.as_slice(), &["--secret", "absent"]].concat(),
+            2,
+            vec!["secret absent", "does not have"],
+        ),
+        (vec!["service", "update", "ghost", "--swarm", "fog", "--image", "x"], 1, vec!["ghost does not exist"]),
+        (vec!["service", "update", "web", "--swarm", "fog", "--publish-rm", "http"], 2, vec!["--publish-rm"]),
+        (vec!["service", "update", "web", "--swarm", "fog", "--mount-add", "target=rel"], 2, vec!["--mount[0]", "absolute"]),
+        (vec!["service", "scale", "web=many", "--swarm", "fog"], 2, vec!["SERVICE=REPLICAS"]),
+        (vec!["service", "rollback", "web", "--swarm", "fog"], 1, vec!["no previous spec"]),
+        (vec!["secret", "create", "bad/name", &value_file, "--swarm", "fog"], 2, vec!["NAME", "'/'"]),
+        (vec!["secret", "create", "db", "/nonexistent/file", "--swarm", "fog"], 2, vec!["reading /nonexistent/file"]),
+        (vec!["secret", "rm", "ghost", "--swarm", "fog"], 1, vec!["secret ghost does not exist"]),
+        (vec!["config", "create", "c", &value_file, "--swarm", "nope"], 1, vec!["swarm nope does not exist"]),
+        (vec!["registry", "login", "reg:5000", "--swarm", "fog", "-u", "ci"], 2, vec!["--password-stdin"]),
+        (vec!["registry", "logout", "reg:5000", "--swarm", "fog"], 1, vec!["reg:5000"]),
+    ];
+    cases.extend(more);
     let fingerprint = || db_fingerprint(&data);
     let before = fingerprint()?;
     for (args, code, needles) in &cases {

@@ -408,7 +408,7 @@ pub fn flag_of(field: &str) -> String {
         "resources.limit_pids" => "--limit-pids",
         "resources.reserve_cpus" => "--reserve-cpu",
         "resources.reserve_memory" => "--reserve-memory",
-        other => return format!("--{}", other.replace('_', "-")),
+        other => &format!("--{}", other.replace('_', "-")),
     };
     match field.find('[') {
         Some(i) => format!("{flag}{}", &field[i..]),
