@@ -194,6 +194,12 @@ impl Lab {
         ])
     }
 
+    /// The lab server's log.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join(&self.name).join("server.log"))
+            .unwrap_or_default()
+    }
+
     /// The agent's log of a device (kept in its host directory).
     pub fn agent_log(&self, device: &str) -> String {
         std::fs::read_to_string(

@@ -18,6 +18,12 @@ impl LocalRegistry {
         Self::start_with(user, false, "")
     }
 
+    /// An htpasswd registry listening on `host` (a lab's gateway, say, so
+    /// the lab's devices can pull from it).
+    pub fn start_on(host: &str, user: (&str, &str)) -> Result<LocalRegistry> {
+        Self::start_at(host, Some(user), false, "")
+    }
+
     /// A registry with an `auth:` section of the caller's (the token
     /// flow, say).
     pub fn start_with_auth(auth: &str) -> Result<LocalRegistry> {
@@ -35,12 +41,21 @@ impl LocalRegistry {
         read_only: bool,
         auth: &str,
     ) -> Result<LocalRegistry> {
+        Self::start_at("127.0.0.1", user, read_only, auth)
+    }
+
+    fn start_at(
+        host: &str,
+        user: Option<(&str, &str)>,
+        read_only: bool,
+        auth: &str,
+    ) -> Result<LocalRegistry> {
         let dir = tempfile::tempdir()?;
         let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let l = std::net::TcpListener::bind(format!("{host}:0"))?;
             l.local_addr()?.port()
         };
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{host}:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{}http:\n  addr: {addr}\n",
             dir.path().join("storage").display(),

@@ -761,7 +761,7 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
     )?;
     let relative = compose(
         "relative.yml",
-        "services:\n  web:\n    image: x\n    volumes: [\"./data:/data\"]\n",
+        "services:\n  web:\n    image: x\n    volumes: [\"/data:data\"]\n",
     )?;
     let undeclared = compose(
         "undeclared.yml",

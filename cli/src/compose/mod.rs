@@ -603,7 +603,20 @@ pub fn load(input: &Input, stack: &str) -> Result<Project, String> {
         (FileKind::Secret, &file.secrets),
         (FileKind::Config, &file.configs),
     ] {
-        for (key, def) in defs {
+        // As Docker does, only those a service uses are read and created.
+        let used: std::collections::BTreeSet<&str> = file
+            .services
+            .values()
+            .flat_map(|s| match kind {
+                FileKind::Secret => &s.secrets,
+                FileKind::Config => &s.configs,
+            })
+            .map(|u| match u {
+                FileUse::Short(key) => key.as_str(),
+                FileUse::Long(l) => l.source.as_str(),
+            })
+            .collect();
+        for (key, def) in defs.iter().filter(|(k, _)| used.contains(k.as_str())) {
             if let Some(data) = file_data(kind, key, def, input)? {
                 project.files.push(StackFile {
                     kind,
@@ -893,7 +906,7 @@ fn service_spec(
     spec.container_labels = scalar_map(&service.labels);
     for (i, v) in service.volumes.iter().enumerate() {
         spec.mounts
-            .push(mount(v, names).map_err(|m| format!("volumes[{i}]: {m}"))?);
+            .push(mount(v, names, input).map_err(|m| format!("volumes[{i}]: {m}"))?);
     }
     for t in service.tmpfs.iter().flat_map(OneOrMany::list) {
         let (target, size) = match t.split_once(':') {
@@ -1018,7 +1031,7 @@ fn service_spec(
 /// A service's `volumes:` entry in the short (`SRC:DST[:MODE]`) or long
 /// syntax; named volumes take the stack's prefix and their top-level
 /// driver and options.
-fn mount(v: &ServiceVolume, names: &StackNames<'_>) -> Result<MountSpec, String> {
+fn mount(v: &ServiceVolume, names: &StackNames<'_>, input: &Input) -> Result<MountSpec, String> {
     let named = |m: &mut MountSpec, source: &str| -> Result<(), String> {
         let (name, def) = names.volume(source)?;
         m.source = Some(name);
@@ -1051,7 +1064,7 @@ fn mount(v: &ServiceVolume, names: &StackNames<'_>) -> Result<MountSpec, String>
                     m.target = target.to_string();
                     if is_path(source) {
                         m.kind = MountType::Bind;
-                        m.source = Some(source.to_string());
+                        m.source = Some(host_path(source, input));
                     } else {
                         m.kind = MountType::Volume;
                         named(&mut m, source)?;
@@ -1087,6 +1100,7 @@ fn mount(v: &ServiceVolume, names: &StackNames<'_>) -> Result<MountSpec, String>
             };
             match (l.kind, &l.source) {
                 (MountType::Volume, Some(s)) => named(&mut m, s)?,
+                (MountType::Bind, Some(s)) => m.source = Some(host_path(s, input)),
                 (_, source) => m.source = source.clone(),
             }
             if let Some(b) = &l.bind {
@@ -1102,6 +1116,28 @@ fn mount(v: &ServiceVolume, names: &StackNames<'_>) -> Result<MountSpec, String>
             Ok(m)
         }
     }
+}
+
+/// A bind source as `docker stack deploy` resolves it: relative to the
+/// Compose file's directory, `~` to the deploying user's home. (The path
+/// must then exist on the devices; Docker does the same.)
+fn host_path(source: &str, input: &Input) -> String {
+    if let Some(rest) = source.strip_prefix('~') {
+        let home = input.env.get("HOME").cloned().unwrap_or_default();
+        return format!("{home}{rest}");
+    }
+    if source.starts_with('/') {
+        return source.to_string();
+    }
+    let dir = std::path::absolute(&input.dir).unwrap_or_else(|_| input.dir.clone());
+    let joined = dir.join(source);
+    // Lexically drop `.` parts; `..` stays for the engine to resolve.
+    joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect::<PathBuf>()
+        .display()
+        .to_string()
 }
 
 fn port_spec(port: &Port) -> Result<PortSpec, String> {
@@ -1198,8 +1234,8 @@ networks:
         assert!(e.contains("nowhere"), "{e}");
         let e = with("    volumes: [\"data:/data\"]\n");
         assert!(e.contains("volumes[0]") && e.contains("data"), "{e}");
-        let e = with("    volumes: [\"./rel:/data\"]\n");
-        assert!(e.contains("absolute"), "{e}");
+        let e = with("    volumes: [\"/srv:rel\"]\n");
+        assert!(e.contains("mounts[0]") && e.contains("absolute"), "{e}");
         let e = with("    deploy:\n      placement:\n        constraints: [\"node.labels.a=1\"]\n");
         assert!(
             e.contains("services.web.constraints[0]") && e.contains("column"),

@@ -78,13 +78,15 @@ impl DeviceSpec {
         self.host_dir.join("docker.sock")
     }
 
-    /// The device engine's configuration: both sockets, the lab registry as
-    /// insecure, vfs storage (overlay on the host's overlay fails), and no
-    /// iptables under emulation (it fails there).
+    /// The device engine's configuration: both sockets, the lab's host
+    /// (any port: the lab registry, and registries a test starts beside
+    /// it) as an insecure registry, vfs storage (overlay on the host's
+    /// overlay fails), and no iptables under emulation (it fails there).
     fn daemon_json(&self) -> serde_json::Value {
+        let host = self.registry.split(':').next().unwrap_or(&self.registry);
         let mut config = json!({
             "hosts": ["unix:///var/run/docker.sock", format!("unix://{LAB_MOUNT}/docker.sock")],
-            "insecure-registries": [self.registry],
+            "insecure-registries": [self.registry, format!("{host}/32")],
             "storage-driver": "vfs",
         });
         if self.platform.emulated() {

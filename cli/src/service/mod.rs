@@ -625,7 +625,10 @@ fn show_deployed(conn: &Connection, views: &[ServiceView]) -> Result<()> {
 fn fail_unless_running(views: &[ServiceView]) -> Result<()> {
     let failed: Vec<String> = views
         .iter()
-        .filter(|v| v.status.is_settled() && v.status != ServiceStatus::Running)
+        .filter(|v| {
+            v.status.is_settled()
+                && !matches!(v.status, ServiceStatus::Running | ServiceStatus::Complete)
+        })
         .map(|v| {
             format!(
                 "service {} {}: {}",
