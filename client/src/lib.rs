@@ -10,6 +10,7 @@ pub mod engine;
 pub mod pin;
 
 use fogswarm_protocol::api::*;
+use fogswarm_protocol::logs::*;
 use fogswarm_protocol::secret::*;
 use fogswarm_protocol::service::*;
 use reqwest::{Method, StatusCode};
@@ -618,6 +619,46 @@ impl Client {
     /// A manager agent's request for the values it hands to its engine.
     pub async fn values(&self, request: &ValuesRequest) -> Result<ValuesAnswer> {
         self.call(Method::POST, "/v1/values", Some(request)).await
+    }
+
+    // ---- service logs ----
+
+    pub async fn open_logs(
+        &self,
+        swarm: &str,
+        service: &str,
+        options: &LogOptions,
+    ) -> Result<LogsOpened> {
+        self.call(
+            Method::POST,
+            &format!("{}/logs", services_path(swarm, Some(service))),
+            Some(options),
+        )
+        .await
+    }
+
+    pub async fn read_logs(&self, swarm: &str, id: &str, after: u64) -> Result<LogsPage> {
+        self.call(
+            Method::GET,
+            &format!("/v1/swarms/{}/logs/{}?after={after}", seg(swarm), seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn close_logs(&self, swarm: &str, id: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/v1/swarms/{}/logs/{}", seg(swarm), seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// The raft leader's agent posts lines for a log request.
+    pub async fn post_log_chunk(&self, id: &str, chunk: &LogChunk) -> Result<()> {
+        self.call_empty(Method::POST, &format!("/v1/logs/{}", seg(id)), Some(chunk))
+            .await
     }
 
     /// The raft leader's report of what its swarm runs.

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod facts;
 pub mod flow;
 pub mod identity;
+pub mod logs;
 pub mod manager;
 pub mod services;
 pub mod state;

@@ -236,6 +236,7 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut last_report: Option<ObservedReport> = None;
     let mut services = crate::services::ServiceDuty::default();
+    let mut logs = crate::logs::LogDuty::default();
     let mut has_services = false;
     let mut moving_until = tokio::time::Instant::now();
     loop {
@@ -269,8 +270,10 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
         has_services = !desired.services.is_empty();
         if !is_raft_leader(&engine, &node_id).await {
             last_report = None; // a future leadership reports afresh
+            logs.stop();
             continue;
         }
+        logs.serve(&engine, &device, &desired.log_requests);
         match apply(&engine, &desired).await {
             Ok(a) if a != Applied::default() => tracing::info!(
                 revision = desired.revision,

@@ -265,6 +265,9 @@ pub struct DesiredState {
     /// The services the swarm should run (the agent manages these only).
     #[serde(default)]
     pub services: Vec<crate::service::DesiredService>,
+    /// Open `service logs` requests the raft leader should answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_requests: Vec<crate::logs::LogRequest>,
 }
 
 // ---- operator API ----

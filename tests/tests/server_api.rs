@@ -1802,3 +1802,115 @@ async fn secrets_configs_logins_and_rollback() -> Result<()> {
     ensure!(key_mode == 0o600, "secrets.key is {key_mode:o}");
     Ok(())
 }
+
+/// `service logs` through the server: a request reaches the managers'
+/// desired state, lines posted by a manager come back to the reader in
+/// order, a worker cannot post, and a closed request answers 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_logs_pass_through_the_server() -> Result<()> {
+    use fogswarm_protocol::logs::{LogChunk, LogOptions};
+    use fogswarm_protocol::service::ServiceSpec;
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let admin = server.admin();
+    fogswarm_e2e::server::declare(
+        &admin,
+        "talk",
+        &[
+            ("02:fd:00:00:00:01", Role::Leader),
+            ("02:fd:00:00:00:02", Role::Worker),
+        ],
+    )
+    .await?;
+    let (manager, _) = server.enrol("02:fd:00:00:00:01", &[]).await?;
+    let (worker, _) = server.enrol("02:fd:00:00:00:02", &[]).await?;
+    let missing = admin
+        .open_logs("talk", "ghost", &LogOptions::default())
+        .await
+        .expect_err("no such service");
+    ensure!(missing.status() == Some(404), "{missing}");
+    let bad = admin
+        .open_logs(
+            "talk",
+            "ghost",
+            &LogOptions {
+                since: Some("yesterday".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("bad since");
+    ensure!(bad.status() == Some(422), "{bad}");
+    admin
+        .deploy_service("talk", &ServiceSpec::new("web", "x:1"))
+        .await?;
+    let options = LogOptions {
+        follow: true,
+        tail: Some(10),
+        ..Default::default()
+    };
+    let opened = admin.open_logs("talk", "web", &options).await?;
+    let desired = manager.desired(None, 0).await?;
+    let request = desired
+        .log_requests
+        .iter()
+        .find(|r| r.id == opened.id)
+        .context("the request in the desired state")?;
+    ensure!(request.service == "web" && request.options == options);
+    let page = admin.read_logs("talk", &opened.id, 0).await?;
+    ensure!(!page.started && page.lines.is_empty() && !page.done);
+    manager
+        .post_log_chunk(
+            &opened.id,
+            &LogChunk {
+                lines: vec![
+                    "web.1.aaa@dev1    | one".into(),
+                    "web.1.aaa@dev1    | two".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .await?;
+    let refused = worker
+        .post_log_chunk(&opened.id, &LogChunk::default())
+        .await
+        .expect_err("a worker");
+    ensure!(refused.status() == Some(403), "{refused}");
+    let page = admin.read_logs("talk", &opened.id, 0).await?;
+    ensure!(
+        page.started && page.lines.len() == 2 && page.next == 2,
+        "{page:?}"
+    );
+    manager
+        .post_log_chunk(
+            &opened.id,
+            &LogChunk {
+                lines: vec!["web.2.bbb@dev2    | three".into()],
+                done: true,
+                error: None,
+            },
+        )
+        .await?;
+    let page = admin.read_logs("talk", &opened.id, page.next).await?;
+    ensure!(
+        page.lines == ["web.2.bbb@dev2    | three"] && page.done,
+        "{page:?}"
+    );
+    let desired = manager.desired(None, 0).await?;
+    ensure!(
+        desired.log_requests.is_empty(),
+        "a done request is not asked for again"
+    );
+    admin.close_logs("talk", &opened.id).await?;
+    let gone = manager
+        .post_log_chunk(&opened.id, &LogChunk::default())
+        .await
+        .expect_err("closed");
+    ensure!(gone.status() == Some(410), "{gone}");
+    let gone = admin
+        .read_logs("talk", &opened.id, 0)
+        .await
+        .expect_err("closed");
+    ensure!(gone.status() == Some(410), "{gone}");
+    Ok(())
+}

@@ -13,8 +13,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn stack(dir: &str, file: &str) -> Result<Project> {
-    let mut input = Input::read(&[fixtures().join(dir).join(file)])
-        .map_err(anyhow::Error::msg)?;
+    let mut input = Input::read(&[fixtures().join(dir).join(file)]).map_err(anyhow::Error::msg)?;
     // As on a CI machine that sets none of the stacks' variables.
     input.env.retain(|k, _| k == "HOME");
     load(&input, dir).map_err(|e| anyhow::anyhow!("{dir}/{file}: {e}"))
@@ -46,12 +45,21 @@ fn every_fixture_loads() -> Result<()> {
         .flatten()
         .filter(|e| e.path().is_dir())
         .count();
-    ensure!(on_disk == all.len(), "{on_disk} fixture directories, {} checked", all.len());
+    ensure!(
+        on_disk == all.len(),
+        "{on_disk} fixture directories, {} checked",
+        all.len()
+    );
     for (dir, file, services) in all {
         let p = stack(dir, file)?;
-        ensure!(p.services.len() == services, "{dir}: {} services", p.services.len());
+        ensure!(
+            p.services.len() == services,
+            "{dir}: {} services",
+            p.services.len()
+        );
         for s in &p.services {
-            s.validate().map_err(|e| anyhow::anyhow!("{dir}: {}: {e}", s.name))?;
+            s.validate()
+                .map_err(|e| anyhow::anyhow!("{dir}: {}: {e}", s.name))?;
             ensure!(s.name.starts_with(&format!("{dir}_")), "{}", s.name);
         }
     }
@@ -65,9 +73,16 @@ fn what_each_stack_relies_on_arrives() -> Result<()> {
     let caddy = service(&p, "monitoring_caddy")?;
     ensure!(caddy.mode == ServiceMode::Global);
     ensure!(caddy.configs[0].source == "monitoring_caddy_config");
-    ensure!(p.files.len() == 1 && p.files[0].kind == FileKind::Config, "only used configs are read");
+    ensure!(
+        p.files.len() == 1 && p.files[0].kind == FileKind::Config,
+        "only used configs are read"
+    );
     let exporter = service(&p, "monitoring_node-exporter")?;
-    ensure!(exporter.command[1].contains("($|/)"), "{:?}", exporter.command);
+    ensure!(
+        exporter.command[1].contains("($|/)"),
+        "{:?}",
+        exporter.command
+    );
     ensure!(exporter.env["NODE_ID"] == "{{.Node.ID}}");
     let grafana = service(&p, "monitoring_grafana")?;
     ensure!(grafana.env["GF_SECURITY_ADMIN_USER"] == "admin");
@@ -104,13 +119,34 @@ fn what_each_stack_relies_on_arrives() -> Result<()> {
     ensure!(p.warnings.is_empty(), "{:?}", p.warnings);
     // WordPress: depends_on is ignored with a warning; limits arrive.
     let p = stack("wordpress", "docker-compose.yml")?;
-    ensure!(p.warnings.iter().any(|w| w.contains("wordpress_wordpress") || w.contains("services.wordpress.depends_on")), "{:?}", p.warnings);
-    ensure!(service(&p, "wordpress_db")?.resources.limit_memory.as_deref() == Some("256M"));
+    ensure!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("wordpress_wordpress")
+                || w.contains("services.wordpress.depends_on")),
+        "{:?}",
+        p.warnings
+    );
+    ensure!(
+        service(&p, "wordpress_db")?
+            .resources
+            .limit_memory
+            .as_deref()
+            == Some("256M")
+    );
     // IoT: two configs from files, a relative bind resolved beside the file.
     let p = stack("iot", "iot-stack.yml")?;
-    ensure!(p.files.len() == 2, "{:?}", p.files.iter().map(|f| &f.name).collect::<Vec<_>>());
+    ensure!(
+        p.files.len() == 2,
+        "{:?}",
+        p.files.iter().map(|f| &f.name).collect::<Vec<_>>()
+    );
     let grafana = service(&p, "iot_grafana")?;
-    let bind = grafana.mounts.iter().find(|m| m.kind == MountType::Bind).context("bind")?;
+    let bind = grafana
+        .mounts
+        .iter()
+        .find(|m| m.kind == MountType::Bind)
+        .context("bind")?;
     let expected = fixtures().join("iot").join("grafana-provisioning");
     ensure!(
         bind.source.as_deref().map(|s| s.trim_end_matches('/')) == expected.to_str(),

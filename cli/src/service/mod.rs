@@ -58,6 +58,25 @@ pub enum ServiceCommand {
         #[arg(long)]
         pretty: bool,
     },
+    /// The tasks' output, from every device, prefixed with task and device
+    /// (read by the raft leader's agent and passed on through the server).
+    Logs {
+        name: String,
+        #[arg(long)]
+        swarm: String,
+        /// Keep printing new lines until Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines from the end of each task's log.
+        #[arg(short = 'n', long)]
+        tail: Option<u64>,
+        /// Only newer lines: a duration back from now (10m) or a Unix time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Show each line's time.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+    },
     /// List a swarm's services.
     Ls {
         #[arg(long)]
@@ -227,6 +246,25 @@ pub async fn service(conn: &Connection, command: ServiceCommand) -> Result<()> {
                 print_pretty(v);
             }
             Ok(())
+        }
+        ServiceCommand::Logs {
+            name,
+            swarm,
+            follow,
+            tail,
+            since,
+            timestamps,
+        } => {
+            let options = fogswarm_protocol::logs::LogOptions {
+                follow,
+                tail,
+                since,
+                timestamps,
+            };
+            options
+                .validate()
+                .map_err(|e| bad(format!("--{}: {}", e.field, e.message)))?;
+            logs(&conn.client()?, &swarm, &name, &options).await
         }
         ServiceCommand::Ls { swarm } => {
             let views = conn.client()?.list_services(&swarm).await?;
@@ -414,6 +452,52 @@ pub async fn stack(conn: &Connection, command: StackCommand) -> Result<()> {
                 println!("{}", r.name);
             }
             Ok(())
+        }
+    }
+}
+
+/// Opens a log request and prints its lines as they come; Ctrl-C closes
+/// it (the agent stops following) and ends the command cleanly.
+async fn logs(
+    client: &Client,
+    swarm: &str,
+    service: &str,
+    options: &fogswarm_protocol::logs::LogOptions,
+) -> Result<()> {
+    use std::io::Write;
+    let opened = client.open_logs(swarm, service, options).await?;
+    let started_at = Instant::now();
+    let mut after = 0;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let page = client.read_logs(swarm, &opened.id, after).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            for line in &page.lines {
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+        }
+        after = page.next;
+        if let Some(e) = &page.error {
+            let _ = client.close_logs(swarm, &opened.id).await;
+            bail!("reading the logs of {service}: {e}");
+        }
+        if page.done {
+            let _ = client.close_logs(swarm, &opened.id).await;
+            return Ok(());
+        }
+        if !page.started && started_at.elapsed() > Duration::from_secs(30) {
+            let _ = client.close_logs(swarm, &opened.id).await;
+            bail!("no manager of swarm {swarm} answered the logs request within 30s; is its raft leader's agent running?");
+        }
+        let pause = if page.lines.is_empty() { 300 } else { 50 };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+            _ = &mut interrupted => {
+                let _ = client.close_logs(swarm, &opened.id).await;
+                return Ok(());
+            }
         }
     }
 }

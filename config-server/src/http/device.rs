@@ -134,3 +134,17 @@ pub(super) async fn post_observed(
     state.store.set_observed(&device, &report)?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The raft leader's agent posts log lines for an open request (410 once
+/// it is closed or expired: the agent stops).
+#[utoipa::path(post, path = "/v1/logs/{id}", tag = "device", security(("device" = [])), request_body = fogswarm_protocol::logs::LogChunk,
+    responses((status = 204), (status = 403, body = ApiError), (status = 410, body = ApiError)))]
+pub(super) async fn post_log_chunk(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+    ApiJson(chunk): ApiJson<fogswarm_protocol::logs::LogChunk>,
+) -> ApiResult<StatusCode> {
+    state.store.post_log_chunk(&device, &id, &chunk)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -196,6 +196,7 @@ impl From<StoreError> for ApiFailure {
             StoreError::Forbidden(m) => {
                 ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", m, None)
             }
+            StoreError::Gone(m) => ApiFailure::new(StatusCode::GONE, "gone", m, None),
             StoreError::Database(DbError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "database unavailable");
                 ApiFailure {
@@ -439,6 +440,14 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/values", post(files::values))
         .route(
+            "/v1/swarms/{name}/services/{service}/logs",
+            post(operator::open_logs),
+        )
+        .route(
+            "/v1/swarms/{name}/logs/{id}",
+            get(operator::read_logs).delete(operator::close_logs),
+        )
+        .route(
             "/v1/devices",
             get(operator::list_devices).post(operator::create_device),
         )
@@ -459,8 +468,10 @@ pub fn router(state: Shared) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let import = Router::new()
         .route("/v1/devices/import", post(operator::import_devices))
-        // A big swarm's observed tasks outgrow the small-body limit.
+        // A big swarm's observed tasks outgrow the small-body limit; so
+        // do batches of log lines.
         .route("/v1/observed", post(device::post_observed))
+        .route("/v1/logs/{id}", post(device::post_log_chunk))
         // Secrets and configs take up to swarm's 500 KiB.
         .route(
             "/v1/swarms/{name}/secrets",
@@ -552,7 +563,8 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,
         files::list_secrets, files::create_secret, files::put_secret, files::show_secret, files::remove_secret,
         files::list_configs, files::create_config, files::put_config, files::show_config, files::remove_config,
-        files::list_registries, files::put_registry, files::remove_registry, files::values
+        files::list_registries, files::put_registry, files::remove_registry, files::values,
+        operator::open_logs, operator::read_logs, operator::close_logs, device::post_log_chunk
     ),
     modifiers(&SecuritySchemes)
 )]

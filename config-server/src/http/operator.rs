@@ -474,3 +474,52 @@ pub(super) async fn rollback_service(
     state.notify(&touched);
     Ok(Json(view))
 }
+
+// ---- service logs ----
+
+/// Open a request for a service's logs; the raft leader's agent answers
+/// it (see `GET .../logs/{id}`).
+#[utoipa::path(post, path = "/v1/swarms/{name}/services/{service}/logs", tag = "operator", security(("admin" = [])),
+    request_body = fogswarm_protocol::logs::LogOptions,
+    responses((status = 201, body = fogswarm_protocol::logs::LogsOpened), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn open_logs(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, service)): Path<(String, String)>,
+    ApiJson(options): ApiJson<fogswarm_protocol::logs::LogOptions>,
+) -> ApiResult<(StatusCode, Json<fogswarm_protocol::logs::LogsOpened>)> {
+    let (opened, touched) = state.store.open_logs(&swarm, &service, &options)?;
+    state.notify(&touched);
+    Ok((StatusCode::CREATED, Json(opened)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct AfterQuery {
+    /// The `next` of the previous page (0 at first).
+    #[serde(default)]
+    after: u64,
+}
+
+/// The lines of a log request after `after`; reading keeps it open.
+#[utoipa::path(get, path = "/v1/swarms/{name}/logs/{id}", tag = "operator", security(("admin" = [])), params(AfterQuery),
+    responses((status = 200, body = fogswarm_protocol::logs::LogsPage), (status = 410, body = ApiError)))]
+pub(super) async fn read_logs(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, id)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<AfterQuery>,
+) -> ApiResult<Json<fogswarm_protocol::logs::LogsPage>> {
+    Ok(Json(state.store.read_logs(&swarm, &id, q.after)?))
+}
+
+/// Close a log request (the agent stops following).
+#[utoipa::path(delete, path = "/v1/swarms/{name}/logs/{id}", tag = "operator", security(("admin" = [])),
+    responses((status = 204)))]
+pub(super) async fn close_logs(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((swarm, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.store.close_logs(&swarm, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}

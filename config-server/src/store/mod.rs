@@ -16,6 +16,7 @@ mod credentials;
 mod devices;
 mod events;
 mod files;
+mod logs;
 mod presence;
 mod schema;
 mod services;
@@ -38,6 +39,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Forbidden(String),
+    /// What was asked for existed and is gone (an expired log request).
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     Database(#[from] DbError),
     #[error("stored data is corrupt: {0}")]

@@ -76,7 +76,8 @@ CREATE TABLE observed (
     Migration("CREATE TABLE server_credentials (name TEXT PRIMARY KEY, value TEXT NOT NULL);"),
     // Secrets (sealed), configs (base64) and registry logins (sealed
     // password, user name in `detail`): the current version of each. And
-    // each service's spec before its last change, for `service rollback`.
+    // each service's spec before its last change, for `service rollback`;
+    // and open `service logs` requests with their lines.
     Migration(
         r#"
 CREATE TABLE swarm_files (
@@ -92,6 +93,23 @@ CREATE TABLE swarm_files (
     PRIMARY KEY (swarm, kind, name)
 );
 ALTER TABLE services ADD COLUMN previous_spec TEXT;
+CREATE TABLE log_requests (
+    id TEXT PRIMARY KEY,
+    swarm TEXT NOT NULL,
+    service TEXT NOT NULL,
+    options TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    started BIGINT NOT NULL DEFAULT 0,
+    done BIGINT NOT NULL DEFAULT 0,
+    error TEXT,
+    last_seq BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE log_lines (
+    request TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (request, seq)
+);
 "#,
     ),
 ];

@@ -96,7 +96,11 @@ impl Store {
                     view.devices
                 )));
             }
-            for table in ["devices", "services", "observed", "swarm_files"] {
+            tx.execute(
+                "DELETE FROM log_lines WHERE request IN (SELECT id FROM log_requests WHERE swarm = $1)",
+                params![name],
+            )?;
+            for table in ["devices", "services", "observed", "swarm_files", "log_requests"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE swarm = $1"),
                     params![name],
@@ -309,6 +313,7 @@ impl Store {
                 cluster_id,
                 nodes,
                 services: services::desired_services(tx, swarm)?,
+                log_requests: super::logs::open_requests(tx, swarm)?,
             })
         })
     }
