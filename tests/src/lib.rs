@@ -143,6 +143,55 @@ impl Lab {
             .into()
     }
 
+    /// Runs the operator's CLI against this lab's server (with `stdin`
+    /// fed to it when given).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Result<Run> {
+        let mut cmd = Command::new(fogswarm());
+        cmd.args(args)
+            .env("FOGSWARM_LAB_DIR", self.root.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in self.cli_env()? {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            pipe.write_all(input.as_bytes())?;
+        }
+        drop(child.stdin.take());
+        Ok(child.wait_with_output()?.into())
+    }
+
+    /// Builds fog-hello (amd64) with the image builder, `FOG_VERSION` set
+    /// to `tag`, and pushes it to `registry` (with any `extra` build
+    /// flags); answers the reference.
+    pub fn build_hello(&self, registry: &str, tag: &str, extra: &[&str]) -> Result<String> {
+        let binary = static_binary("fog-hello", "x86_64-unknown-linux-musl");
+        let reference = format!("{registry}/fog-hello:{tag}");
+        let version = format!("FOG_VERSION={tag}");
+        let binary_arg = format!("linux/amd64={}", binary.display());
+        let mut args = vec![
+            "image",
+            "build",
+            "--binary",
+            &binary_arg,
+            "--tag",
+            &reference,
+            "--push",
+            "--insecure",
+            "--env",
+            &version,
+        ];
+        args.extend_from_slice(extra);
+        let run = self.fogswarm(&args, &[]);
+        if run.code != 0 {
+            bail!("image build {tag}: {}", run.stderr);
+        }
+        Ok(reference)
+    }
+
     pub fn status(&self) -> Result<LabStatus> {
         let run = self.fogswarm(&["lab", "status", "--name", &self.name, "--json"], &[]);
         if run.code != 0 {

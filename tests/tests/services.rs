@@ -7,7 +7,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use fogswarm_e2e::server::{db_fingerprint, ServerProcess};
-use fogswarm_e2e::{eventually, fogswarm, http_get, serial, static_binary, Lab, Run};
+use fogswarm_e2e::{eventually, fogswarm, http_get, serial, Lab, Run};
 use fogswarm_protocol::api::LabelChange;
 use fogswarm_protocol::service::{ServiceSpec, ServiceStatus, ServiceView, TaskObserved};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,12 +20,7 @@ const PORT: u16 = 8080;
 
 /// Runs the CLI against the lab's server.
 fn cli(lab: &Lab, args: &[&str]) -> Result<Run> {
-    let mut cmd = Command::new(fogswarm());
-    cmd.args(args).env("FOGSWARM_LAB_DIR", lab.root.path());
-    for (k, v) in lab.cli_env()? {
-        cmd.env(k, v);
-    }
-    Ok(cmd.output()?.into())
+    lab.cli(args, None)
 }
 
 /// Like `cli`, failing unless it exits 0.
@@ -45,28 +40,8 @@ fn cli_ok(lab: &Lab, args: &[&str]) -> Result<Run> {
 /// any extra `--env`), and pushes it to the lab's registry.
 fn build_hello(lab: &Lab, tag: &str, extra_env: &[&str]) -> Result<String> {
     let registry = lab.status()?.registry.context("lab registry")?.addr;
-    let binary = static_binary("fog-hello", "x86_64-unknown-linux-musl");
-    let reference = format!("{registry}/fog-hello:{tag}");
-    let version = format!("FOG_VERSION={tag}");
-    let binary_arg = format!("linux/amd64={}", binary.display());
-    let mut args = vec![
-        "image",
-        "build",
-        "--binary",
-        &binary_arg,
-        "--tag",
-        &reference,
-        "--push",
-        "--insecure",
-        "--env",
-        &version,
-    ];
-    for e in extra_env {
-        args.extend(["--env", e]);
-    }
-    let run = lab.fogswarm(&args, &[]);
-    ensure!(run.code == 0, "image build {tag}: {}", run.stderr);
-    Ok(reference)
+    let extra: Vec<&str> = extra_env.iter().flat_map(|e| ["--env", e]).collect();
+    lab.build_hello(&registry, tag, &extra)
 }
 
 /// Device name to IP.

@@ -83,122 +83,93 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A swarm's secrets: names, versions, users; never values.
-#[utoipa::path(get, path = "/v1/swarms/{name}/secrets", tag = "operator", security(("admin" = [])),
-    responses((status = 200, body = Vec<FileView>), (status = 404, body = ApiError)))]
-pub(super) async fn list_secrets(
-    State(s): State<Shared>,
-    _: Admin,
-    Path(swarm): Path<String>,
-) -> ApiResult<Json<Vec<FileView>>> {
-    list(s, swarm, FileKind::Secret).await
+/// The same five endpoints for secrets and for configs: list, create
+/// (409 when the name exists), put (a new value is a new version, to which
+/// the services using it roll), show (a config with its value, a secret
+/// never), remove (409 while a service uses it).
+macro_rules! file_endpoints {
+    ($module:ident, $kind:expr, $list:tt, $one:tt, $list_op:tt, $create_op:tt, $put_op:tt, $show_op:tt, $remove_op:tt) => {
+        pub(super) mod $module {
+            use super::*;
+
+            #[utoipa::path(get, path = $list, operation_id = $list_op, tag = "operator", security(("admin" = [])),
+                responses((status = 200, body = Vec<FileView>), (status = 404, body = ApiError)))]
+            pub(in crate::http) async fn list(
+                State(s): State<Shared>,
+                _: Admin,
+                Path(swarm): Path<String>,
+            ) -> ApiResult<Json<Vec<FileView>>> {
+                super::list(s, swarm, $kind).await
+            }
+
+            #[utoipa::path(post, path = $list, operation_id = $create_op, tag = "operator", security(("admin" = [])), request_body = FileWrite,
+                responses((status = 201, body = FileWritten), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+            pub(in crate::http) async fn create(
+                State(s): State<Shared>,
+                _: Admin,
+                Path(swarm): Path<String>,
+                ApiJson(req): ApiJson<FileWrite>,
+            ) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+                let name = req.name.clone();
+                write(s, swarm, $kind, &name, req, true).await
+            }
+
+            #[utoipa::path(put, path = $one, operation_id = $put_op, tag = "operator", security(("admin" = [])), request_body = FileWrite,
+                responses((status = 200, body = FileWritten), (status = 201, body = FileWritten), (status = 422, body = ApiError)))]
+            pub(in crate::http) async fn put(
+                State(s): State<Shared>,
+                _: Admin,
+                Path((swarm, name)): Path<(String, String)>,
+                ApiJson(req): ApiJson<FileWrite>,
+            ) -> ApiResult<(StatusCode, Json<FileWritten>)> {
+                write(s, swarm, $kind, &name, req, false).await
+            }
+
+            #[utoipa::path(get, path = $one, operation_id = $show_op, tag = "operator", security(("admin" = [])),
+                responses((status = 200, body = FileShown), (status = 404, body = ApiError)))]
+            pub(in crate::http) async fn show(
+                State(s): State<Shared>,
+                _: Admin,
+                Path((swarm, name)): Path<(String, String)>,
+            ) -> ApiResult<Json<FileShown>> {
+                super::show(s, swarm, $kind, name).await
+            }
+
+            #[utoipa::path(delete, path = $one, operation_id = $remove_op, tag = "operator", security(("admin" = [])),
+                responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+            pub(in crate::http) async fn remove(
+                State(s): State<Shared>,
+                _: Admin,
+                Path((swarm, name)): Path<(String, String)>,
+            ) -> ApiResult<StatusCode> {
+                super::remove(s, swarm, $kind, name).await
+            }
+        }
+    };
 }
 
-/// Create a secret (409 when it exists).
-#[utoipa::path(post, path = "/v1/swarms/{name}/secrets", tag = "operator", security(("admin" = [])), request_body = FileWrite,
-    responses((status = 201, body = FileWritten), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-pub(super) async fn create_secret(
-    State(s): State<Shared>,
-    _: Admin,
-    Path(swarm): Path<String>,
-    ApiJson(req): ApiJson<FileWrite>,
-) -> ApiResult<(StatusCode, Json<FileWritten>)> {
-    let name = req.name.clone();
-    write(s, swarm, FileKind::Secret, &name, req, true).await
-}
-
-/// Create a secret or give it a new value: a new version, to which the
-/// services using it roll.
-#[utoipa::path(put, path = "/v1/swarms/{name}/secrets/{secret}", tag = "operator", security(("admin" = [])), request_body = FileWrite,
-    responses((status = 200, body = FileWritten), (status = 201, body = FileWritten), (status = 422, body = ApiError)))]
-pub(super) async fn put_secret(
-    State(s): State<Shared>,
-    _: Admin,
-    Path((swarm, name)): Path<(String, String)>,
-    ApiJson(req): ApiJson<FileWrite>,
-) -> ApiResult<(StatusCode, Json<FileWritten>)> {
-    write(s, swarm, FileKind::Secret, &name, req, false).await
-}
-
-/// One secret, without its value.
-#[utoipa::path(get, path = "/v1/swarms/{name}/secrets/{secret}", tag = "operator", security(("admin" = [])),
-    responses((status = 200, body = FileView), (status = 404, body = ApiError)))]
-pub(super) async fn show_secret(
-    State(s): State<Shared>,
-    _: Admin,
-    Path((swarm, name)): Path<(String, String)>,
-) -> ApiResult<Json<FileShown>> {
-    show(s, swarm, FileKind::Secret, name).await
-}
-
-/// Remove a secret no service uses.
-#[utoipa::path(delete, path = "/v1/swarms/{name}/secrets/{secret}", tag = "operator", security(("admin" = [])),
-    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub(super) async fn remove_secret(
-    State(s): State<Shared>,
-    _: Admin,
-    Path((swarm, name)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    remove(s, swarm, FileKind::Secret, name).await
-}
-
-/// A swarm's configs.
-#[utoipa::path(get, path = "/v1/swarms/{name}/configs", tag = "operator", security(("admin" = [])),
-    responses((status = 200, body = Vec<FileView>), (status = 404, body = ApiError)))]
-pub(super) async fn list_configs(
-    State(s): State<Shared>,
-    _: Admin,
-    Path(swarm): Path<String>,
-) -> ApiResult<Json<Vec<FileView>>> {
-    list(s, swarm, FileKind::Config).await
-}
-
-/// Create a config (409 when it exists).
-#[utoipa::path(post, path = "/v1/swarms/{name}/configs", tag = "operator", security(("admin" = [])), request_body = FileWrite,
-    responses((status = 201, body = FileWritten), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
-pub(super) async fn create_config(
-    State(s): State<Shared>,
-    _: Admin,
-    Path(swarm): Path<String>,
-    ApiJson(req): ApiJson<FileWrite>,
-) -> ApiResult<(StatusCode, Json<FileWritten>)> {
-    let name = req.name.clone();
-    write(s, swarm, FileKind::Config, &name, req, true).await
-}
-
-/// Create a config or give it a new value (a new version).
-#[utoipa::path(put, path = "/v1/swarms/{name}/configs/{config}", tag = "operator", security(("admin" = [])), request_body = FileWrite,
-    responses((status = 200, body = FileWritten), (status = 201, body = FileWritten), (status = 422, body = ApiError)))]
-pub(super) async fn put_config(
-    State(s): State<Shared>,
-    _: Admin,
-    Path((swarm, name)): Path<(String, String)>,
-    ApiJson(req): ApiJson<FileWrite>,
-) -> ApiResult<(StatusCode, Json<FileWritten>)> {
-    write(s, swarm, FileKind::Config, &name, req, false).await
-}
-
-/// One config with its value (base64).
-#[utoipa::path(get, path = "/v1/swarms/{name}/configs/{config}", tag = "operator", security(("admin" = [])),
-    responses((status = 200, body = FileShown), (status = 404, body = ApiError)))]
-pub(super) async fn show_config(
-    State(s): State<Shared>,
-    _: Admin,
-    Path((swarm, name)): Path<(String, String)>,
-) -> ApiResult<Json<FileShown>> {
-    show(s, swarm, FileKind::Config, name).await
-}
-
-/// Remove a config no service uses.
-#[utoipa::path(delete, path = "/v1/swarms/{name}/configs/{config}", tag = "operator", security(("admin" = [])),
-    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub(super) async fn remove_config(
-    State(s): State<Shared>,
-    _: Admin,
-    Path((swarm, name)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    remove(s, swarm, FileKind::Config, name).await
-}
+file_endpoints!(
+    secrets,
+    FileKind::Secret,
+    "/v1/swarms/{name}/secrets",
+    "/v1/swarms/{name}/secrets/{secret}",
+    "list_secrets",
+    "create_secret",
+    "put_secret",
+    "show_secret",
+    "remove_secret"
+);
+file_endpoints!(
+    configs,
+    FileKind::Config,
+    "/v1/swarms/{name}/configs",
+    "/v1/swarms/{name}/configs/{config}",
+    "list_configs",
+    "create_config",
+    "put_config",
+    "show_config",
+    "remove_config"
+);
 
 /// The registry logins a swarm's pulls use (never the passwords).
 #[utoipa::path(get, path = "/v1/swarms/{name}/registries", tag = "operator", security(("admin" = [])),

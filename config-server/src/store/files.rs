@@ -32,6 +32,23 @@ fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
+/// Gives `services` one new revision, so the swarm's leader updates them
+/// (to a new secret version, with a new registry login); answers the
+/// swarm as touched when there were any.
+fn roll(tx: &Tx<'_>, swarm: &str, services: &[String], at: i64) -> Result<Touched> {
+    if services.is_empty() {
+        return Ok(vec![]);
+    }
+    let revision = bump(tx, swarm)?;
+    for service in services {
+        tx.execute(
+            "UPDATE services SET revision = $1, updated_at = $2 WHERE swarm = $3 AND name = $4",
+            params![revision as i64, at, swarm, service],
+        )?;
+    }
+    Ok(vec![swarm.to_string()])
+}
+
 struct FileRow {
     version: u64,
     value: String,
@@ -160,14 +177,8 @@ impl Store {
             )?;
             // The services using it roll to the new version: one new
             // revision for all of them.
-            let rolled = if existing.is_some() && !used_by.is_empty() {
-                let revision = bump(tx, swarm)?;
-                for service in &used_by {
-                    tx.execute(
-                        "UPDATE services SET revision = $1, updated_at = $2 WHERE swarm = $3 AND name = $4",
-                        params![revision as i64, at, swarm, service],
-                    )?;
-                }
+            let rolled = if existing.is_some() {
+                roll(tx, swarm, &used_by, at)?;
                 used_by.clone()
             } else {
                 vec![]
@@ -329,18 +340,7 @@ impl Store {
                 .filter(|s| registry_of(&s.image) == host)
                 .map(|s| s.name)
                 .collect();
-            let touched = if pulling.is_empty() {
-                vec![]
-            } else {
-                let revision = bump(tx, swarm)?;
-                for service in &pulling {
-                    tx.execute(
-                        "UPDATE services SET revision = $1, updated_at = $2 WHERE swarm = $3 AND name = $4",
-                        params![revision as i64, at, swarm, service],
-                    )?;
-                }
-                vec![swarm.to_string()]
-            };
+            let touched = roll(tx, swarm, &pulling, at)?;
             log_event(
                 tx,
                 actor,
