@@ -105,11 +105,18 @@ pub enum SwarmCommand {
     Ls,
     /// Show one swarm.
     Show { name: String },
-    /// Change a swarm's auto-enrolment.
+    /// Change a swarm's settings: auto-enrolment, signed-only images.
     Update {
         name: String,
         #[arg(long)]
-        auto_enrol: String,
+        auto_enrol: Option<String>,
+        /// Run only images signed by this public key (PEM, from `fogswarm
+        /// image keygen`); repeat for several keys. Replaces the list.
+        #[arg(long = "require-signed", value_name = "KEYFILE")]
+        require_signed: Vec<PathBuf>,
+        /// Let unsigned images run again (forget the swarm's keys).
+        #[arg(long, conflicts_with = "require_signed")]
+        allow_unsigned: bool,
     },
     /// Remove a swarm (with --force, its devices too).
     Rm {
@@ -254,17 +261,42 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             );
             println!("devices:     {}", s.devices);
             println!("auto-enrol:  {}", s.auto_enrol.as_str());
+            if !s.signing_keys.is_empty() {
+                println!("signed by:   {}", s.signing_keys.join(", "));
+            }
             if let Some(holder) = &s.lease_holder {
                 println!("initializing: {holder} holds the leader lease");
             }
         }
-        SwarmCommand::Update { name, auto_enrol } => {
-            let auto_enrol = AutoEnrol::parse(&auto_enrol).map_err(bad)?;
+        SwarmCommand::Update {
+            name,
+            auto_enrol,
+            require_signed,
+            allow_unsigned,
+        } => {
+            let auto_enrol = auto_enrol
+                .map(|a| AutoEnrol::parse(&a).map_err(bad))
+                .transpose()?;
+            let mut keys = Vec::new();
+            for path in &require_signed {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--require-signed {}: {e}", path.display())))?;
+                fogswarm_images::sign::VerifyingKey::from_pem(&pem, &path.display().to_string())
+                    .map_err(|e| bad(format!("--require-signed: {e}")))?;
+                keys.push(pem);
+            }
+            let require_signed = (allow_unsigned || !keys.is_empty()).then_some(keys);
+            if auto_enrol.is_none() && require_signed.is_none() {
+                return Err(bad(
+                    "nothing to change: give --auto-enrol, --require-signed or --allow-unsigned",
+                ));
+            }
             let view = client
                 .update_swarm(
                     &name,
                     &SwarmUpdate {
-                        auto_enrol: Some(auto_enrol),
+                        auto_enrol,
+                        require_signed,
                     },
                 )
                 .await?;
@@ -272,9 +304,17 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                 return print_json(&view);
             }
             println!(
-                "swarm {} auto-enrol {}",
+                "swarm {} auto-enrol {}; {}",
                 view.name,
-                view.auto_enrol.as_str()
+                view.auto_enrol.as_str(),
+                if view.signing_keys.is_empty() {
+                    "unsigned images allowed".to_string()
+                } else {
+                    format!(
+                        "images must be signed by {}",
+                        view.signing_keys.join(" or ")
+                    )
+                }
             );
         }
         SwarmCommand::Rm { name, force } => {

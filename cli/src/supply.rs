@@ -6,7 +6,7 @@ use crate::image::RegistryAuth;
 use crate::lab::BadInput;
 use anyhow::{Context, Result};
 use fogswarm_images::build::Blob;
-use fogswarm_images::sign::{self, SigningKey, VerifyingKey};
+use fogswarm_images::sign::{self, repository, verify_with, SigningKey, VerifyingKey};
 use fogswarm_images::{sbom, BuiltImage, Reference, RegistryClient};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -86,11 +86,6 @@ pub async fn sign_digest(
     Ok(digests.len())
 }
 
-/// `registry/name`, the identity a signature names.
-fn repository(reference: &Reference) -> String {
-    format!("{}/{}", reference.registry, reference.name)
-}
-
 /// The manifest digest a reference names (a tag is resolved once).
 async fn resolve(client: &RegistryClient, reference: &Reference) -> Result<String> {
     Ok(client
@@ -156,57 +151,6 @@ pub async fn sign_image(
         );
     }
     Ok(())
-}
-
-/// What verification found.
-pub struct Verified {
-    pub image: String,
-    pub key_id: String,
-}
-
-/// Checks that some signature stored for the digest `reference` names is
-/// a signature of that digest and repository by one of `keys`.
-pub async fn verify_with(
-    client: &RegistryClient,
-    reference: &Reference,
-    digest: &str,
-    keys: &[VerifyingKey],
-) -> Result<Verified> {
-    let image = format!("{}@{digest}", repository(reference));
-    let signatures = client
-        .signatures(&reference.name, digest)
-        .await
-        .with_context(|| format!("reading the signatures of {image}"))?;
-    let mut problems = Vec::new();
-    for (payload, signature) in &signatures {
-        let (claimed, identity) = match sign::payload_claims(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        if claimed != digest || identity != repository(reference) {
-            continue;
-        }
-        if let Some(key) = keys.iter().find(|k| k.verifies(payload, signature)) {
-            return Ok(Verified {
-                image,
-                key_id: key.key_id(),
-            });
-        }
-    }
-    let tried: Vec<String> = keys.iter().map(|k| k.key_id()[..16].to_string()).collect();
-    anyhow::bail!(
-        "{image} has no signature by key {}: {} signature(s) found{}",
-        tried.join(", "),
-        signatures.len(),
-        if problems.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", problems.join("; "))
-        }
-    )
 }
 
 /// `fogswarm image verify REF --key FILE [--key FILE ...]`.

@@ -13,6 +13,7 @@ pub mod mdns;
 pub mod metrics;
 pub mod seal;
 pub mod secrets;
+pub mod signed;
 pub mod store;
 pub mod tls;
 
@@ -55,6 +56,8 @@ pub struct ServerOptions {
     /// The key that seals secrets at rest; DATA/secrets.key when not given
     /// (created on first start). Replicas of one database share it.
     pub secrets_key: Option<PathBuf>,
+    /// Registries reached over plain HTTP for signed-only swarms' lookups.
+    pub insecure_registries: Vec<String>,
 }
 
 impl ServerOptions {
@@ -164,6 +167,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         metrics: Default::default(),
         limiter: Default::default(),
         sealer,
+        insecure_registries: opts.insecure_registries.clone(),
     });
     // Changes made through other replicas wake this one's long polls.
     let (woken, resynced) = (state.clone(), state.clone());

@@ -133,6 +133,10 @@ struct Serve {
     /// one PostgreSQL database must share it.
     #[arg(long, env = "FOGSWARM_SECRETS_KEY_FILE")]
     secrets_key_file: Option<PathBuf>,
+    /// A registry (HOST:PORT) the server reaches over plain HTTP when it
+    /// checks a signed-only swarm's images, as dockerd's flag of the name.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -187,6 +191,7 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         database,
         postgres,
         secrets_key: args.secrets_key_file,
+        insecure_registries: args.insecure_registries,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

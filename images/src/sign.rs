@@ -32,6 +32,9 @@ pub enum SignError {
     Key { path: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// The registry could not be read, or no signature verifies.
+    #[error("{0}")]
+    Unverified(String),
 }
 
 type Result<T> = std::result::Result<T, SignError>;
@@ -194,6 +197,62 @@ pub fn payload_claims(payload: &[u8]) -> Result<(String, String)> {
 /// The tag a digest's signatures are stored under.
 pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replace(':', "-"))
+}
+
+/// `registry/name`, the identity a signature names.
+pub fn repository(reference: &crate::Reference) -> String {
+    format!("{}/{}", reference.registry, reference.name)
+}
+
+/// What verification found.
+pub struct Verified {
+    pub image: String,
+    pub key_id: String,
+}
+
+/// Checks that some signature stored for the digest `reference` names is
+/// a signature of that digest and repository by one of `keys`.
+pub async fn verify_with(
+    client: &crate::RegistryClient,
+    reference: &crate::Reference,
+    digest: &str,
+    keys: &[VerifyingKey],
+) -> Result<Verified> {
+    let image = format!("{}@{digest}", repository(reference));
+    let signatures = client
+        .signatures(&reference.name, digest)
+        .await
+        .map_err(|e| SignError::Unverified(format!("reading the signatures of {image}: {e}")))?;
+    let mut problems = Vec::new();
+    for (payload, signature) in &signatures {
+        let (claimed, identity) = match payload_claims(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        if claimed != digest || identity != repository(reference) {
+            continue;
+        }
+        if let Some(key) = keys.iter().find(|k| k.verifies(payload, signature)) {
+            return Ok(Verified {
+                image,
+                key_id: key.key_id(),
+            });
+        }
+    }
+    let tried: Vec<String> = keys.iter().map(|k| k.key_id()[..16].to_string()).collect();
+    Err(SignError::Unverified(format!(
+        "{image} has no signature by key {}: {} signature(s) found{}",
+        tried.join(", "),
+        signatures.len(),
+        if problems.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", problems.join("; "))
+        }
+    )))
 }
 
 #[cfg(test)]

@@ -287,6 +287,11 @@ pub struct SwarmCreate {
 pub struct SwarmUpdate {
     #[serde(default)]
     pub auto_enrol: Option<AutoEnrol>,
+    /// Public keys (PEM, ECDSA P-256 as `fogswarm image keygen` writes
+    /// them) one of which must have signed every image the swarm runs;
+    /// an empty list lets unsigned images run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signed: Option<Vec<String>>,
 }
 
 /// A swarm as operators see it: never its join tokens.
@@ -301,6 +306,9 @@ pub struct SwarmView {
     pub devices: u64,
     /// The device holding the leader lease, while one does.
     pub lease_holder: Option<String>,
+    /// Ids of the keys images must be signed by (none: unsigned run).
+    #[serde(default)]
+    pub signing_keys: Vec<String>,
     pub created_at: i64,
 }
 

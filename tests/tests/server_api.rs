@@ -70,6 +70,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
             "yard",
             &SwarmUpdate {
                 auto_enrol: Some(AutoEnrol::Pending),
+                require_signed: None,
             },
         )
         .await?;

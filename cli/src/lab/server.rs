@@ -50,6 +50,10 @@ pub async fn start(
         "--mdns".into(),
         "--mdns-interface".into(),
         bridge.into(),
+        // The lab registry speaks plain HTTP: signed-only swarms look
+        // images up there.
+        "--insecure-registry".into(),
+        format!("{gateway}:{}", super::registry::REGISTRY_PORT).into(),
     ];
     let supervisor_pid = supervisor::spawn(fogswarm_exe, lab, server_exe, args, &log)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

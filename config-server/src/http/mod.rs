@@ -56,6 +56,9 @@ pub struct AppState {
     pub limiter: FailureLimiter,
     /// Seals secret values and registry passwords at rest.
     pub sealer: crate::seal::Sealer,
+    /// Registries the server reaches over plain HTTP (signed-only swarms
+    /// look images up there).
+    pub insecure_registries: Vec<String>,
 }
 
 impl AppState {
@@ -163,7 +166,7 @@ impl ApiFailure {
         ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message, None)
     }
 
-    fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
         ApiFailure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",

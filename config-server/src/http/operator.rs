@@ -48,10 +48,16 @@ pub(super) async fn update_swarm(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SwarmUpdate>,
 ) -> ApiResult<Json<SwarmView>> {
+    let keys = req
+        .require_signed
+        .as_ref()
+        .map(|pems| crate::signed::checked_keys(pems))
+        .transpose()?;
     Ok(Json(state.store.update_swarm(
         &Actor::Admin,
         &name,
         req.auto_enrol,
+        keys.as_deref(),
     )?))
 }
 
@@ -83,6 +89,16 @@ pub(super) async fn remove_swarm(
 
 // ---- services ----
 
+/// A swarm that requires signatures gets its specs' images pinned to
+/// signed digests first (see `crate::signed`); specs are checked before
+/// any registry is asked.
+async fn signed_only(state: &AppState, swarm: &str, specs: &mut [ServiceSpec]) -> ApiResult<()> {
+    for spec in specs.iter() {
+        spec.validate().map_err(StoreError::from)?;
+    }
+    crate::signed::pin_signed(state, swarm, specs).await
+}
+
 /// A swarm's services, each with its status and latest observation.
 #[utoipa::path(get, path = "/v1/swarms/{name}/services", tag = "operator", security(("admin" = [])),
     responses((status = 200, body = Vec<ServiceView>), (status = 404, body = ApiError)))]
@@ -101,8 +117,9 @@ pub(super) async fn create_service(
     State(state): State<Shared>,
     _: Admin,
     Path(swarm): Path<String>,
-    ApiJson(spec): ApiJson<ServiceSpec>,
+    ApiJson(mut spec): ApiJson<ServiceSpec>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    signed_only(&state, &swarm, std::slice::from_mut(&mut spec)).await?;
     let (view, touched) = state.store.create_service(&Actor::Admin, &swarm, &spec)?;
     state.notify(&touched);
     Ok((StatusCode::CREATED, Json(view)))
@@ -128,7 +145,7 @@ pub(super) async fn deploy_service(
     State(state): State<Shared>,
     _: Admin,
     Path((swarm, name)): Path<(String, String)>,
-    ApiJson(spec): ApiJson<ServiceSpec>,
+    ApiJson(mut spec): ApiJson<ServiceSpec>,
 ) -> ApiResult<(StatusCode, Json<ServiceDeployed>)> {
     if spec.name != name {
         return Err(ApiFailure::invalid(
@@ -139,6 +156,7 @@ pub(super) async fn deploy_service(
             ),
         ));
     }
+    signed_only(&state, &swarm, std::slice::from_mut(&mut spec)).await?;
     let (service, outcome, touched) = state.store.deploy_service(&Actor::Admin, &swarm, &spec)?;
     state.notify(&touched);
     let status = if outcome == DeployOutcome::Created {
@@ -170,8 +188,9 @@ pub(super) async fn deploy_stack(
     State(state): State<Shared>,
     _: Admin,
     Path((swarm, stack)): Path<(String, String)>,
-    ApiJson(request): ApiJson<StackDeploy>,
+    ApiJson(mut request): ApiJson<StackDeploy>,
 ) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
+    signed_only(&state, &swarm, &mut request.services).await?;
     let (outcome, touched) = state
         .store
         .deploy_stack(&Actor::Admin, &swarm, &stack, &request)?;

@@ -360,6 +360,30 @@ impl Store {
         })
     }
 
+    /// A swarm's login for `host`, opened: for the server's own lookups
+    /// (signed-only swarms).
+    pub fn registry_login(
+        &self,
+        swarm: &str,
+        host: &str,
+        sealer: &Sealer,
+    ) -> Result<Option<(String, fogswarm_protocol::api::Secret)>> {
+        self.read(|tx| {
+            let Some(row) = file_row(tx, swarm, REGISTRY, host)? else {
+                return Ok(None);
+            };
+            let password = sealer
+                .open(&context(swarm, REGISTRY, host, row.version), &row.value)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(Some((
+                row.detail,
+                fogswarm_protocol::api::Secret::new(
+                    String::from_utf8_lossy(&password).into_owned(),
+                ),
+            )))
+        })
+    }
+
     pub fn list_registries(&self, swarm: &str) -> Result<Vec<RegistryView>> {
         self.read(|tx| {
             super::swarms::require_swarm(tx, swarm)?;

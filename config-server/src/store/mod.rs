@@ -23,7 +23,7 @@ mod services;
 mod swarms;
 
 pub use credentials::ServerCredentials;
-pub use swarms::LEASE_SECS;
+pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
 
 /// Why a store operation was refused. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -77,7 +77,8 @@ CREATE TABLE observed (
     // Secrets (sealed), configs (base64) and registry logins (sealed
     // password, user name in `detail`): the current version of each. And
     // each service's spec before its last change, for `service rollback`;
-    // and open `service logs` requests with their lines.
+    // open `service logs` requests with their lines; and the public keys
+    // a swarm's images must be signed by.
     Migration(
         r#"
 CREATE TABLE swarm_files (
@@ -93,6 +94,7 @@ CREATE TABLE swarm_files (
     PRIMARY KEY (swarm, kind, name)
 );
 ALTER TABLE services ADD COLUMN previous_spec TEXT;
+ALTER TABLE swarms ADD COLUMN signing_keys TEXT NOT NULL DEFAULT '[]';
 CREATE TABLE log_requests (
     id TEXT PRIMARY KEY,
     swarm TEXT NOT NULL,

@@ -63,10 +63,26 @@ impl Store {
         actor: &Actor,
         name: &str,
         auto_enrol: Option<AutoEnrol>,
+        signing_keys: Option<&[SigningKeyText]>,
     ) -> Result<SwarmView> {
         validate::validate_swarm_name(name)?;
         self.write(|tx| {
             swarm_view(tx, name)?;
+            if let Some(keys) = signing_keys {
+                let pems: Vec<&str> = keys.iter().map(|k| k.pem.as_str()).collect();
+                tx.execute(
+                    "UPDATE swarms SET signing_keys = $2 WHERE name = $1",
+                    params![name, json_of(&pems)],
+                )?;
+                let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+                log_event(
+                    tx,
+                    actor,
+                    "swarm.update",
+                    name,
+                    &format!("require_signed=[{}]", ids.join(",")),
+                )?;
+            }
             if let Some(a) = auto_enrol {
                 tx.execute(
                     "UPDATE swarms SET auto_enrol = $2 WHERE name = $1",
@@ -408,11 +424,42 @@ fn swarm_exists(tx: &Tx<'_>, name: &str) -> Result<bool> {
         .get(0)?)
 }
 
+/// A key's id: the first 16 hex digits of the SHA-256 of its PEM text's
+/// DER body, as `fogswarm image verify` prints it.
+pub fn key_id(pem: &str) -> String {
+    fogswarm_images::sign::VerifyingKey::from_pem(pem, "stored key")
+        .map(|k| k.key_id()[..16].to_string())
+        .unwrap_or_else(|_| "invalid".into())
+}
+
+/// A public key a swarm's images must be signed by, checked: its PEM and
+/// its id (as `fogswarm image verify` prints it).
+pub struct SigningKeyText {
+    pub pem: String,
+    pub id: String,
+}
+
+impl Store {
+    /// The PEM public keys a swarm's images must be signed by.
+    pub fn signing_keys(&self, swarm: &str) -> Result<Vec<String>> {
+        self.read(|tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT signing_keys FROM swarms WHERE name = $1",
+                    params![swarm],
+                )?
+                .ok_or_else(|| StoreError::NotFound(format!("swarm {swarm} does not exist")))?;
+            from_json(&row.get::<String>(0)?)
+        })
+    }
+}
+
 fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
     let row = tx
         .query_opt(
             "SELECT s.name, s.auto_enrol, s.worker_token IS NOT NULL, s.cluster_id, s.manager_addrs,
-                    (SELECT COUNT(*) FROM devices d WHERE d.swarm = s.name), s.lease_holder, s.lease_expires, s.created_at
+                    (SELECT COUNT(*) FROM devices d WHERE d.swarm = s.name), s.lease_holder, s.lease_expires, s.created_at,
+                    s.signing_keys
              FROM swarms s WHERE s.name = $1",
             params![name],
         )?
@@ -429,6 +476,10 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
         managers: from_json(&row.get::<String>(4)?)?,
         devices: row.get::<i64>(5)? as u64,
         lease_holder: lease_holder.filter(|_| lease_live),
+        signing_keys: from_json::<Vec<String>>(&row.get::<String>(9)?)?
+            .iter()
+            .map(|pem| key_id(pem))
+            .collect(),
         created_at: row.get(8)?,
     })
 }
