@@ -748,7 +748,7 @@ async fn bad_service_input_is_refused_and_changes_nothing() -> Result<()> {
     )?;
     let both = compose(
         "both.yml",
-        "services:\n  web:\n    image: x\nsecrets:\n  db: {file: ./a, external: true}\n",
+        "services:\n  web:\n    image: x\n    secrets: [db]\nsecrets:\n  db: {file: ./a, external: true}\n",
     )?;
     let bad_mode = compose(
         "mode.yml",
