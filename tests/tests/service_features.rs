@@ -437,8 +437,19 @@ async fn healthchecks(ctx: &Ctx, v1: &str, v2: &str) -> Result<()> {
         "{:?}",
         view.status
     );
-    // The rollback restarts a v1 task: it answers once it is up.
-    eventually(30, || async {
+    // Swarm has given up on v2 once the rollback starts; the v1 task
+    // answers once the rollback completed.
+    eventually(90, || async {
+        let state = ctx
+            .service("hc_web")?
+            .observed
+            .and_then(|o| o.update_state)
+            .unwrap_or_default();
+        ensure!(state == "rollback_completed", "update state {state:?}");
+        Ok(())
+    })
+    .await?;
+    eventually(60, || async {
         let answer = ctx.get("dev2", 8094, "/")?;
         ensure!(answer["version"] == "v1", "{answer}");
         ctx.get("dev2", 8094, "/healthz")?;
