@@ -208,9 +208,3 @@ impl Logins {
         }
     }
 }
-
-pub(super) fn take_login(
-    login: &mut Result<Option<DockerCredentials>>,
-) -> Result<Option<DockerCredentials>> {
-    std::mem::replace(login, Ok(None))
-}

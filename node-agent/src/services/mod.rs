@@ -126,15 +126,9 @@ impl ServiceDuty {
                 continue;
             }
             let outcome = match managed.get(name) {
-                None => create(
-                    engine,
-                    swarm,
-                    want,
-                    &files,
-                    &mut logins.get(server, want).await,
-                )
-                .await
-                .map(|_| changes.created.push(name.clone())),
+                None => create(engine, swarm, want, &files, logins.get(server, want).await)
+                    .await
+                    .map(|_| changes.created.push(name.clone())),
                 Some(have) if have.revision == Some(want.revision) => continue,
                 Some(have) if self.swarm_gave_up_on(have, want) => continue,
                 Some(have) => update(
@@ -143,7 +137,7 @@ impl ServiceDuty {
                     want,
                     have,
                     &files,
-                    &mut logins.get(server, want).await,
+                    logins.get(server, want).await,
                 )
                 .await
                 .map(|_| changes.updated.push(name.clone())),
@@ -338,9 +332,9 @@ async fn create(
     swarm: &str,
     want: &DesiredService,
     files: &SwarmFiles,
-    login: &mut Result<Option<DockerCredentials>>,
+    login: Result<Option<DockerCredentials>>,
 ) -> Result<()> {
-    let login = take_login(login)?;
+    let login = login?;
     let image = resolve_image(engine, &want.spec.image, login.clone()).await;
     let spec = engine_spec(swarm, want, &image, files)?;
     engine
@@ -364,9 +358,9 @@ async fn update(
     want: &DesiredService,
     have: &Managed,
     files: &SwarmFiles,
-    login: &mut Result<Option<DockerCredentials>>,
+    login: Result<Option<DockerCredentials>>,
 ) -> Result<()> {
-    let login = take_login(login)?;
+    let login = login?;
     let image = resolve_image(engine, &want.spec.image, login.clone()).await;
     let spec = engine_spec(swarm, want, &image, files)?;
     let options = bollard::query_parameters::UpdateServiceOptionsBuilder::default()
