@@ -117,6 +117,17 @@ pub enum SwarmCommand {
         /// Let unsigned images run again (forget the swarm's keys).
         #[arg(long, conflicts_with = "require_signed")]
         allow_unsigned: bool,
+        /// Let services be given devices matching this pattern
+        /// (/dev/ttyACM*), or this exact cgroup rule ('c 89:* rwm').
+        /// Adds to the list; repeatable.
+        #[arg(long = "allow-device", value_name = "PATTERN")]
+        allow_device: Vec<String>,
+        /// Take a pattern or rule off the list.
+        #[arg(long = "allow-device-rm", value_name = "PATTERN")]
+        allow_device_rm: Vec<String>,
+        /// Let services be --privileged (true) or not (false).
+        #[arg(long, value_name = "BOOL")]
+        allow_privileged: Option<bool>,
     },
     /// Remove a swarm (with --force, its devices too).
     Rm {
@@ -264,6 +275,12 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             if !s.signing_keys.is_empty() {
                 println!("signed by:   {}", s.signing_keys.join(", "));
             }
+            if !s.allowed_devices.is_empty() {
+                println!("hardware:    {} allowed", s.allowed_devices.join(", "));
+            }
+            if s.allow_privileged {
+                println!("privileged:  allowed");
+            }
             if let Some(holder) = &s.lease_holder {
                 println!("initializing: {holder} holds the leader lease");
             }
@@ -273,6 +290,9 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             auto_enrol,
             require_signed,
             allow_unsigned,
+            allow_device,
+            allow_device_rm,
+            allow_privileged,
         } => {
             let auto_enrol = auto_enrol
                 .map(|a| AutoEnrol::parse(&a).map_err(bad))
@@ -286,9 +306,29 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                 keys.push(pem);
             }
             let require_signed = (allow_unsigned || !keys.is_empty()).then_some(keys);
-            if auto_enrol.is_none() && require_signed.is_none() {
+            for p in &allow_device {
+                fogswarm_protocol::hardware::validate_allow_entry(p)
+                    .map_err(|m| bad(format!("--allow-device: {m}")))?;
+            }
+            let allow_devices = if allow_device.is_empty() && allow_device_rm.is_empty() {
+                None
+            } else {
+                let mut list = client.get_swarm(&name).await?.allowed_devices;
+                list.retain(|p| !allow_device_rm.contains(p));
+                for p in allow_device {
+                    if !list.contains(&p) {
+                        list.push(p);
+                    }
+                }
+                Some(list)
+            };
+            if auto_enrol.is_none()
+                && require_signed.is_none()
+                && allow_devices.is_none()
+                && allow_privileged.is_none()
+            {
                 return Err(bad(
-                    "nothing to change: give --auto-enrol, --require-signed or --allow-unsigned",
+                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm or --allow-privileged",
                 ));
             }
             let view = client
@@ -297,6 +337,8 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                     &SwarmUpdate {
                         auto_enrol,
                         require_signed,
+                        allow_devices,
+                        allow_privileged,
                     },
                 )
                 .await?;
@@ -314,6 +356,19 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                         "images must be signed by {}",
                         view.signing_keys.join(" or ")
                     )
+                }
+            );
+            println!(
+                "devices allowed: {}{}",
+                if view.allowed_devices.is_empty() {
+                    "none".to_string()
+                } else {
+                    view.allowed_devices.join(", ")
+                },
+                if view.allow_privileged {
+                    "; privileged services allowed"
+                } else {
+                    ""
                 }
             );
         }

@@ -6,6 +6,7 @@
 //! tree.
 
 use fogswarm_protocol::api::Facts;
+use fogswarm_protocol::hardware;
 use std::path::Path;
 
 /// All facts for the machine under `root` (`/` in production).
@@ -25,9 +26,9 @@ pub fn detect(root: &Path) -> Facts {
     put("model", model(root));
     put("os", os(root));
     put("kernel", kernel(root));
-    put("i2c", i2c_buses(root));
-    put("video", video_devices(root));
-    put("serial", usb_serial(root));
+    for (class, dir, prefixes) in hardware::CLASSES {
+        put(class, device_nodes(root, dir, prefixes));
+    }
     put("w1_temperature", w1_temperature_sensors(root));
     facts
 }
@@ -130,32 +131,51 @@ pub fn kernel(root: &Path) -> Option<String> {
     read(root, "/proc/sys/kernel/osrelease")
 }
 
-/// Names of entries in `dir` that start with `prefix`, sorted, joined by
-/// '.', so a label value lists them (`i2c-0.i2c-1`).
-fn list(root: &Path, dir: &str, prefixes: &[&str]) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir(root.join(dir.trim_start_matches('/')))
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
-        .collect();
+/// The device nodes of one class (see [`hardware::CLASSES`]): names in
+/// `dir` with one of the prefixes, sorted, joined by '.', so a label value
+/// lists them (`i2c-0.i2c-1`); USB nodes, a level down, as `BUS-DEV`.
+/// They say what a service can be granted, so placement follows the
+/// hardware as it is plugged in (facts are read on every pass).
+fn device_nodes(root: &Path, dir: &str, prefixes: &[&str]) -> Option<String> {
+    let names_in = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let base = root.join(dir.trim_start_matches('/'));
+    let mut names: Vec<String> = if prefixes == [""] {
+        names_in(&base)
+            .into_iter()
+            .flat_map(|bus| {
+                names_in(&base.join(&bus))
+                    .into_iter()
+                    .map(move |dev| format!("{bus}-{dev}"))
+            })
+            .collect()
+    } else {
+        names_in(&base)
+            .into_iter()
+            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+            .collect()
+    };
     names.sort();
-    (!names.is_empty()).then(|| names.join("."))
-}
-
-/// I2C buses (/dev/i2c-N): sensors on a header.
-pub fn i2c_buses(root: &Path) -> Option<String> {
-    list(root, "/dev", &["i2c-"])
-}
-
-/// Video capture devices (/dev/videoN): cameras.
-pub fn video_devices(root: &Path) -> Option<String> {
-    list(root, "/dev", &["video"])
-}
-
-/// USB serial adapters (/dev/ttyUSBn, /dev/ttyACMn): field buses, GPS, modems.
-pub fn usb_serial(root: &Path) -> Option<String> {
-    list(root, "/dev", &["ttyUSB", "ttyACM"])
+    // A label value holds at most 256 characters: keep whole names.
+    let mut value = String::new();
+    for name in names {
+        if value.len() + name.len() + 1 > fogswarm_protocol::validate::MAX_LABEL_VALUE_LEN {
+            break;
+        }
+        if !value.is_empty() {
+            value.push('.');
+        }
+        value.push_str(&name);
+    }
+    (!value.is_empty()).then_some(value)
 }
 
 /// 1-Wire temperature sensors (DS18B20 family 28, DS18S20 family 10): how
@@ -219,6 +239,10 @@ mod tests {
             ("/dev/ttyUSB0", ""),
             ("/dev/ttyACM1", ""),
             ("/dev/tty1", ""),
+            ("/dev/gpiochip0", ""),
+            ("/dev/spidev0.1", ""),
+            ("/dev/bus/usb/001/001", ""),
+            ("/dev/bus/usb/001/004", ""),
             ("/sys/bus/w1/devices/28-0316a2794b2f/temperature", "21500"),
             ("/sys/bus/w1/devices/28-0416a2794b30/temperature", "21000"),
             ("/sys/bus/w1/devices/w1_bus_master1/x", ""),
@@ -238,6 +262,12 @@ mod tests {
         assert_eq!(f.get("i2c").map(String::as_str), Some("i2c-0.i2c-1"));
         assert_eq!(f.get("video").map(String::as_str), Some("video0"));
         assert_eq!(f.get("serial").map(String::as_str), Some("ttyACM1.ttyUSB0"));
+        assert_eq!(f.get("gpio").map(String::as_str), Some("gpiochip0"));
+        assert_eq!(f.get("spi").map(String::as_str), Some("spidev0.1"));
+        assert_eq!(f.get("usb").map(String::as_str), Some("001-001.001-004"));
+        // What the server reads back from the facts is the nodes' paths.
+        let usb = hardware::paths_of("usb", &f["usb"]);
+        assert_eq!(usb, ["/dev/bus/usb/001/001", "/dev/bus/usb/001/004"]);
         assert_eq!(f.get("w1_temperature").map(String::as_str), Some("2"));
     }
 

@@ -18,7 +18,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::state::{ServerRecord, StateDir, Status};
+use crate::state::{GrantKey, ServerRecord, StateDir, Status};
 use crate::{discovery, facts, identity, manager, swarm};
 use anyhow::{bail, Context, Result};
 use fogswarm_client::engine::{Engine, EngineAddr};
@@ -26,7 +26,7 @@ use fogswarm_client::{Client, ClientError, Endpoint};
 use fogswarm_protocol::api::{
     ConfigAnswer, DeviceState, EnrolRequest, Facts, ReportRequest, Secret, SwarmTokens,
 };
-use fogswarm_protocol::DeviceId;
+use fogswarm_protocol::{hardware, DeviceId};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -287,7 +287,14 @@ impl Agent {
                 role,
                 managers,
                 token,
+                grant_key,
             } => {
+                if let Some(public_key) = grant_key {
+                    self.state.save_grant_key(&GrantKey {
+                        swarm: swarm.clone(),
+                        public_key,
+                    })?;
+                }
                 self.status.swarm = Some(swarm.clone());
                 self.status.role = Some(role.to_string());
                 if node.active() || node.state == "locked" {
@@ -346,10 +353,17 @@ impl Agent {
     ) -> Result<()> {
         // An error report names no node: the node may belong to another
         // swarm, whose ids are not this device's.
-        let node = match state {
-            DeviceState::Error => None,
-            _ => swarm::local(&self.engine).await.ok(),
-        };
+        let node = swarm::local(&self.engine).await.ok();
+        // Facts are read afresh: a camera plugged in since, or the runtime
+        // registered by `fogswarm-agent install`, moves placement.
+        self.facts = facts::detect(Path::new("/"));
+        if node.as_ref().and_then(|n| n.default_runtime.as_deref()) == Some(hardware::RUNTIME_NAME)
+        {
+            self.facts
+                .insert(hardware::RUNTIME_FACT.into(), hardware::RUNTIME_NAME.into());
+        }
+        let node = node.filter(|_| state != DeviceState::Error);
+        let grant_refusals = self.state.pending_refusals();
         let report = ReportRequest {
             state: Some(state),
             node_id: node.as_ref().and_then(|n| n.node_id.clone()),
@@ -357,8 +371,10 @@ impl Agent {
             engine_version: node.map(|n| n.engine_version),
             facts: Some(self.facts.clone()),
             error,
+            grant_refusals,
         };
         device.report(&report).await?;
+        self.state.refusals_reported();
         Ok(())
     }
 

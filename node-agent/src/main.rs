@@ -1,8 +1,8 @@
-//! `fogswarm-agent run | facts | status`.
+//! `fogswarm-agent run | facts | status | install | runtime`.
 
 use clap::{Parser, Subcommand};
 use fogswarm_agent::config::{AgentConfig, Flags};
-use fogswarm_agent::{facts, flow, state};
+use fogswarm_agent::{facts, flow, install, runtime, state};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -28,6 +28,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set the device up once (at image build or first boot): agent
+    /// config, systemd unit, and the agent as the engine's default runtime
+    /// so services can be granted hardware. Idempotent; --uninstall undoes it.
+    Install {
+        #[command(flatten)]
+        flags: Flags,
+        /// The agent's report interval, seconds (written to the config).
+        #[arg(long)]
+        heartbeat_secs: Option<u64>,
+        #[command(flatten)]
+        options: install::InstallOptions,
+    },
+    /// The engine's runtime (called by the engine with runc's arguments
+    /// after `--`): applies verified hardware grants, then runs runc.
+    #[command(hide = true)]
+    Runtime {
+        #[command(flatten)]
+        options: runtime::RuntimeOptions,
+        #[arg(last = true, allow_hyphen_values = true)]
+        runc_args: Vec<std::ffi::OsString>,
+    },
     /// Print what the agent knows: server, device, role, swarm, node, last
     /// error (never a secret).
     Status {
@@ -41,6 +62,37 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Runtime { options, runc_args } => {
+            // Returns only when runc could not be started.
+            if let Err(e) = runtime::run(&options, runc_args) {
+                eprintln!("fogswarm runtime: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+        Command::Install {
+            flags,
+            heartbeat_secs,
+            options,
+        } => match install::run(&flags, heartbeat_secs, &options) {
+            Ok(steps) if options.json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&steps).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(steps) => {
+                let width = steps.iter().map(|s| s.what.len()).max().unwrap_or(0);
+                for s in &steps {
+                    println!("{:width$}  {:10}  {}", s.what, s.outcome, s.path);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Facts { json } => {
             let facts = facts::detect(Path::new("/"));
             if json {

@@ -4,7 +4,7 @@
 //! `fogswarm-agent status`.
 
 use anyhow::{Context, Result};
-use fogswarm_protocol::api::Secret;
+use fogswarm_protocol::api::{GrantRefusal, Secret};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -85,6 +85,64 @@ impl StateDir {
             &serde_json::to_vec_pretty(status)?,
         )
     }
+
+    /// The swarm's grant key as the runtime reads it; written only when
+    /// it changed.
+    pub fn save_grant_key(&self, key: &GrantKey) -> Result<()> {
+        if self.grant_key().as_ref() == Some(key) {
+            return Ok(());
+        }
+        write_private(&self.dir.join(GRANT_KEY_FILE), &serde_json::to_vec(key)?)
+    }
+
+    pub fn grant_key(&self) -> Option<GrantKey> {
+        serde_json::from_slice(&std::fs::read(self.dir.join(GRANT_KEY_FILE)).ok()?).ok()
+    }
+
+    /// Appends a refusal for the agent's next report (called by the
+    /// runtime, in another process: one line per append).
+    pub fn record_refusal(&self, refusal: &GrantRefusal) -> Result<()> {
+        let mut line = serde_json::to_vec(refusal)?;
+        line.push(b'\n');
+        let path = self.dir.join(REFUSALS_FILE);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&line))
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+
+    /// Refusals not reported yet. Moved aside first, so lines the runtime
+    /// appends meanwhile wait for the next report; `done` removes them.
+    pub fn pending_refusals(&self) -> Vec<GrantRefusal> {
+        let sending = self.dir.join(format!("{REFUSALS_FILE}.sending"));
+        if !sending.exists() {
+            let _ = std::fs::rename(self.dir.join(REFUSALS_FILE), &sending);
+        }
+        std::fs::read_to_string(&sending)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(100)
+            .collect()
+    }
+
+    pub fn refusals_reported(&self) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{REFUSALS_FILE}.sending")));
+    }
+}
+
+const GRANT_KEY_FILE: &str = "grant-key.json";
+const REFUSALS_FILE: &str = "grant-refusals.jsonl";
+
+/// The public key hardware grants of this device's swarm are signed with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GrantKey {
+    pub swarm: String,
+    /// Ed25519, base64.
+    pub public_key: String,
 }
 
 /// Atomic write with mode 0600.

@@ -27,6 +27,9 @@ pub struct LocalNode {
     pub remote_managers: Vec<String>,
     pub error: Option<String>,
     pub engine_version: String,
+    /// The engine's default runtime: `fogswarm` once `fogswarm-agent
+    /// install` registered it, which is what hardware grants need.
+    pub default_runtime: Option<String>,
 }
 
 impl LocalNode {
@@ -75,6 +78,7 @@ pub async fn local(engine: &Engine) -> Result<LocalNode> {
             .collect(),
         error: non_empty(swarm.error),
         engine_version: info.server_version.unwrap_or_default(),
+        default_runtime: info.default_runtime,
     })
 }
 

@@ -112,6 +112,10 @@ pub enum ConfigAnswer {
         /// Every known manager address (host:port).
         managers: Vec<String>,
         token: Secret,
+        /// The swarm's public key for hardware grants (Ed25519, base64):
+        /// the device's runtime honours only grants it verifies.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_key: Option<String>,
     },
     /// Nothing to do yet; ask again after about this long.
     Wait {
@@ -215,6 +219,21 @@ pub struct ReportRequest {
     /// The device's current error; absent or null clears it.
     #[serde(default)]
     pub error: Option<String>,
+    /// Containers the device's runtime gave nothing because their grant
+    /// did not hold, since the last report (each becomes an event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_refusals: Vec<GrantRefusal>,
+}
+
+/// A container whose hardware grant the runtime refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantRefusal {
+    pub container: String,
+    /// The swarm service the container belongs to, when it is a task.
+    #[serde(default)]
+    pub service: Option<String>,
+    pub reason: String,
 }
 
 /// What a manager knows of its swarm: posted by the device that initialized
@@ -292,6 +311,14 @@ pub struct SwarmUpdate {
     /// an empty list lets unsigned images run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_signed: Option<Vec<String>>,
+    /// Replaces what the swarm's services may be given: device path
+    /// patterns under /dev (`/dev/ttyACM*`) and cgroup rules written
+    /// exactly (`c 89:* rwm`). Empty: no hardware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_devices: Option<Vec<String>>,
+    /// Whether services may be `--privileged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_privileged: Option<bool>,
 }
 
 /// A swarm as operators see it: never its join tokens.
@@ -309,6 +336,11 @@ pub struct SwarmView {
     /// Ids of the keys images must be signed by (none: unsigned run).
     #[serde(default)]
     pub signing_keys: Vec<String>,
+    /// Device patterns and cgroup rules services may be given.
+    #[serde(default)]
+    pub allowed_devices: Vec<String>,
+    #[serde(default)]
+    pub allow_privileged: bool,
     pub created_at: i64,
 }
 
@@ -435,6 +467,7 @@ mod tests {
             role: Role::Worker,
             managers: vec!["10.0.0.1:2377".into()],
             token: Secret::new("SWMTKN-1-abc"),
+            grant_key: None,
         };
         let debug = format!("{answer:?}");
         assert!(!debug.contains("SWMTKN"), "{debug}");

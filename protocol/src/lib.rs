@@ -6,6 +6,7 @@
 pub mod api;
 pub mod constraint;
 pub mod device_id;
+pub mod hardware;
 pub mod logs;
 pub mod secret;
 pub mod service;

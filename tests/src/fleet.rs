@@ -423,6 +423,7 @@ async fn device(
                 engine_version: Some("28.2.2".into()),
                 facts: None,
                 error: None,
+                grant_refusals: vec![],
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);

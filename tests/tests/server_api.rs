@@ -70,7 +70,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
             "yard",
             &SwarmUpdate {
                 auto_enrol: Some(AutoEnrol::Pending),
-                require_signed: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -206,6 +206,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
             engine_version: Some("20.10.24".into()),
             facts: Some(labels(&[("arch", "arm64"), ("cpus", "4")])),
             error: None,
+            grant_refusals: vec![],
         })
         .await?;
     let w = admin.get_device("02:fb:00:00:00:03").await?;

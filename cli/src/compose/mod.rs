@@ -491,6 +491,27 @@ fn service_spec(
     spec.user = service.user.as_ref().map(Scalar::text);
     spec.groups = service.group_add.iter().map(Scalar::text).collect();
     spec.workdir = service.working_dir.clone();
+    for (i, d) in service.devices.iter().enumerate() {
+        let text = match d {
+            ComposeDevice::Short(s) => s.clone(),
+            ComposeDevice::Long {
+                source,
+                target,
+                permissions,
+            } => [Some(source), target.as_ref(), permissions.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(":"),
+        };
+        spec.devices.push(
+            fogswarm_protocol::hardware::parse_device(&text)
+                .map_err(|m| format!("devices[{i}]: {m}"))?,
+        );
+    }
+    spec.device_cgroup_rules = service.device_cgroup_rules.clone();
+    spec.privileged = service.privileged;
     spec.cap_add = service.cap_add.clone();
     spec.cap_drop = service.cap_drop.clone();
     spec.sysctls = scalar_map(&service.sysctls);

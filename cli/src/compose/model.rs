@@ -142,6 +142,12 @@ pub(super) struct Service {
     #[serde(default)]
     pub(super) working_dir: Option<String>,
     #[serde(default)]
+    pub(super) devices: Vec<ComposeDevice>,
+    #[serde(default)]
+    pub(super) device_cgroup_rules: Vec<String>,
+    #[serde(default)]
+    pub(super) privileged: bool,
+    #[serde(default)]
     pub(super) cap_add: Vec<String>,
     #[serde(default)]
     pub(super) cap_drop: Vec<String>,
@@ -343,6 +349,20 @@ pub(super) struct ComposeHealthcheck {
     pub(super) start_interval: Option<String>,
     #[serde(default)]
     pub(super) disable: bool,
+}
+
+/// `devices:` entries: `HOST[:CONTAINER[:PERMISSIONS]]`, or the long form.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum ComposeDevice {
+    Short(String),
+    Long {
+        source: String,
+        #[serde(default)]
+        target: Option<String>,
+        #[serde(default)]
+        permissions: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]

@@ -79,6 +79,18 @@ pub struct SpecArgs {
     /// Switch off the image's healthcheck.
     #[arg(long, conflicts_with = "health_cmd")]
     pub no_healthcheck: bool,
+    /// A device node for the tasks, HOST[:CONTAINER[:PERMISSIONS]]; HOST
+    /// may be a pattern like /dev/video*. The service runs only where the
+    /// device is, and only if the swarm allows it (swarm update
+    /// --allow-device).
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// Access by device number, like 'c 89:* rwm' (allowed per swarm too).
+    #[arg(long = "device-cgroup-rule")]
+    pub device_cgroup_rules: Vec<String>,
+    /// Every capability and device (only in a swarm that allows it).
+    #[arg(long)]
+    pub privileged: bool,
     #[arg(long = "cap-add")]
     pub cap_add: Vec<String>,
     #[arg(long = "cap-drop")]
@@ -292,6 +304,12 @@ impl SpecArgs {
                 start_period: self.health_start_period.clone(),
             });
         }
+        for d in &self.devices {
+            spec.devices
+                .push(fogswarm_protocol::hardware::parse_device(d).map_err(bad)?);
+        }
+        spec.device_cgroup_rules = self.device_cgroup_rules.clone();
+        spec.privileged = self.privileged;
         spec.cap_add = self.cap_add.clone();
         spec.cap_drop = self.cap_drop.clone();
         spec.sysctls = key_values("--sysctl", &self.sysctls)?;
@@ -388,6 +406,9 @@ pub fn flag_of(field: &str) -> String {
         "container_labels" => "--container-label",
         "sysctls" => "--sysctl",
         "ulimits" => "--ulimit",
+        "devices" => "--device",
+        "device_cgroup_rules" => "--device-cgroup-rule",
+        "privileged" => "--privileged",
         "hosts" => "--host",
         "groups" => "--group",
         "healthcheck.test" => "--health-cmd",

@@ -107,7 +107,7 @@ pub(super) async fn desired(
     let swarm = state.store.manager_swarm(&device)?;
     // Subscribe before reading, so a change between the two is not missed.
     let mut rx = state.watch(&swarm);
-    let current = state.store.desired_state(&swarm)?;
+    let current = state.desired_state(&swarm)?;
     let Some(since) = q.since.filter(|since| current.revision <= *since) else {
         return Ok(Json(current));
     };
@@ -120,7 +120,7 @@ pub(super) async fn desired(
         }
     })
     .await;
-    Ok(Json(state.store.desired_state(&swarm)?))
+    Ok(Json(state.desired_state(&swarm)?))
 }
 
 /// The raft leader's agent reports what its swarm runs.

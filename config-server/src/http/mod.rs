@@ -69,6 +69,17 @@ impl AppState {
             .subscribe()
     }
 
+    /// A swarm's desired state as its managers get it: with the hardware
+    /// grants signed.
+    fn desired_state(
+        &self,
+        swarm: &str,
+    ) -> Result<fogswarm_protocol::api::DesiredState, StoreError> {
+        let mut desired = self.store.desired_state(swarm)?;
+        self.store.sign_grants(&mut desired, &self.sealer)?;
+        Ok(desired)
+    }
+
     /// Wakes the long polls of every swarm a change touched. On
     /// PostgreSQL the change's notification does it, on every replica
     /// this one included (see `db::Listener`).

@@ -53,12 +53,18 @@ pub(super) async fn update_swarm(
         .as_ref()
         .map(|pems| crate::signed::checked_keys(pems))
         .transpose()?;
-    Ok(Json(state.store.update_swarm(
+    let view = state.store.update_swarm(
         &Actor::Admin,
         &name,
         req.auto_enrol,
         keys.as_deref(),
-    )?))
+        (req.allow_devices.as_deref(), req.allow_privileged),
+    )?;
+    if req.allow_devices.is_some() || req.allow_privileged.is_some() {
+        // Grants are signed for what is allowed now: managers re-read.
+        state.notify(&vec![name.clone()]);
+    }
+    Ok(Json(view))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -363,7 +363,15 @@ impl Store {
             .map(|e| e.chars().take(1000).collect::<String>());
         // The steady state: a report that says what is stored already only
         // refreshes the device's last-seen time.
-        if self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))? {
+        if report.grant_refusals.len() > 100 {
+            return Err(StoreError::Invalid {
+                field: Some("grant_refusals".into()),
+                message: "at most 100 grant refusals per report".into(),
+            });
+        }
+        if report.grant_refusals.is_empty()
+            && self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))?
+        {
             self.heard(device);
             return Ok(Vec::new());
         }
@@ -420,6 +428,21 @@ impl Store {
                     "device.state",
                     device,
                     &format!("{} -> {}", view.state, new_state),
+                )?;
+            }
+            for refusal in &report.grant_refusals {
+                let clip = |s: &str| s.chars().filter(|c| !c.is_control()).take(300).collect::<String>();
+                log_event(
+                    tx,
+                    &actor,
+                    "grant.refused",
+                    device,
+                    &format!(
+                        "container {} (service {}): {}",
+                        clip(&refusal.container),
+                        clip(refusal.service.as_deref().unwrap_or("-")),
+                        clip(&refusal.reason)
+                    ),
                 )?;
             }
             if error.is_some() && error != view.last_error {

@@ -16,6 +16,7 @@ mod credentials;
 mod devices;
 mod events;
 mod files;
+mod hardware;
 mod logs;
 mod presence;
 mod schema;
@@ -23,6 +24,7 @@ mod services;
 mod swarms;
 
 pub use credentials::ServerCredentials;
+pub use hardware::HardwarePolicy;
 pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
 
 /// Why a store operation was refused. Each maps to one HTTP status.

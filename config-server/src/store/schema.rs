@@ -114,4 +114,16 @@ CREATE TABLE log_lines (
 );
 "#,
     ),
+    // Hardware for services: what each swarm lets its services be given
+    // (device patterns and cgroup rules; privileged or not), and the
+    // swarm's Ed25519 key that signs the grants (sealed private key, and
+    // its public half for the devices' runtimes).
+    Migration(
+        r#"
+ALTER TABLE swarms ADD COLUMN allowed_devices TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE swarms ADD COLUMN allow_privileged BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE swarms ADD COLUMN grant_key TEXT;
+ALTER TABLE swarms ADD COLUMN grant_public_key TEXT;
+"#,
+    ),
 ];

@@ -17,8 +17,8 @@ use fogswarm_protocol::service::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
-struct ServiceRow {
-    spec: ServiceSpec,
+pub(super) struct ServiceRow {
+    pub(super) spec: ServiceSpec,
     revision: u64,
     created_at: i64,
     updated_at: i64,
@@ -36,6 +36,7 @@ impl Store {
         self.write(|tx| {
             known_swarm(tx, swarm)?;
             super::files::check_files_exist(tx, swarm, &[spec])?;
+            super::hardware::check_allowed(tx, swarm, &[spec])?;
             if service_row(tx, swarm, &spec.name)?.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "service {} already exists in swarm {swarm}",
@@ -62,6 +63,7 @@ impl Store {
         self.write(|tx| {
             known_swarm(tx, swarm)?;
             super::files::check_files_exist(tx, swarm, &[spec])?;
+            super::hardware::check_allowed(tx, swarm, &[spec])?;
             if let Some(existing) = service_row(tx, swarm, &spec.name)? {
                 check_same_stack(&existing.spec, spec)?;
             }
@@ -114,11 +116,9 @@ impl Store {
         }
         self.write(|tx| {
             known_swarm(tx, swarm)?;
-            super::files::check_files_exist(
-                tx,
-                swarm,
-                &request.services.iter().collect::<Vec<_>>(),
-            )?;
+            let specs = request.services.iter().collect::<Vec<_>>();
+            super::files::check_files_exist(tx, swarm, &specs)?;
+            super::hardware::check_allowed(tx, swarm, &specs)?;
             for spec in &request.services {
                 if let Some(existing) = service_row(tx, swarm, &spec.name)? {
                     check_same_stack(&existing.spec, spec)?;
@@ -182,6 +182,7 @@ impl Store {
                 }
             };
             super::files::check_files_exist(tx, swarm, &[&previous])?;
+            super::hardware::check_allowed(tx, swarm, &[&previous])?;
             let revision = bump(tx, swarm)?;
             tx.execute(
                 "UPDATE services SET spec = $1, previous_spec = $2, revision = $3, updated_at = $4
@@ -300,6 +301,7 @@ pub(super) fn desired_services(tx: &Tx<'_>, swarm: &str) -> Result<Vec<DesiredSe
             config_versions: versions(FileKind::Config, &r.spec.configs),
             registry_auth: Some(registry_of(&r.spec.image).to_string())
                 .filter(|host| files.registries.contains(host)),
+            grant: None, // signed by the HTTP layer, which holds the sealer
             spec: r.spec,
         })
         .collect())
@@ -386,7 +388,7 @@ fn service_row(tx: &Tx<'_>, swarm: &str, name: &str) -> Result<Option<ServiceRow
     .transpose()
 }
 
-fn list_rows(tx: &Tx<'_>, swarm: &str) -> Result<Vec<ServiceRow>> {
+pub(super) fn list_rows(tx: &Tx<'_>, swarm: &str) -> Result<Vec<ServiceRow>> {
     tx.query(
         "SELECT spec, revision, created_at, updated_at FROM services WHERE swarm = $1 ORDER BY name",
         params![swarm],

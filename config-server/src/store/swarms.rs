@@ -64,10 +64,48 @@ impl Store {
         name: &str,
         auto_enrol: Option<AutoEnrol>,
         signing_keys: Option<&[SigningKeyText]>,
+        hardware: (Option<&[String]>, Option<bool>),
     ) -> Result<SwarmView> {
         validate::validate_swarm_name(name)?;
+        let (allow_devices, allow_privileged) = hardware;
+        for (i, entry) in allow_devices.unwrap_or_default().iter().enumerate() {
+            fogswarm_protocol::hardware::validate_allow_entry(entry).map_err(|m| {
+                StoreError::Invalid {
+                    field: Some(format!("allow_devices[{i}]")),
+                    message: m,
+                }
+            })?;
+        }
         self.write(|tx| {
             swarm_view(tx, name)?;
+            if let Some(list) = allow_devices {
+                tx.execute(
+                    "UPDATE swarms SET allowed_devices = $2 WHERE name = $1",
+                    params![name, json_of(&list)],
+                )?;
+                log_event(
+                    tx,
+                    actor,
+                    "swarm.update",
+                    name,
+                    &format!("allow_devices=[{}]", list.join(",")),
+                )?;
+                super::hardware::regrant(tx, name)?;
+            }
+            if let Some(privileged) = allow_privileged {
+                tx.execute(
+                    "UPDATE swarms SET allow_privileged = $2 WHERE name = $1",
+                    params![name, privileged as i64],
+                )?;
+                log_event(
+                    tx,
+                    actor,
+                    "swarm.update",
+                    name,
+                    &format!("allow_privileged={privileged}"),
+                )?;
+                super::hardware::regrant(tx, name)?;
+            }
             if let Some(keys) = signing_keys {
                 let pems: Vec<&str> = keys.iter().map(|k| k.pem.as_str()).collect();
                 tx.execute(
@@ -380,6 +418,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
         } else {
             worker
         };
+        let grant_key = super::hardware::public_key(tx, &swarm)?;
         return Ok(Decision::Answer(ConfigAnswer::Join {
             swarm,
             cluster_id: row.get(3)?,
@@ -387,6 +426,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             role: view.role,
             managers: from_json(&row.get::<String>(2)?)?,
             token: Secret::new(token),
+            grant_key,
         }));
     }
     // Not initialized. Who may initialize: the declared leader, or, in a
@@ -459,7 +499,7 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
         .query_opt(
             "SELECT s.name, s.auto_enrol, s.worker_token IS NOT NULL, s.cluster_id, s.manager_addrs,
                     (SELECT COUNT(*) FROM devices d WHERE d.swarm = s.name), s.lease_holder, s.lease_expires, s.created_at,
-                    s.signing_keys
+                    s.signing_keys, s.allowed_devices, s.allow_privileged
              FROM swarms s WHERE s.name = $1",
             params![name],
         )?
@@ -480,6 +520,8 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
             .iter()
             .map(|pem| key_id(pem))
             .collect(),
+        allowed_devices: from_json(&row.get::<String>(10)?)?,
+        allow_privileged: row.get::<i64>(11)? != 0,
         created_at: row.get(8)?,
     })
 }

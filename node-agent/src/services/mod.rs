@@ -22,6 +22,7 @@ use fogswarm_client::engine::Engine;
 use fogswarm_client::Client;
 use fogswarm_protocol::api::DesiredNode;
 use fogswarm_protocol::constraint::{Constraint, ConstraintKey};
+use fogswarm_protocol::hardware;
 use fogswarm_protocol::secret::{FileKind, FileVersion, ValuesRequest, FILE_SOURCE_LABEL};
 use fogswarm_protocol::service::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -14,8 +14,13 @@ pub(super) fn template_fingerprint(want: &DesiredService, image: &str) -> String
     spec.rollback = None;
     spec.labels.clear();
     // Every part serialises in a fixed order (structs, BTreeMaps, Vecs).
-    let shape =
-        serde_json::json!([image, spec, want.secret_versions, want.config_versions]).to_string();
+    let mut shape = serde_json::json!([image, spec, want.secret_versions, want.config_versions]);
+    // A new grant (the swarm's allow-list changed) restarts the tasks; no
+    // grant leaves the fingerprints of services without hardware as they were.
+    if let (Some(grant), Some(parts)) = (&want.grant, shape.as_array_mut()) {
+        parts.push(grant.clone().into());
+    }
+    let shape = shape.to_string();
     let hash = shape.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
@@ -76,6 +81,20 @@ pub(super) fn engine_spec(
     );
     if let Some(stack) = &spec.stack {
         container_labels.insert(STACK_LABEL.to_string(), stack.clone());
+    }
+    // The grant rides on every task's container, where the device's
+    // runtime reads it; the service goes only where the server found the
+    // hardware and the runtime (the placement label, which no node has
+    // while the swarm does not allow what the service asks for).
+    let mut constraints = spec.constraints.clone();
+    if let Some(grant) = &want.grant {
+        container_labels.insert(hardware::GRANT_LABEL.to_string(), grant.clone());
+    }
+    if spec.wants_hardware() {
+        constraints.push(format!(
+            "node.labels.{}==true",
+            hardware::placement_label(&spec.name)
+        ));
     }
     let replicas = spec.replicas.unwrap_or(1) as i64;
     let mode = match spec.mode {
@@ -149,7 +168,7 @@ pub(super) fn engine_spec(
             "Resources": resources,
             "RestartPolicy": restart_policy,
             "Placement": {
-                "Constraints": spec.constraints,
+                "Constraints": constraints,
                 "Preferences": spec.placement_prefs
                     .iter()
                     .filter_map(|p| parse_placement_pref(p).ok())

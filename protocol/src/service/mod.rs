@@ -337,6 +337,18 @@ pub struct ServiceSpec {
     pub resources: Resources,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_driver: Option<LogDriver>,
+    /// Device nodes the tasks get (`--device`), which swarm itself cannot
+    /// give: granted by fogswarm's runtime on the devices, only where the
+    /// swarm allows them (see [`crate::hardware`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::hardware::DeviceRequest>,
+    /// `--device-cgroup-rule`: access by device number (`c 89:* rwm`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
+    /// Every capability and device, no seccomp or AppArmor profile: only
+    /// in a swarm that allows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
     /// Bumped by `service update --force` to restart every task with an
     /// otherwise unchanged spec.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -571,6 +583,14 @@ impl ServiceSpec {
         for (i, h) in self.hosts.iter().enumerate() {
             parse_host_entry(h).map_err(|m| ValidationError::new(format!("hosts[{i}]"), m))?;
         }
+        for (i, d) in self.devices.iter().enumerate() {
+            d.validate()
+                .map_err(|m| ValidationError::new(format!("devices[{i}]"), m))?;
+        }
+        for (i, r) in self.device_cgroup_rules.iter().enumerate() {
+            crate::hardware::parse_cgroup_rule(r)
+                .map_err(|m| ValidationError::new(format!("device_cgroup_rules[{i}]"), m))?;
+        }
         if self.resources.limit_pids == Some(0) {
             return Err(ValidationError::new(
                 "resources.limit_pids",
@@ -578,6 +598,11 @@ impl ServiceSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the tasks need a grant from fogswarm's runtime.
+    pub fn wants_hardware(&self) -> bool {
+        !self.devices.is_empty() || !self.device_cgroup_rules.is_empty() || self.privileged
     }
 
     /// The name within its stack (`web` for `shop_web`), by which other

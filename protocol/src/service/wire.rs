@@ -27,6 +27,11 @@ pub struct DesiredService {
     /// leader fetches it and passes it on, so every node can pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<String>,
+    /// The signed hardware grant (see [`crate::hardware`]): put on every
+    /// task's container, and the service placed only on nodes labelled
+    /// [`crate::hardware::placement_label`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// The swarm object holding version `version` of a server secret or
