@@ -46,7 +46,9 @@ pub struct InstallOptions {
 pub struct Step {
     pub what: String,
     pub path: String,
-    /// `written`, `unchanged`, `removed`, `restored`, `restarted`, `skipped`.
+    /// `written`, `unchanged`, `removed`, `restored`, `restarted`,
+    /// `not running` (the engine reads the new config when it starts),
+    /// `skipped`.
     pub outcome: String,
 }
 
@@ -280,10 +282,12 @@ fn install_runtime(
         "runtimeArgs": ["runtime", "--state-dir", state_dir.display().to_string()],
     });
     config["default-runtime"] = json!(RUNTIME_NAME);
-    if let Some(root) = config.get("data-root").cloned() {
-        if let Some(args) = config["runtimes"][RUNTIME_NAME]["runtimeArgs"].as_array_mut() {
-            args.extend([json!("--engine-root"), root]);
+    if let Some(args) = config["runtimes"][RUNTIME_NAME]["runtimeArgs"].as_array_mut() {
+        if let Some(root) = existing.as_ref().and_then(|c| c.get("data-root")) {
+            args.extend([json!("--engine-root"), root.clone()]);
         }
+        // runc's arguments follow (dockerd's wrapper script appends them).
+        args.push(json!("--"));
     }
     if existing.as_ref() == Some(&config) {
         steps.push(step("engine runtime", daemon_json, "unchanged"));
@@ -379,9 +383,7 @@ fn restart_engine(
         })
     };
     let Some(before) = answers() else {
-        steps.push(engine_step(
-            "not running; reads the new config when it starts",
-        ));
+        steps.push(engine_step("not running"));
         return Ok(());
     };
     let status = std::process::Command::new("/bin/sh")
@@ -461,7 +463,7 @@ mod tests {
         // No engine answers on the socket: nothing to restart.
         assert!(first
             .iter()
-            .any(|s| s.what == "engine" && s.outcome.starts_with("not running")));
+            .any(|s| s.what == "engine" && s.outcome == "not running"));
         let config: Value =
             serde_json::from_slice(&std::fs::read(&o.daemon_json).expect("read")).expect("json");
         assert_eq!(config["default-runtime"], RUNTIME_NAME);

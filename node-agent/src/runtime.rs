@@ -94,12 +94,21 @@ pub fn run(options: &RuntimeOptions, args: Vec<OsString>) -> Result<()> {
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // A container whose grant does not hold starts with the engine's
+    // defaults. Only a device that cannot judge yet (no key for its swarm)
+    // fails the create: swarm starts the task again shortly, by when the
+    // agent has the key, instead of leaving it running without its device.
     if let Some(create) = parse_create(&strings) {
-        let state = StateDir::open(&options.state_dir)?;
-        if let Err(refusal) = grant(options, &state, &create) {
-            if let Err(e) = state.record_refusal(&refusal) {
-                eprintln!("fogswarm runtime: cannot record a refusal: {e:#}");
-            }
+        match StateDir::open(&options.state_dir) {
+            Ok(state) => match grant(options, &state, &create) {
+                Ok(()) => {}
+                Err(Refused::Invalid(refusal)) => record(&state, &refusal),
+                Err(Refused::NoKey(refusal)) => {
+                    record(&state, &refusal);
+                    bail!("{}; the task is started again once it has", refusal.reason);
+                }
+            },
+            Err(e) => eprintln!("fogswarm runtime: {e:#}"),
         }
     }
     let runc = match &options.runc {
@@ -111,6 +120,20 @@ pub fn run(options: &RuntimeOptions, args: Vec<OsString>) -> Result<()> {
     Err(anyhow!("cannot run {}: {error}", runc.display()))
 }
 
+fn record(state: &StateDir, refusal: &GrantRefusal) {
+    if let Err(e) = state.record_refusal(refusal) {
+        eprintln!("fogswarm runtime: cannot record a refusal: {e:#}");
+    }
+}
+
+/// Why a grant was not applied.
+enum Refused {
+    /// It does not hold: the container starts with the engine's defaults.
+    Invalid(GrantRefusal),
+    /// This device cannot check it yet.
+    NoKey(GrantRefusal),
+}
+
 fn find_runc() -> Option<PathBuf> {
     ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
         .iter()
@@ -118,40 +141,40 @@ fn find_runc() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Applies the container's grant, if it has one. `Err` is a refusal to
-/// record: the spec is then left as it was.
-fn grant(options: &RuntimeOptions, state: &StateDir, create: &Create) -> Result<(), GrantRefusal> {
+/// Applies the container's grant, if it has one. On `Err` the spec is
+/// left as it was.
+fn grant(options: &RuntimeOptions, state: &StateDir, create: &Create) -> Result<(), Refused> {
     let labels = container_labels(&options.engine_root, &create.id).unwrap_or_default();
     let Some(label) = labels.get(GRANT_LABEL) else {
         return Ok(());
     };
     let service = labels.get(SERVICE_NAME_LABEL).cloned();
-    let refuse = |reason: String| GrantRefusal {
+    let refusal = |reason: String| GrantRefusal {
         container: create.id.chars().take(12).collect(),
         service: service.clone(),
         reason,
     };
-    let key = state
-        .grant_key()
-        .ok_or_else(|| refuse("this device has no grant key for its swarm yet".into()))?;
+    let refuse = |reason: String| Refused::Invalid(refusal(reason));
+    let Some(actual) = &service else {
+        return Err(refuse(
+            "the container is not a swarm task; grants are for services".into(),
+        ));
+    };
+    let key = state.grant_key().ok_or_else(|| {
+        Refused::NoKey(refusal(
+            "this device has no grant key for its swarm yet".into(),
+        ))
+    })?;
     let grant =
         Grant::open(label, &key.public_key, &key.swarm).map_err(|e| refuse(e.to_string()))?;
-    match &service {
-        Some(s) if *s == grant.service => {}
-        Some(s) => {
-            return Err(refuse(
-                GrantError::OtherService {
-                    granted: grant.service,
-                    actual: s.clone(),
-                }
-                .to_string(),
-            ))
-        }
-        None => {
-            return Err(refuse(
-                "the container is not a swarm task; grants are for services".into(),
-            ))
-        }
+    if grant.service != *actual {
+        return Err(refuse(
+            GrantError::OtherService {
+                granted: grant.service,
+                actual: actual.clone(),
+            }
+            .to_string(),
+        ));
     }
     apply(&create.bundle, &grant).map_err(|e| refuse(format!("{e:#}")))
 }

@@ -36,6 +36,9 @@ pub struct DeviceSpec {
     pub dockerd_args: Vec<String>,
     /// The agent this device boots, if any.
     pub agent: Option<AgentSetup>,
+    /// Character devices made in the device's /dev at boot, as
+    /// (path, major, minor): hardware the lab pretends the device has.
+    pub device_nodes: Vec<(String, u32, u32)>,
 }
 
 /// What a device needs to run the agent at boot.
@@ -43,18 +46,47 @@ pub struct DeviceSpec {
 pub struct AgentSetup {
     /// Static agent binary for the device's platform.
     pub binary: PathBuf,
-    /// The agent's config file (server, pin, key file, state dir).
-    pub config: serde_json::Value,
+    /// The agent's settings as `fogswarm-agent install` flags (server,
+    /// pin, key file, state dir, heartbeat).
+    pub agent_flags: Vec<String>,
     /// The fleet's provisioning key, copied into the device (0600).
     pub provisioning_key: String,
     /// Boot without starting the agent until `lab start-agent`.
     pub hold: bool,
+    /// Register the agent as the engine's runtime at boot (hardware
+    /// grants); without it, `sh /lab/install.sh` does so later.
+    pub runtime: bool,
 }
 
-/// A device's boot: its engine, then (once enabled) the agent, restarted
-/// whenever it exits, as an init system would.
+/// The device's set-up, as a device image's first boot would run it:
+/// `fogswarm-agent install` writes /lab/agent.json and registers the
+/// runtime in /lab/daemon.json; the engine restarts through its pid (the
+/// boot loop starts it again).
+const INSTALL_FLAGS: &[&str] = &[
+    "--config",
+    "/lab/agent.json",
+    "--no-systemd",
+    "--binary",
+    "/lab/fogswarm-agent",
+    "--daemon-json",
+    "/lab/daemon.json",
+    "--engine-restart",
+    r#"kill "$(cat /var/run/docker.pid)""#,
+];
+
+/// A device's boot: the device nodes the lab gives it, the install, its
+/// engine (started again whenever it exits, as an init system would),
+/// then (once enabled) the agent, restarted whenever it exits.
 const BOOT_SCRIPT: &str = r#"#!/bin/sh
-dockerd --config-file /lab/daemon.json "$@" &
+if [ -f /lab/device-nodes ]; then
+  while read -r path major minor; do
+    [ -e "$path" ] || mknod -m 0660 "$path" c "$major" "$minor"
+  done < /lab/device-nodes
+fi
+if [ -f /lab/install.sh ]; then
+  sh /lab/install.sh $(cat /lab/install.flags 2>/dev/null) >>/lab/install.log 2>&1
+fi
+(while true; do dockerd --config-file /lab/daemon.json "$@"; sleep 0.2; done) &
 engine=$!
 if [ -x /lab/fogswarm-agent ]; then
   (
@@ -205,21 +237,41 @@ fn write_boot_files(spec: &DeviceSpec) -> Result<()> {
         0o644,
     )?;
     write("boot.sh", BOOT_SCRIPT.as_bytes(), 0o755)?;
+    let nodes: String = spec
+        .device_nodes
+        .iter()
+        .map(|(path, major, minor)| format!("{path} {major} {minor}\n"))
+        .collect();
+    write("device-nodes", nodes.as_bytes(), 0o644)?;
     if let Some(agent) = &spec.agent {
         let bytes = std::fs::read(&agent.binary)
             .with_context(|| format!("reading the agent binary {}", agent.binary.display()))?;
         write("fogswarm-agent", &bytes, 0o755)?;
-        write(
-            "agent.json",
-            &serde_json::to_vec_pretty(&agent.config)?,
-            0o644,
-        )?;
+        let mut install = String::from("#!/bin/sh\nexec /lab/fogswarm-agent install");
+        for arg in agent
+            .agent_flags
+            .iter()
+            .map(String::as_str)
+            .chain(INSTALL_FLAGS.iter().copied())
+        {
+            install.push(' ');
+            install.push_str(&shell_quote(arg));
+        }
+        install.push_str(" \"$@\"\n");
+        write("install.sh", install.as_bytes(), 0o755)?;
+        let flags = if agent.runtime { "" } else { "--no-runtime\n" };
+        write("install.flags", flags.as_bytes(), 0o644)?;
         write("provisioning.key", agent.provisioning_key.as_bytes(), 0o600)?;
         if !agent.hold {
             write("agent.enabled", b"", 0o644)?;
         }
     }
     Ok(())
+}
+
+/// One word for sh, single-quoted.
+fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
 /// Waits for the device's engine to answer on its socket. Fails at once

@@ -47,6 +47,18 @@ pub struct FleetDevice {
     /// Do not start the agent at boot; `fogswarm lab agent start` does.
     #[serde(default)]
     pub hold: bool,
+    /// Register the agent as the engine's runtime at boot (`false`: a
+    /// device that cannot be granted hardware until `sh /lab/install.sh`).
+    #[serde(default = "yes")]
+    pub runtime: bool,
+    /// Character devices the device has, made at boot as
+    /// `[PATH, MAJOR, MINOR]` (a sensor on /dev/ttyACM0, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_nodes: Vec<(String, u32, u32)>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_swarm() -> String {
@@ -83,6 +95,8 @@ impl Fleet {
                         labels,
                         discover: false,
                         hold: false,
+                        runtime: true,
+                        device_nodes: vec![],
                     },
                 )
             })

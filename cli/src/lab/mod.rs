@@ -391,7 +391,7 @@ async fn bring_up(
         let agent = match (services, &agent_base) {
             (Some(services), Some((record, key))) => Some(AgentSetup {
                 binary: services.agents[platform.docker_name()].clone(),
-                config: agent_config(
+                agent_flags: agent_flags(
                     record,
                     &services.fleet.other_servers,
                     fleet_entry.is_some_and(|d| d.discover),
@@ -399,6 +399,7 @@ async fn bring_up(
                 ),
                 provisioning_key: key.clone(),
                 hold: fleet_entry.is_some_and(|d| d.hold),
+                runtime: fleet_entry.is_none_or(|d| d.runtime),
             }),
             _ => None,
         };
@@ -415,6 +416,9 @@ async fn bring_up(
             registry: registry_addr.clone(),
             dockerd_args: opts.dockerd_args.clone(),
             agent,
+            device_nodes: fleet_entry
+                .map(|d| d.device_nodes.clone())
+                .unwrap_or_default(),
         });
     }
     let start_step = Step::count("starting devices", specs.len() as u64);
@@ -462,29 +466,29 @@ async fn bring_up(
     Ok(())
 }
 
-/// The agent's config file inside a device: the lab server's URL after
-/// any others the fleet names.
-fn agent_config(
+/// The agent's settings inside a device, as `fogswarm-agent install`
+/// flags: the lab server's URL after any others the fleet names.
+fn agent_flags(
     server: &state::ServerRecord,
     others: &[String],
     discover: bool,
     heartbeat_secs: u64,
-) -> serde_json::Value {
-    let mut config = serde_json::json!({
-        "ca_fingerprint": server.ca_fingerprint,
-        "provisioning_key_file": "/lab/provisioning.key",
-        "state_dir": "/var/lib/fogswarm-agent",
-        "heartbeat_secs": heartbeat_secs,
-    });
+) -> Vec<String> {
+    let mut flags = vec![
+        format!("--ca-fingerprint={}", server.ca_fingerprint),
+        "--provisioning-key-file=/lab/provisioning.key".into(),
+        "--state-dir=/var/lib/fogswarm-agent".into(),
+        format!("--heartbeat-secs={heartbeat_secs}"),
+    ];
     if !discover {
         let urls: Vec<&str> = others
             .iter()
             .map(String::as_str)
             .chain([server.url.as_str()])
             .collect();
-        config["server"] = serde_json::json!(urls);
+        flags.push(format!("--server={}", urls.join(",")));
     }
-    config
+    flags
 }
 
 /// An operator client for the lab's server.
@@ -771,6 +775,12 @@ fn spec_of(state: &LabState, record: &DeviceRecord) -> Result<DeviceSpec> {
             .unwrap_or_default(),
         dockerd_args: state.dockerd_args.clone(),
         agent: None,
+        device_nodes: state
+            .fleet
+            .as_ref()
+            .and_then(|f| f.devices.get(&record.name))
+            .map(|d| d.device_nodes.clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -61,6 +61,9 @@ pub(super) async fn update_swarm(
         (req.allow_devices.as_deref(), req.allow_privileged),
     )?;
     if req.allow_devices.is_some() || req.allow_privileged.is_some() {
+        // The key exists before any grant, so devices hold it by the time
+        // a hardware service's first task starts.
+        state.store.grant_key(&name, &state.sealer)?;
         // Grants are signed for what is allowed now: managers re-read.
         state.notify(&vec![name.clone()]);
     }

@@ -17,7 +17,8 @@
 //! For the tests of swarm's service features it also: reports the command
 //! line it was started with (`"argv"`), so a service's entrypoint and
 //! arguments show; serves `GET /file/PATH` (a file's mode, owner and
-//! content: secrets, configs and mounts as the task sees them); counts its
+//! content: secrets, configs and mounts as the task sees them) and
+//! `GET /open/PATH` (whether the task may open a device node); counts its
 //! starts in `FOG_COUNTER_FILE` when set (`"starts"`: data that outlives a
 //! task); answers `/healthz` with 503 once `GET /sick` was called or when
 //! `FOG_UNHEALTHY` is set; and has two subcommands: `fog-hello health`
@@ -135,6 +136,9 @@ fn serve(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
         None if path_of(&request_line).is_some_and(|p| p.starts_with("/file/")) => {
             file(&path_of(&request_line).unwrap_or_default()["/file".len()..])
         }
+        None if path_of(&request_line).is_some_and(|p| p.starts_with("/open/")) => {
+            open(&path_of(&request_line).unwrap_or_default()["/open".len()..])
+        }
         None => {
             let (status, content) = route(&request_line, seen > MAX_HEAD_BYTES, body);
             (status, content.to_string())
@@ -185,6 +189,27 @@ fn file(path: &str) -> (&'static str, String) {
             format!("{{\"error\":{}}}", json_string(&format!("{path}: {e}"))),
         ),
     }
+}
+
+/// Opens a path for reading and writing, as a program talking to a
+/// device would, and says whether that worked: how a test tells a granted
+/// device (opened) from one the engine's rules deny ("Operation not
+/// permitted") or one the task does not have ("No such file").
+fn open(path: &str) -> (&'static str, String) {
+    let result = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path);
+    let body = match result {
+        Ok(_) => format!("{{\"path\":{},\"opened\":true}}\n", json_string(path)),
+        Err(e) => format!(
+            "{{\"path\":{},\"opened\":false,\"errno\":{},\"error\":{}}}\n",
+            json_string(path),
+            e.raw_os_error().unwrap_or(0),
+            json_string(&e.to_string())
+        ),
+    };
+    ("200 OK", body)
 }
 
 /// Adds one to the number in `FOG_COUNTER_FILE` (when set) and answers
