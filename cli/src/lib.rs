@@ -7,7 +7,8 @@ pub mod compose;
 pub mod files;
 pub mod fleet;
 pub mod image;
-pub mod lab;
+/// The lab is a crate of its own; the CLI keeps only its `lab` commands.
+pub use fogswarm_lab as lab;
 pub mod service;
 pub mod supply;
 pub mod table;

@@ -12,8 +12,8 @@ pub mod server;
 pub mod token_registry;
 
 use anyhow::{bail, Context, Result};
-use fogswarm::engine::{Engine, EngineAddr};
-use fogswarm::lab::{DeviceStatus, LabStatus};
+use fogswarm_client::engine::{Engine, EngineAddr};
+use fogswarm_lab::{DeviceStatus, LabStatus};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

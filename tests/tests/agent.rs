@@ -8,7 +8,7 @@ use bollard::models::{
     NodeSpecAvailabilityEnum, NodeState, ServiceSpec, ServiceSpecMode, TaskSpec,
     TaskSpecContainerSpec, TaskSpecPlacement,
 };
-use fogswarm::engine::Engine;
+use fogswarm_client::engine::Engine;
 use fogswarm_e2e::{eventually, fogswarm, serial, Lab};
 use fogswarm_protocol::api::DeviceState;
 use std::collections::{BTreeMap, HashMap};

@@ -168,8 +168,8 @@ async fn five_platforms_pushed_pulled_and_run_under_emulation() -> Result<()> {
 
     // The host engine pulls the tag; under binfmt, arm64 and arm/v7 run.
     docker(&["pull", &reference])?;
-    fogswarm::lab::binfmt::ensure_handler("qemu-aarch64")?;
-    fogswarm::lab::binfmt::ensure_handler("qemu-arm")?;
+    fogswarm_lab::binfmt::ensure_handler("qemu-aarch64")?;
+    fogswarm_lab::binfmt::ensure_handler("qemu-arm")?;
     assert_eq!(arch_served(&reference, "linux/amd64").await?, "x86_64");
     assert_eq!(arch_served(&reference, "linux/arm64").await?, "aarch64");
     assert_eq!(arch_served(&reference, "linux/arm/v7").await?, "arm");

@@ -85,7 +85,8 @@ async fn three_device_lab_forms_a_swarm_runs_fog_hello_and_goes_down_clean() -> 
         down.stdout
     );
     let host =
-        fogswarm::engine::Engine::connect(&fogswarm::engine::EngineAddr::from_env()?).await?;
+        fogswarm_client::engine::Engine::connect(&fogswarm_client::engine::EngineAddr::from_env()?)
+            .await?;
     for id in &containers {
         assert!(
             host.docker
@@ -107,7 +108,7 @@ async fn three_device_lab_forms_a_swarm_runs_fog_hello_and_goes_down_clean() -> 
         .await
         .is_err());
     assert!(
-        !fogswarm::lab::supervisor::alive(supervisor),
+        !fogswarm_lab::supervisor::alive(supervisor),
         "registry supervisor {supervisor} still running"
     );
     assert!(
@@ -276,7 +277,7 @@ fn registry_process_running(lab: &Lab) -> bool {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|pid| fogswarm::lab::supervisor::alive(*pid))
+        .filter(|pid| fogswarm_lab::supervisor::alive(*pid))
         .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
         .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(&config))
 }

@@ -122,7 +122,7 @@ fn run_up(name: &str, case: &Case, root: &Path) -> Run {
     if let Some(tools) = case.path_tools {
         let dir = tempfile::tempdir().expect("tempdir");
         for tool in tools {
-            let real = fogswarm::lab::tools::find_on_path(tool)
+            let real = fogswarm_lab::tools::find_on_path(tool)
                 .unwrap_or_else(|| panic!("{tool} must be installed for this test"));
             std::os::unix::fs::symlink(real, dir.path().join(tool)).expect("symlink");
         }

@@ -6,6 +6,9 @@
 //! benchmark bed. Everything it creates carries the label `io.fogswarm.lab`
 //! and is recorded in a state file, so `down` removes exactly that.
 
+/// Engine access lives with the other clients.
+pub use fogswarm_client::engine;
+
 pub mod binfmt;
 pub mod device;
 pub mod fleet;
