@@ -129,6 +129,9 @@ pub enum SwarmCommand {
         #[arg(long, value_name = "BOOL")]
         allow_privileged: Option<bool>,
     },
+    /// Have the swarm's raft leader rotate both join tokens, so an old one
+    /// can no longer join (done on every decommission too).
+    RotateTokens { name: String },
     /// Remove a swarm (with --force, its devices too).
     Rm {
         name: String,
@@ -371,6 +374,12 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                     ""
                 }
             );
+        }
+        SwarmCommand::RotateTokens { name } => {
+            client.rotate_tokens(&name).await?;
+            if !conn.json {
+                println!("swarm {name}: the raft leader's agent rotates its join tokens");
+            }
         }
         SwarmCommand::Rm { name, force } => {
             client.remove_swarm(&name, force).await?;

@@ -357,6 +357,16 @@ impl Client {
         .await
     }
 
+    /// Asks the swarm's raft leader to rotate both join tokens.
+    pub async fn rotate_tokens(&self, swarm: &str) -> Result<()> {
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/swarms/{}/rotate-tokens", seg(swarm)),
+            None::<&()>,
+        )
+        .await
+    }
+
     pub async fn create_device(&self, spec: &DeviceCreate) -> Result<DeviceView> {
         self.call(Method::POST, "/v1/devices", Some(spec)).await
     }

@@ -276,6 +276,7 @@ impl Agent {
                         manager_addrs: vec![format!("{addr}:{}", swarm::SWARM_PORT)],
                         worker_token: Secret::new(worker),
                         manager_token: Secret::new(manager),
+                        generation: 0,
                     })
                     .await?;
                 node
@@ -368,6 +369,7 @@ impl Agent {
             state: Some(state),
             node_id: node.as_ref().and_then(|n| n.node_id.clone()),
             cluster_id: node.as_ref().and_then(|n| n.cluster_id.clone()),
+            manager: node.as_ref().map(|n| n.is_manager),
             engine_version: node.map(|n| n.engine_version),
             facts: Some(self.facts.clone()),
             error,

@@ -27,6 +27,8 @@ pub const OWNED_LABEL: &str = "io.fogswarm.owned";
 pub struct Applied {
     pub updated: Vec<String>,
     pub removed_stale: Vec<String>,
+    /// Devices promoted or demoted to the role the server gives them.
+    pub roles: Vec<String>,
 }
 
 /// Whether this node is the raft leader.
@@ -124,8 +126,9 @@ pub async fn set_role(engine: &Engine, node_id: &str, role: NodeSpecRoleEnum) ->
     .map(|_| ())
 }
 
-/// Makes the swarm's nodes match the desired state.
-pub async fn apply(engine: &Engine, desired: &DesiredState) -> Result<Applied> {
+/// Makes the swarm's nodes match the desired state. `own` is this node's
+/// id (changed last when its role changes).
+pub async fn apply(engine: &Engine, desired: &DesiredState, own: &str) -> Result<Applied> {
     let mut applied = Applied::default();
     let nodes = engine
         .docker
@@ -176,6 +179,7 @@ pub async fn apply(engine: &Engine, desired: &DesiredState) -> Result<Applied> {
             }
         }
     }
+    apply_roles(engine, desired, &nodes, own, &mut applied).await;
     // Nodes fogswarm labelled whose device is gone (decommissioned): once
     // Down, they are stale. Nodes it never labelled are not its to remove.
     let known: std::collections::HashSet<&str> = desired
@@ -206,6 +210,97 @@ pub async fn apply(engine: &Engine, desired: &DesiredState) -> Result<Applied> {
         }
     }
     Ok(applied)
+}
+
+/// Roles changed on the server after joining: ready nodes are promoted or
+/// demoted to match. Promotions go first, so the managers are as many as
+/// they will be before any leaves; this node goes last (demoting the raft
+/// leader hands leadership on). Swarm refuses what would break its quorum;
+/// that is logged and tried again at the next pass, not fatal to the rest.
+async fn apply_roles(
+    engine: &Engine,
+    desired: &DesiredState,
+    nodes: &[bollard::models::Node],
+    own: &str,
+    applied: &mut Applied,
+) {
+    let current: HashMap<&str, (Option<NodeSpecRoleEnum>, bool)> = nodes
+        .iter()
+        .filter_map(|n| {
+            let ready = n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY);
+            Some((n.id.as_deref()?, (n.spec.as_ref()?.role, ready)))
+        })
+        .collect();
+    let mut changes: Vec<(&DesiredNode, &str, NodeSpecRoleEnum)> = desired
+        .nodes
+        .iter()
+        .filter_map(|want| {
+            let id = want.node_id.as_deref()?;
+            let (role, ready) = current.get(id)?;
+            let target = if want.role.is_manager() {
+                NodeSpecRoleEnum::MANAGER
+            } else {
+                NodeSpecRoleEnum::WORKER
+            };
+            (*ready && *role != Some(target)).then_some((want, id, target))
+        })
+        .collect();
+    changes.sort_by_key(|(_, id, target)| (*target == NodeSpecRoleEnum::WORKER, *id == own));
+    for (want, id, target) in changes {
+        match set_role(engine, id, target).await {
+            Ok(()) => {
+                tracing::info!(device = %want.device_id, node = %id, role = %target, "role applied");
+                applied.roles.push(want.device_id.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(device = %want.device_id, node = %id, role = %target, error = %format!("{e:#}"), "cannot apply the role")
+            }
+        }
+    }
+}
+
+/// Rotates both join tokens and posts the new ones (with every manager's
+/// address) as the answer to rotation `generation`. Rotating again after a
+/// crash between the two steps is harmless: the server keeps the last.
+async fn rotate_tokens(engine: &Engine, device: &Client, generation: u64) -> Result<()> {
+    let swarm = engine
+        .docker
+        .inspect_swarm()
+        .await
+        .context("inspecting the swarm")?;
+    let version = swarm
+        .version
+        .and_then(|v| v.index)
+        .context("the swarm has no version")?;
+    let options = bollard::query_parameters::UpdateSwarmOptionsBuilder::default()
+        .version(version as i64)
+        .rotate_worker_token(true)
+        .rotate_manager_token(true)
+        .build();
+    engine
+        .docker
+        .update_swarm(swarm.spec.unwrap_or_default(), options)
+        .await
+        .context("rotating the join tokens")?;
+    let (cluster_id, worker, manager) = crate::swarm::tokens(engine).await?;
+    let manager_addrs: Vec<String> = engine
+        .docker
+        .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+        .await
+        .context("listing nodes")?
+        .into_iter()
+        .filter_map(|n| n.manager_status?.addr)
+        .collect();
+    device
+        .post_swarm_tokens(&fogswarm_protocol::api::SwarmTokens {
+            cluster_id,
+            manager_addrs,
+            worker_token: fogswarm_protocol::api::Secret::new(worker),
+            manager_token: fogswarm_protocol::api::Secret::new(manager),
+            generation,
+        })
+        .await?;
+    Ok(())
 }
 
 async fn remove_node(engine: &Engine, node_id: &str) -> Result<()> {
@@ -274,11 +369,12 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
             continue;
         }
         logs.serve(&engine, &device, &desired.log_requests);
-        match apply(&engine, &desired).await {
+        match apply(&engine, &desired, &node_id).await {
             Ok(a) if a != Applied::default() => tracing::info!(
                 revision = desired.revision,
                 updated = a.updated.len(),
                 removed = a.removed_stale.len(),
+                roles = a.roles.len(),
                 "desired state applied"
             ),
             Ok(_) => {}
@@ -287,6 +383,17 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
                 since = None; // try again soon rather than at the next change
                 tokio::time::sleep(backoff.next(None)).await;
                 continue;
+            }
+        }
+        if desired.token_rotation > desired.tokens_generation {
+            match rotate_tokens(&engine, &device, desired.token_rotation).await {
+                Ok(()) => {
+                    tracing::info!(generation = desired.token_rotation, "join tokens rotated")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "rotating the join tokens");
+                    since = None;
+                }
             }
         }
         match services_pass(&engine, &device, &desired, &mut services, &mut last_report).await {

@@ -219,6 +219,9 @@ pub struct ReportRequest {
     /// The device's current error; absent or null clears it.
     #[serde(default)]
     pub error: Option<String>,
+    /// Whether the device's node is a swarm manager now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<bool>,
     /// Containers the device's runtime gave nothing because their grant
     /// did not hold, since the last report (each becomes an event).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -245,6 +248,10 @@ pub struct SwarmTokens {
     pub manager_addrs: Vec<String>,
     pub worker_token: Secret,
     pub manager_token: Secret,
+    /// The token rotation these answer (see [`DesiredState::token_rotation`]);
+    /// 0 for the tokens of a new swarm.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -287,6 +294,13 @@ pub struct DesiredState {
     /// Open `service logs` requests the raft leader should answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_requests: Vec<crate::logs::LogRequest>,
+    /// Join-token rotations asked for (a decommission, `swarm
+    /// rotate-tokens`): while greater than `tokens_generation`, the raft
+    /// leader rotates both tokens and posts the new ones with this number.
+    #[serde(default)]
+    pub token_rotation: u64,
+    #[serde(default)]
+    pub tokens_generation: u64,
 }
 
 // ---- operator API ----
@@ -400,6 +414,10 @@ pub struct DeviceView {
     pub last_seen: Option<i64>,
     pub last_error: Option<String>,
     pub created_at: i64,
+    /// Whether its node is a swarm manager, as it last reported (the role
+    /// above is what the operator wants; the raft leader's agent makes it so).
+    #[serde(default)]
+    pub manager: Option<bool>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -395,6 +395,7 @@ async fn device(
                     manager_addrs: vec![format!("10.213.0.{}:2377", index % 250 + 1)],
                     worker_token: Secret::new(format!("SWMTKN-1-{swarm}-simulated-worker")),
                     manager_token: Secret::new(format!("SWMTKN-1-{swarm}-simulated-manager")),
+                    generation: 0,
                 };
                 let t = Instant::now();
                 let posted = pool.call(client.post_swarm_tokens(&tokens)).await;
@@ -424,6 +425,7 @@ async fn device(
                 facts: None,
                 error: None,
                 grant_refusals: vec![],
+                manager: None,
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);

@@ -334,6 +334,58 @@ async fn zero_touch_then_reboot_reimage_and_relabel() -> Result<()> {
     })
     .await?;
 
+    // Roles changed after joining (issue 15, test 1): dev4, a worker, made a
+    // manager on the server becomes a swarm manager; made a worker again,
+    // it is demoted; both are events.
+    let dev4 = status
+        .devices
+        .iter()
+        .find(|d| d.name == "dev4")
+        .context("dev4")?
+        .mac
+        .clone();
+    let admin = lab.admin()?;
+    for (role, manager) in [("manager", true), ("worker", false)] {
+        let update = Command::new(fogswarm())
+            .args(["device", "update", &dev4, "--role", role])
+            .envs(lab.cli_env()?)
+            .output()?;
+        assert!(
+            update.status.success(),
+            "{}",
+            String::from_utf8_lossy(&update.stderr)
+        );
+        eventually(60, || async {
+            let all = nodes(&leader).await?;
+            ensure!(
+                live(&all, "dev4")?.manager == manager,
+                "dev4 is not a {role} yet"
+            );
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("dev4 made a {role}"))?;
+        // The device reports its new role at its next pass.
+        eventually(30, || async {
+            let view = admin.get_device(&dev4).await?;
+            ensure!(view.manager == Some(manager), "{:?}", view.manager);
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("dev4 reporting itself a {role}"))?;
+    }
+    eventually(30, || async {
+        let events = admin.events(0, 1000, Some(&dev4)).await?;
+        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        ensure!(
+            actions.contains(&"device.promoted") && actions.contains(&"device.demoted"),
+            "{actions:?}"
+        );
+        Ok(())
+    })
+    .await
+    .context("promotion and demotion events")?;
+
     // Decommission: the device leaves, the server forgets it, and its node
     // goes from the swarm.
     let dev5 = status
@@ -343,6 +395,13 @@ async fn zero_touch_then_reboot_reimage_and_relabel() -> Result<()> {
         .context("dev5")?
         .mac
         .clone();
+    let old_worker_token = leader
+        .docker
+        .inspect_swarm()
+        .await?
+        .join_tokens
+        .and_then(|t| t.worker)
+        .context("the swarm's worker token")?;
     let rm = Command::new(fogswarm())
         .args(["device", "rm", &dev5])
         .envs(lab.cli_env()?)
@@ -353,7 +412,6 @@ async fn zero_touch_then_reboot_reimage_and_relabel() -> Result<()> {
         String::from_utf8_lossy(&rm.stderr)
     );
     assert!(String::from_utf8_lossy(&rm.stdout).contains("told to leave"));
-    let admin = lab.admin()?;
     eventually(60, || async {
         ensure!(
             admin.get_device(&dev5).await.is_err(),
@@ -371,14 +429,65 @@ async fn zero_touch_then_reboot_reimage_and_relabel() -> Result<()> {
     assert!(lab
         .agent_log("dev5")
         .contains("left the swarm: decommissioned"));
-    let dev5_engine = lab.engine("dev5").await?.docker.info().await?;
+    let dev5_engine = lab.engine("dev5").await?;
     assert_eq!(
         dev5_engine
+            .docker
+            .info()
+            .await?
             .swarm
             .and_then(|s| s.local_node_state)
             .map(|s| s.to_string())
             .as_deref(),
         Some("inactive")
+    );
+    // The decommission rotated the join tokens (issue 15, test 5): the
+    // leader's agent did, and posted the new ones; the old worker token,
+    // which dev5 knew, no longer joins a fresh engine.
+    eventually(60, || async {
+        let now = leader
+            .docker
+            .inspect_swarm()
+            .await?
+            .join_tokens
+            .and_then(|t| t.worker)
+            .unwrap_or_default();
+        ensure!(now != old_worker_token, "the worker token is unchanged");
+        let events = admin.events(0, 1000, None).await?;
+        ensure!(
+            events.iter().any(|e| e.action == "swarm.tokens-rotated"),
+            "no rotation event yet"
+        );
+        Ok(())
+    })
+    .await
+    .context("token rotation on decommission")?;
+    let ip = |name: &str| {
+        status
+            .devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.ip.clone())
+            .unwrap_or_default()
+    };
+    let join = dev5_engine
+        .post_json(
+            "/swarm/join",
+            &serde_json::json!({
+                "ListenAddr": "0.0.0.0:2377",
+                "AdvertiseAddr": format!("{}:2377", ip("dev5")),
+                "RemoteAddrs": [format!("{}:2377", ip("dev1"))],
+                "JoinToken": old_worker_token,
+            }),
+        )
+        .await;
+    let refused = match join {
+        Ok(answer) => anyhow::bail!("the old worker token joined: {answer}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.to_lowercase().contains("token"),
+        "refused for another reason: {refused}"
     );
 
     // The agents' logs and status files never hold a secret.

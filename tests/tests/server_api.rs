@@ -32,6 +32,7 @@ fn tokens(cluster: &str) -> SwarmTokens {
         manager_addrs: vec!["10.213.9.11:2377".into()],
         worker_token: Secret::new(format!("SWMTKN-1-{cluster}-workerworkerworker")),
         manager_token: Secret::new(format!("SWMTKN-1-{cluster}-managermanagermanager")),
+        generation: 0,
     }
 }
 
@@ -207,6 +208,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
             facts: Some(labels(&[("arch", "arm64"), ("cpus", "4")])),
             error: None,
             grant_refusals: vec![],
+            manager: None,
         })
         .await?;
     let w = admin.get_device("02:fb:00:00:00:03").await?;

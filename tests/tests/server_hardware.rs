@@ -72,6 +72,7 @@ async fn devices_are_granted_only_as_the_swarm_allows() -> Result<()> {
             manager_addrs: vec!["10.213.9.11:2377".into()],
             worker_token: Secret::new("SWMTKN-1-plant-worker-worker-worker"),
             manager_token: Secret::new("SWMTKN-1-plant-manager-manager-mgr"),
+            generation: 0,
         })
         .await?;
     let runtime = (hardware::RUNTIME_FACT, hardware::RUNTIME_NAME);

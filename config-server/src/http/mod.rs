@@ -430,6 +430,10 @@ pub fn router(state: Shared) -> Router {
                 .delete(operator::remove_swarm),
         )
         .route(
+            "/v1/swarms/{name}/rotate-tokens",
+            post(operator::rotate_tokens),
+        )
+        .route(
             "/v1/swarms/{name}/services",
             get(operator::list_services).post(operator::create_service),
         )
@@ -571,7 +575,7 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
     info(title = "fogswarm configuration server", description = "Device bootstrap and operator API."),
     paths(
         device::enrol, device::config, device::report, device::post_tokens, device::desired,
-        operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm,
+        operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm, operator::rotate_tokens,
         operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
         operator::rotate_provisioning_key, operator::status, operator::events,
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,

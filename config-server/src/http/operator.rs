@@ -70,6 +70,20 @@ pub(super) async fn update_swarm(
     Ok(Json(view))
 }
 
+/// Has the swarm's raft leader rotate both join tokens (an old token can no
+/// longer join); also done on every decommission.
+#[utoipa::path(post, path = "/v1/swarms/{name}/rotate-tokens", tag = "operator", security(("admin" = [])),
+    responses((status = 202), (status = 404, body = ApiError)))]
+pub(super) async fn rotate_tokens(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let touched = state.store.rotate_tokens(&Actor::Admin, &name)?;
+    state.notify(&touched);
+    Ok(StatusCode::ACCEPTED)
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct ForceQuery {
     /// Remove even when it would also remove devices (swarm) or skip the

@@ -205,6 +205,14 @@ impl Store {
             let view = device_view(tx, id.as_str())?;
             let touched = vec![view.swarm.clone()];
             bump(tx, &view.swarm)?;
+            if view.enrolled {
+                super::swarms::request_rotation(
+                    tx,
+                    actor,
+                    &view.swarm,
+                    &format!("device {id} decommissioned"),
+                )?;
+            }
             if force || !view.enrolled {
                 tx.execute("DELETE FROM devices WHERE id = $1", params![id.as_str()])?;
                 log_event(tx, actor, "device.remove", id.as_str(), "")?;
@@ -445,6 +453,22 @@ impl Store {
                     ),
                 )?;
             }
+            if let Some(manager) = report.manager {
+                if view.manager != Some(manager) {
+                    tx.execute(
+                        "UPDATE devices SET swarm_manager = $2 WHERE id = $1",
+                        params![device, manager as i64],
+                    )?;
+                }
+                if view.manager.is_some_and(|before| before != manager) {
+                    let (action, detail) = if manager {
+                        ("device.promoted", "worker -> manager")
+                    } else {
+                        ("device.demoted", "manager -> worker")
+                    };
+                    log_event(tx, &actor, action, device, detail)?;
+                }
+            }
             if error.is_some() && error != view.last_error {
                 log_event(
                     tx,
@@ -551,11 +575,12 @@ fn changes_nothing(view: &DeviceView, report: &ReportRequest, error: &Option<Str
         && same(&report.cluster_id, &view.cluster_id)
         && same(&report.engine_version, &view.engine_version)
         && report.facts.as_ref().is_none_or(|f| f == &view.facts)
+        && (report.manager.is_none() || report.manager == view.manager)
         && *error == view.last_error
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids";
+    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager";
 
 pub(super) struct DeviceRow {
     id: String,
@@ -572,6 +597,7 @@ pub(super) struct DeviceRow {
     last_error: Option<String>,
     created_at: i64,
     pub(super) stale_node_ids: String,
+    swarm_manager: Option<i64>,
 }
 
 impl DeviceRow {
@@ -591,6 +617,7 @@ impl DeviceRow {
             last_error: r.get(11)?,
             created_at: r.get(12)?,
             stale_node_ids: r.get(13)?,
+            swarm_manager: r.get(14)?,
         })
     }
 
@@ -610,6 +637,7 @@ impl DeviceRow {
             last_seen: self.last_seen,
             last_error: self.last_error,
             created_at: self.created_at,
+            manager: self.swarm_manager.map(|m| m != 0),
         })
     }
 }

@@ -117,13 +117,19 @@ CREATE TABLE log_lines (
     // Hardware for services: what each swarm lets its services be given
     // (device patterns and cgroup rules; privileged or not), and the
     // swarm's Ed25519 key that signs the grants (sealed private key, and
-    // its public half for the devices' runtimes).
+    // its public half for the devices' runtimes). And whether each device's
+    // node is a swarm manager as it last reported (roles change after
+    // joining). Join-token rotations asked for, and the one the stored
+    // tokens answer.
     Migration(
         r#"
 ALTER TABLE swarms ADD COLUMN allowed_devices TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE swarms ADD COLUMN allow_privileged BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE swarms ADD COLUMN grant_key TEXT;
 ALTER TABLE swarms ADD COLUMN grant_public_key TEXT;
+ALTER TABLE devices ADD COLUMN swarm_manager BIGINT;
+ALTER TABLE swarms ADD COLUMN token_rotation BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE swarms ADD COLUMN tokens_generation BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
 ];

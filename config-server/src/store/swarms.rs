@@ -266,11 +266,20 @@ impl Store {
                 )));
             }
             let row = tx.query_one(
-                "SELECT cluster_id, lease_holder FROM swarms WHERE name = $1",
+                "SELECT cluster_id, lease_holder, tokens_generation FROM swarms WHERE name = $1",
                 params![&view.swarm],
             )?;
             let cluster_id: Option<String> = row.get(0)?;
             let lease_holder: Option<String> = row.get(1)?;
+            let stored_generation = row.get::<i64>(2)? as u64;
+            if tokens.generation < stored_generation {
+                // A late answer to an older rotation must not bring back
+                // tokens a newer rotation retired.
+                return Err(StoreError::Conflict(format!(
+                    "these tokens answer rotation {}; swarm {} holds the tokens of rotation {stored_generation}",
+                    tokens.generation, view.swarm
+                )));
+            }
             match &cluster_id {
                 None if lease_holder.as_deref() != Some(device) => {
                     return Err(StoreError::Conflict(format!(
@@ -288,19 +297,21 @@ impl Store {
             }
             tx.execute(
                 "UPDATE swarms SET cluster_id = $2, manager_addrs = $3, worker_token = $4, manager_token = $5,
-                 lease_holder = NULL, lease_expires = NULL WHERE name = $1",
+                 lease_holder = NULL, lease_expires = NULL,
+                 tokens_generation = $6 WHERE name = $1",
                 params![
                     &view.swarm,
                     &tokens.cluster_id,
                     json_of(&tokens.manager_addrs),
                     tokens.worker_token.expose(),
-                    tokens.manager_token.expose()
+                    tokens.manager_token.expose(),
+                    tokens.generation as i64
                 ],
             )?;
-            let action = if cluster_id.is_none() {
-                "swarm.initialized"
-            } else {
-                "swarm.tokens"
+            let action = match (&cluster_id, tokens.generation) {
+                (None, _) => "swarm.initialized",
+                (Some(_), 0) => "swarm.tokens",
+                (Some(_), _) => "swarm.tokens-rotated",
             };
             log_event(
                 tx,
@@ -335,11 +346,13 @@ impl Store {
     pub fn desired_state(&self, swarm: &str) -> Result<DesiredState> {
         self.read(|tx| {
             let row = tx.query_one(
-                "SELECT revision, cluster_id FROM swarms WHERE name = $1",
+                "SELECT revision, cluster_id, token_rotation, tokens_generation FROM swarms WHERE name = $1",
                 params![swarm],
             )?;
             let revision: i64 = row.get(0)?;
             let cluster_id: Option<String> = row.get(1)?;
+            let token_rotation = row.get::<i64>(2)? as u64;
+            let tokens_generation = row.get::<i64>(3)? as u64;
             let mut nodes = Vec::new();
             for row in device_rows(tx, Some(swarm))? {
                 let stale: Vec<String> = from_json(&row.stale_node_ids)?;
@@ -368,7 +381,19 @@ impl Store {
                 nodes,
                 services: services::desired_services(tx, swarm)?,
                 log_requests: super::logs::open_requests(tx, swarm)?,
+                token_rotation,
+                tokens_generation,
             })
+        })
+    }
+
+    /// Asks the swarm's raft leader for new join tokens.
+    pub fn rotate_tokens(&self, actor: &Actor, swarm: &str) -> Result<Touched> {
+        validate::validate_swarm_name(swarm)?;
+        self.write(|tx| {
+            require_swarm(tx, swarm)?;
+            request_rotation(tx, actor, swarm, "asked for")?;
+            Ok(vec![swarm.to_string()])
         })
     }
 
@@ -444,6 +469,17 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
         retry_after_secs: 5,
         reason: format!("swarm {swarm} is not initialized yet"),
     }))
+}
+
+/// Asks for a join-token rotation (an operator's, or a decommission's: the
+/// device leaving still knows the tokens).
+pub(super) fn request_rotation(tx: &Tx<'_>, actor: &Actor, swarm: &str, why: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE swarms SET token_rotation = token_rotation + 1 WHERE name = $1",
+        params![swarm],
+    )?;
+    bump(tx, swarm)?;
+    log_event(tx, actor, "swarm.rotate-tokens", swarm, why)
 }
 
 /// Refuses (404) a swarm that does not exist.
