@@ -4,7 +4,7 @@
 //! (by an operator, by a decommission) stay in the desired state until a
 //! manager posts tokens answering them.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use fogswarm_e2e::server::ServerProcess;
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::Role;
