@@ -479,6 +479,34 @@ mod tests {
     }
 
     #[test]
+    fn privileged_is_what_docker_run_privileged_does() {
+        let mut spec = json!({
+            "process": {"capabilities": {"bounding": ["CAP_CHOWN"]}, "apparmorProfile": "docker-default"},
+            "linux": {
+                "seccomp": {"defaultAction": "SCMP_ACT_ERRNO"},
+                "maskedPaths": ["/proc/kcore"],
+                "readonlyPaths": ["/proc/sys"],
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            },
+            "mounts": [{"destination": "/sys", "options": ["nosuid", "ro"]}],
+        });
+        privileged(&mut spec);
+        let caps = spec["process"]["capabilities"]["effective"]
+            .as_array()
+            .expect("caps");
+        assert!(caps.contains(&json!("CAP_SYS_ADMIN")) && caps.len() > 30);
+        assert!(spec["process"].get("apparmorProfile").is_none());
+        assert!(spec["linux"].get("seccomp").is_none());
+        assert_eq!(spec["linux"]["maskedPaths"], json!([]));
+        assert_eq!(spec["linux"]["readonlyPaths"], json!([]));
+        assert_eq!(
+            spec["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+        assert_eq!(spec["mounts"][0]["options"], json!(["nosuid", "rw"]));
+    }
+
+    #[test]
     fn a_grant_adds_nodes_and_rules_and_nothing_else() {
         let bundle = tempfile::tempdir().expect("tempdir");
         let original = json!({

@@ -164,6 +164,20 @@ impl Lab {
         Ok(child.wait_with_output()?.into())
     }
 
+    /// Like `cli` without input, failing (with its output) unless it exits 0.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<Run> {
+        let run = self.cli(args, None)?;
+        if run.code != 0 {
+            bail!(
+                "fogswarm {args:?} exited {}:\n{}\n{}",
+                run.code,
+                run.stdout,
+                run.stderr
+            );
+        }
+        Ok(run)
+    }
+
     /// Builds fog-hello (amd64) with the image builder, `FOG_VERSION` set
     /// to `tag`, and pushes it to `registry` (with any `extra` build
     /// flags); answers the reference.

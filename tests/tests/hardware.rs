@@ -24,15 +24,7 @@ struct Ctx {
 
 impl Ctx {
     fn cli(&self, args: &[&str]) -> Result<Run> {
-        let run = self.lab.cli(args, None)?;
-        ensure!(
-            run.code == 0,
-            "fogswarm {args:?} exited {}:\n{}\n{}",
-            run.code,
-            run.stdout,
-            run.stderr
-        );
-        Ok(run)
+        self.lab.cli_ok(args)
     }
 
     fn tasks(&self, swarm: &str, name: &str) -> Result<Vec<TaskObserved>> {
@@ -257,6 +249,53 @@ async fn swarm_services_get_devices_only_as_granted() -> Result<()> {
     ])?;
     ctx.opens("dev3", 8103).await.context("the stack's task")?;
     ctx.cli(&["stack", "rm", "sensors", "--swarm", "fog"])?;
+
+    // --privileged only where the swarm allows it; then the task may open
+    // a device it did not name (the host's /dev/fuse, in every lab device).
+    let refused = ctx.lab.cli(
+        &[
+            "service",
+            "deploy",
+            "root",
+            "--swarm",
+            "fog",
+            "--image",
+            &image,
+            "--privileged",
+        ],
+        None,
+    )?;
+    ensure!(
+        refused.code != 0 && refused.stderr.contains("--allow-privileged"),
+        "{}",
+        refused.stderr
+    );
+    ctx.cli(&["swarm", "update", "fog", "--allow-privileged", "true"])?;
+    ctx.cli(&[
+        "service",
+        "deploy",
+        "root",
+        "--swarm",
+        "fog",
+        "--image",
+        &image,
+        "--privileged",
+        "--constraint",
+        "node.hostname==dev2",
+        "--publish",
+        "mode=host,8106:8080",
+        "--timeout",
+        "150s",
+    ])?;
+    let root = eventually(120, || async {
+        let answer = ctx.open("dev2", 8106, "/dev/fuse")?;
+        ensure!(answer["opened"] == true, "{answer}");
+        Ok(answer)
+    })
+    .await
+    .context("a privileged task opening /dev/fuse")?;
+    ensure!(root["path"] == "/dev/fuse");
+    ctx.cli(&["service", "rm", "root", "--swarm", "fog"])?;
 
     // 2a. An image whose own LABEL and ENV carry a grant (a real one, for
     // another service) gets no device, and the device reports it.

@@ -25,15 +25,7 @@ fn cli(lab: &Lab, args: &[&str]) -> Result<Run> {
 
 /// Like `cli`, failing unless it exits 0.
 fn cli_ok(lab: &Lab, args: &[&str]) -> Result<Run> {
-    let run = cli(lab, args)?;
-    ensure!(
-        run.code == 0,
-        "fogswarm {args:?} exited {}:\n{}\n{}",
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    Ok(run)
+    lab.cli_ok(args)
 }
 
 /// Builds fog-hello with the image builder, FOG_VERSION set to `tag` (and

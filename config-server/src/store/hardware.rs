@@ -4,7 +4,8 @@
 //! allowed now, so taking an entry off the list takes the hardware away
 //! from the next task instead of leaving an old grant valid.
 
-use super::{from_json, Result, Store, StoreError};
+use super::events::log_event;
+use super::{from_json, json_of, Actor, Result, Store, StoreError};
 use crate::db::{params, Tx};
 use crate::seal::Sealer;
 use fogswarm_protocol::api::DesiredState;
@@ -56,10 +57,52 @@ pub(super) fn check_allowed(tx: &Tx<'_>, swarm: &str, specs: &[&ServiceSpec]) ->
     Ok(())
 }
 
+/// Checks allow-list entries before anything is written.
+pub(super) fn validate_allow_list(list: Option<&[String]>) -> Result<()> {
+    for (i, entry) in list.unwrap_or_default().iter().enumerate() {
+        hardware::validate_allow_entry(entry).map_err(|m| StoreError::Invalid {
+            field: Some(format!("allow_devices[{i}]")),
+            message: m,
+        })?;
+    }
+    Ok(())
+}
+
+/// Sets what the swarm's services may be given (what is `Some`), with an
+/// event each, and has the hardware services re-granted.
+pub(super) fn set_policy(
+    tx: &Tx<'_>,
+    actor: &Actor,
+    swarm: &str,
+    allow_devices: Option<&[String]>,
+    allow_privileged: Option<bool>,
+) -> Result<()> {
+    if let Some(list) = allow_devices {
+        tx.execute(
+            "UPDATE swarms SET allowed_devices = $2 WHERE name = $1",
+            params![swarm, json_of(&list)],
+        )?;
+        let detail = format!("allow_devices=[{}]", list.join(","));
+        log_event(tx, actor, "swarm.update", swarm, &detail)?;
+    }
+    if let Some(privileged) = allow_privileged {
+        tx.execute(
+            "UPDATE swarms SET allow_privileged = $2 WHERE name = $1",
+            params![swarm, privileged as i64],
+        )?;
+        let detail = format!("allow_privileged={privileged}");
+        log_event(tx, actor, "swarm.update", swarm, &detail)?;
+    }
+    if allow_devices.is_some() || allow_privileged.is_some() {
+        regrant(tx, swarm)?;
+    }
+    Ok(())
+}
+
 /// After the allow-list changed: gives every service asking for hardware
 /// a new revision, so the leader re-applies it with the grant signed for
 /// what is allowed now (or none).
-pub(super) fn regrant(tx: &Tx<'_>, swarm: &str) -> Result<()> {
+fn regrant(tx: &Tx<'_>, swarm: &str) -> Result<()> {
     let revision = super::bump(tx, swarm)?;
     for row in super::services::list_rows(tx, swarm)? {
         if row.spec.wants_hardware() {

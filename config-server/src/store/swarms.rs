@@ -67,45 +67,10 @@ impl Store {
         hardware: (Option<&[String]>, Option<bool>),
     ) -> Result<SwarmView> {
         validate::validate_swarm_name(name)?;
-        let (allow_devices, allow_privileged) = hardware;
-        for (i, entry) in allow_devices.unwrap_or_default().iter().enumerate() {
-            fogswarm_protocol::hardware::validate_allow_entry(entry).map_err(|m| {
-                StoreError::Invalid {
-                    field: Some(format!("allow_devices[{i}]")),
-                    message: m,
-                }
-            })?;
-        }
+        super::hardware::validate_allow_list(hardware.0)?;
         self.write(|tx| {
             swarm_view(tx, name)?;
-            if let Some(list) = allow_devices {
-                tx.execute(
-                    "UPDATE swarms SET allowed_devices = $2 WHERE name = $1",
-                    params![name, json_of(&list)],
-                )?;
-                log_event(
-                    tx,
-                    actor,
-                    "swarm.update",
-                    name,
-                    &format!("allow_devices=[{}]", list.join(",")),
-                )?;
-                super::hardware::regrant(tx, name)?;
-            }
-            if let Some(privileged) = allow_privileged {
-                tx.execute(
-                    "UPDATE swarms SET allow_privileged = $2 WHERE name = $1",
-                    params![name, privileged as i64],
-                )?;
-                log_event(
-                    tx,
-                    actor,
-                    "swarm.update",
-                    name,
-                    &format!("allow_privileged={privileged}"),
-                )?;
-                super::hardware::regrant(tx, name)?;
-            }
+            super::hardware::set_policy(tx, actor, name, hardware.0, hardware.1)?;
             if let Some(keys) = signing_keys {
                 let pems: Vec<&str> = keys.iter().map(|k| k.pem.as_str()).collect();
                 tx.execute(
