@@ -300,6 +300,17 @@ impl Client {
         self.call(Method::GET, "/v1/config", None::<&()>).await
     }
 
+    /// The device's config; a `wait` answer is held by the server up to
+    /// `wait_secs` and answered at once when the device may go on.
+    pub async fn config_wait(&self, wait_secs: u64) -> Result<ConfigAnswer> {
+        self.call(
+            Method::GET,
+            &format!("/v1/config?wait={wait_secs}"),
+            None::<&()>,
+        )
+        .await
+    }
+
     pub async fn report(&self, report: &ReportRequest) -> Result<()> {
         self.call_empty(Method::POST, "/v1/report", Some(report))
             .await

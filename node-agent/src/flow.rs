@@ -5,7 +5,8 @@
 //!     look at the local node; ask the server for config:
 //!       init  -> swarm init (drained), post cluster id and tokens
 //!       join  -> already in that cluster? nothing : swarm join (drained)
-//!       wait  -> back off with full jitter, ask again
+//!       wait  -> report waiting, ask again held by the server until the
+//!                answer changes; still wait: back off with full jitter
 //!       leave -> demote, leave, report left
 //!     report state (at once on change, else every heartbeat)
 //!     as a manager, run manager duty alongside
@@ -30,6 +31,9 @@ use fogswarm_protocol::{hardware, DeviceId};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
+
+/// How long the server may hold a `wait` answer.
+const CONFIG_HOLD: Duration = Duration::from_secs(25);
 
 /// What one pass of the loop concluded.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,17 +237,20 @@ impl Agent {
     /// One pass: look at the node, ask the server, act, report.
     async fn pass(&mut self, device: &Client) -> Result<Outcome> {
         let node = swarm::local(&self.engine).await?;
-        let answer = device.config().await?;
+        let mut answer = device.config().await?;
+        if let ConfigAnswer::Wait { reason, .. } = &answer {
+            tracing::info!(%reason, "waiting");
+            self.save_status("waiting", None);
+            self.report(device, DeviceState::Waiting, None).await?;
+            // Asked again, held by the server until the answer changes (up
+            // to CONFIG_HOLD): a waiting device joins the moment the
+            // leader's tokens arrive, with one request in flight.
+            answer = device.config_wait(CONFIG_HOLD.as_secs()).await?;
+        }
         let node = match answer {
             ConfigAnswer::Wait {
-                retry_after_secs,
-                reason,
-            } => {
-                tracing::info!(%reason, "waiting");
-                self.save_status("waiting", None);
-                self.report(device, DeviceState::Waiting, None).await?;
-                return Ok(Outcome::Wait(Duration::from_secs(retry_after_secs)));
-            }
+                retry_after_secs, ..
+            } => return Ok(Outcome::Wait(Duration::from_secs(retry_after_secs))),
             ConfigAnswer::Leave { swarm } => {
                 tracing::info!(%swarm, "decommissioned: leaving the swarm");
                 if node.active() || node.state == "pending" {

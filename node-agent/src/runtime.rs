@@ -325,51 +325,75 @@ fn split_dev(dev: u64) -> (u64, u64) {
     (major, minor)
 }
 
+/// Linux's capabilities, in bit order (CAP_CHOWN is bit 0).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capabilities this process may hand on (its bounding set, from
+/// /proc/self/status): a container cannot get more, and asking for more
+/// fails the create (an engine that itself runs without some, as a lab
+/// device may).
+fn bounding_caps(status: &str) -> Vec<&'static str> {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
 /// What `docker run --privileged` changes, applied to an OCI spec: every
-/// capability, no seccomp or AppArmor profile, nothing masked or read-only,
-/// every device allowed.
+/// capability the engine has, no seccomp or AppArmor profile, nothing
+/// masked or read-only, every device allowed.
 fn privileged(spec: &mut Value) {
-    const ALL_CAPS: &[&str] = &[
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_DAC_READ_SEARCH",
-        "CAP_FOWNER",
-        "CAP_FSETID",
-        "CAP_KILL",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_LINUX_IMMUTABLE",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_NET_BROADCAST",
-        "CAP_NET_ADMIN",
-        "CAP_NET_RAW",
-        "CAP_IPC_LOCK",
-        "CAP_IPC_OWNER",
-        "CAP_SYS_MODULE",
-        "CAP_SYS_RAWIO",
-        "CAP_SYS_CHROOT",
-        "CAP_SYS_PTRACE",
-        "CAP_SYS_PACCT",
-        "CAP_SYS_ADMIN",
-        "CAP_SYS_BOOT",
-        "CAP_SYS_NICE",
-        "CAP_SYS_RESOURCE",
-        "CAP_SYS_TIME",
-        "CAP_SYS_TTY_CONFIG",
-        "CAP_MKNOD",
-        "CAP_LEASE",
-        "CAP_AUDIT_WRITE",
-        "CAP_AUDIT_CONTROL",
-        "CAP_SETFCAP",
-        "CAP_MAC_OVERRIDE",
-        "CAP_MAC_ADMIN",
-        "CAP_SYSLOG",
-        "CAP_WAKE_ALARM",
-        "CAP_BLOCK_SUSPEND",
-        "CAP_AUDIT_READ",
-    ];
-    let caps = json!(ALL_CAPS);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = json!(bounding_caps(&status));
     spec["process"]["capabilities"] = json!({
         "bounding": caps, "effective": caps, "permitted": caps,
     });
@@ -399,8 +423,9 @@ fn privileged(spec: &mut Value) {
     }
 }
 
-/// Every device node under /dev, as `--privileged` gives them (not the
-/// pseudo-terminals and shared memory the container has its own of).
+/// Every device node under /dev, as `--privileged` gives them (runc's own
+/// list: not the pseudo-terminals, shared memory and message queues the
+/// container has its own of, nor the console runc sets up itself).
 fn all_device_nodes(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -411,12 +436,15 @@ fn all_device_nodes(dir: &Path) -> Vec<PathBuf> {
         let Ok(kind) = entry.file_type() else {
             continue;
         };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
         if kind.is_dir() {
-            let name = entry.file_name();
-            if !["pts", "shm", "mqueue"].contains(&name.to_string_lossy().as_ref()) {
+            if !["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"]
+                .contains(&name.as_ref())
+            {
                 out.extend(all_device_nodes(&path));
             }
-        } else if kind.is_char_device() || kind.is_block_device() {
+        } else if name != "console" && (kind.is_char_device() || kind.is_block_device()) {
             out.push(path);
         }
     }
@@ -476,6 +504,18 @@ mod tests {
         assert_eq!(split_dev((10 << 8) | 229), (10, 229));
         let dev = (259u64 << 8) | ((300u64 & !0xff) << 12) | (300 & 0xff);
         assert_eq!(split_dev(dev), (259, 300));
+    }
+
+    #[test]
+    fn capabilities_follow_the_bounding_set() {
+        // A lab device without CAP_SYS_RESOURCE (bit 24).
+        let caps = bounding_caps("Name:\tx\nCapBnd:\t0000003ffeffffff\n");
+        assert!(!caps.contains(&"CAP_SYS_RESOURCE"));
+        assert!(caps.contains(&"CAP_SYS_ADMIN") && caps.contains(&"CAP_AUDIT_READ"));
+        assert_eq!(caps.len(), 37);
+        assert_eq!(bounding_caps("").len(), ALL_CAPS.len());
+        assert_eq!(ALL_CAPS[24], "CAP_SYS_RESOURCE");
+        assert_eq!(ALL_CAPS[40], "CAP_CHECKPOINT_RESTORE");
     }
 
     #[test]

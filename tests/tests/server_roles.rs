@@ -36,7 +36,27 @@ async fn roles_reported_and_tokens_rotated() -> Result<()> {
     let (leader, _) = server.enrol(LEADER, &[]).await?;
     let (worker, _) = server.enrol(WORKER, &[]).await?;
     ensure!(matches!(leader.config().await?, ConfigAnswer::Init { .. }));
+    // A waiting device's held config request is answered when the tokens
+    // arrive, not when its hold runs out.
+    let held = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            let asked = std::time::Instant::now();
+            (worker.config_wait(40).await, asked.elapsed())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    ensure!(!held.is_finished(), "a wait answer was not held");
     leader.post_swarm_tokens(&tokens(0)).await?;
+    let (answer, took) = held.await?;
+    ensure!(
+        matches!(answer?, ConfigAnswer::Join { .. }),
+        "the held request should be told to join"
+    );
+    ensure!(
+        took < std::time::Duration::from_secs(30),
+        "answered only after {took:?}"
+    );
 
     // The worker reports itself a worker, then (promoted) a manager, then
     // a worker again: two events, and the device view says what it is.

@@ -48,18 +48,49 @@ pub(super) async fn enrol(
     }))
 }
 
-/// What the device does next: init, join, wait or leave.
-#[utoipa::path(get, path = "/v1/config", tag = "device", security(("device" = [])),
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct ConfigQuery {
+    /// Seconds to hold a `wait` answer (at most 60), answering at once when
+    /// the swarm changes so the device may go on (its tokens arrived).
+    wait: Option<u64>,
+}
+
+/// What the device does next: init, join, wait or leave. With `wait`, a
+/// device that would be told to wait is held until its answer changes:
+/// devices waiting for the leader's tokens join the moment they arrive,
+/// each with one request in flight instead of a retry loop.
+#[utoipa::path(get, path = "/v1/config", tag = "device", security(("device" = [])), params(ConfigQuery),
     responses((status = 200, body = ConfigAnswer), (status = 401, body = ApiError)))]
 pub(super) async fn config(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
+    ApiQuery(q): ApiQuery<ConfigQuery>,
 ) -> ApiResult<Json<ConfigAnswer>> {
-    let (answer, lease_granted) = state.store.config_for(&device)?;
-    if lease_granted {
-        state.metrics.lease_grant();
+    let answer = |state: &Shared| -> ApiResult<ConfigAnswer> {
+        let (answer, lease_granted) = state.store.config_for(&device)?;
+        if lease_granted {
+            state.metrics.lease_grant();
+        }
+        Ok(answer)
+    };
+    let hold = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let first = answer(&state)?;
+    if hold.is_zero() || !matches!(first, ConfigAnswer::Wait { .. }) {
+        return Ok(Json(first));
     }
-    Ok(Json(answer))
+    // Subscribe, then ask again, so a change between the two is not missed.
+    let mut rx = state.watch(&state.store.device_swarm(&device)?);
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        let now = answer(&state)?;
+        if !matches!(now, ConfigAnswer::Wait { .. }) {
+            return Ok(Json(now));
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(Json(now)),
+        }
+    }
 }
 
 /// The device's state, node, engine, facts and error.

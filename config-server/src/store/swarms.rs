@@ -294,6 +294,11 @@ impl Store {
         })
     }
 
+    /// The swarm a device belongs to.
+    pub fn device_swarm(&self, device: &str) -> Result<String> {
+        self.read(|tx| Ok(device_view(tx, device)?.swarm))
+    }
+
     /// The swarm a manager device belongs to; refuses workers.
     pub fn manager_swarm(&self, device: &str) -> Result<String> {
         self.read(|tx| {
