@@ -297,12 +297,12 @@ impl Agent {
                 token,
                 grant_key,
             } => {
-                if let Some(public_key) = grant_key {
-                    self.state.save_grant_key(&GrantKey {
-                        swarm: swarm.clone(),
-                        public_key,
-                    })?;
-                }
+                // Kept even when the swarm has none: the runtime then
+                // knows no grant can hold, rather than waiting for a key.
+                self.state.save_grant_key(&GrantKey {
+                    swarm: swarm.clone(),
+                    public_key: grant_key,
+                })?;
                 self.status.swarm = Some(swarm.clone());
                 self.status.role = Some(role.to_string());
                 if node.active() || node.state == "locked" {

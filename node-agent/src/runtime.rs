@@ -160,13 +160,21 @@ fn grant(options: &RuntimeOptions, state: &StateDir, create: &Create) -> Result<
             "the container is not a swarm task; grants are for services".into(),
         ));
     };
+    // No word from the server yet: wait for it (swarm retries the task).
+    // The server said the swarm has no key: no grant can hold (an image
+    // carrying a grant label still runs, with the engine's defaults).
     let key = state.grant_key().ok_or_else(|| {
         Refused::NoKey(refusal(
             "this device has no grant key for its swarm yet".into(),
         ))
     })?;
-    let grant =
-        Grant::open(label, &key.public_key, &key.swarm).map_err(|e| refuse(e.to_string()))?;
+    let public_key = key.public_key.as_deref().ok_or_else(|| {
+        refuse(format!(
+            "swarm {} allows no hardware (it has no grant key)",
+            key.swarm
+        ))
+    })?;
+    let grant = Grant::open(label, public_key, &key.swarm).map_err(|e| refuse(e.to_string()))?;
     if grant.service != *actual {
         return Err(refuse(
             GrantError::OtherService {
@@ -504,6 +512,85 @@ mod tests {
         assert_eq!(split_dev((10 << 8) | 229), (10, 229));
         let dev = (259u64 << 8) | ((300u64 & !0xff) << 12) | (300 & 0xff);
         assert_eq!(split_dev(dev), (259, 300));
+    }
+
+    /// An engine's files for one container (labels in config.v2.json, the
+    /// bundle's config.json), and a state dir: what the runtime reads.
+    fn container(labels: serde_json::Value) -> (tempfile::TempDir, RuntimeOptions, Create) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = "c0ffee";
+        let config = dir.path().join("engine/containers").join(id);
+        std::fs::create_dir_all(&config).expect("mkdir");
+        std::fs::write(
+            config.join("config.v2.json"),
+            json!({"Config": {"Labels": labels}}).to_string(),
+        )
+        .expect("write");
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(&bundle).expect("mkdir");
+        std::fs::write(bundle.join("config.json"), "{}").expect("write");
+        let options = RuntimeOptions {
+            state_dir: dir.path().join("state"),
+            engine_root: dir.path().join("engine"),
+            runc: None,
+        };
+        let create = Create {
+            bundle,
+            id: id.into(),
+        };
+        (dir, options, create)
+    }
+
+    #[test]
+    fn grants_are_judged_by_key_swarm_and_service() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("key");
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+        let signed = Grant {
+            swarm: "fog".into(),
+            service: "reader".into(),
+            devices: vec![],
+            cgroup_rules: vec!["c 89:* rwm".into()],
+            privileged: false,
+        }
+        .sign(&key);
+        let labels = |service: &str| json!({GRANT_LABEL: signed, SERVICE_NAME_LABEL: service});
+        let outcome = |labels: serde_json::Value, key: Option<Option<String>>| {
+            let (_dir, options, create) = container(labels);
+            let state = StateDir::open(&options.state_dir).expect("state");
+            if let Some(public_key) = key {
+                state
+                    .save_grant_key(&crate::state::GrantKey {
+                        swarm: "fog".into(),
+                        public_key,
+                    })
+                    .expect("save");
+            }
+            let result = grant(&options, &state, &create);
+            let spec = std::fs::read_to_string(create.bundle.join("config.json")).expect("read");
+            (result, spec)
+        };
+        let public = Some(fogswarm_protocol::hardware::public_key_text(&key));
+        let (ok, spec) = outcome(labels("reader"), Some(public.clone()));
+        assert!(ok.is_ok());
+        assert!(spec.contains("\"major\":89"), "{spec}");
+        // Another service's grant, a device with no word of a key yet, a
+        // swarm with no key, a container that is not a task.
+        let (other, spec) = outcome(labels("intruder"), Some(public.clone()));
+        assert!(matches!(other, Err(Refused::Invalid(r)) if r.reason.contains("service reader")));
+        assert_eq!(spec, "{}", "nothing granted");
+        assert!(matches!(
+            outcome(labels("reader"), None).0,
+            Err(Refused::NoKey(_))
+        ));
+        assert!(matches!(
+            outcome(labels("reader"), Some(None)).0,
+            Err(Refused::Invalid(r)) if r.reason.contains("allows no hardware")
+        ));
+        let (plain, _) = outcome(json!({GRANT_LABEL: signed}), Some(public));
+        assert!(matches!(plain, Err(Refused::Invalid(r)) if r.reason.contains("not a swarm task")));
+        // No grant label: nothing to do, whatever the state.
+        assert!(outcome(json!({"other": "label"}), None).0.is_ok());
     }
 
     #[test]

@@ -137,12 +137,13 @@ impl StateDir {
 const GRANT_KEY_FILE: &str = "grant-key.json";
 const REFUSALS_FILE: &str = "grant-refusals.jsonl";
 
-/// The public key hardware grants of this device's swarm are signed with.
+/// The public key hardware grants of this device's swarm are signed with,
+/// as the server last said.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GrantKey {
     pub swarm: String,
-    /// Ed25519, base64.
-    pub public_key: String,
+    /// Ed25519, base64; none while the swarm allows no hardware.
+    pub public_key: Option<String>,
 }
 
 /// Atomic write with mode 0600.
