@@ -370,6 +370,10 @@ impl Agent {
             self.facts
                 .insert(hardware::RUNTIME_FACT.into(), hardware::RUNTIME_NAME.into());
         }
+        if let Some(key) = self.state.grant_key().and_then(|k| k.public_key) {
+            self.facts
+                .insert(hardware::KEY_FACT.into(), hardware::key_id(&key));
+        }
         let node = node.filter(|_| state != DeviceState::Error);
         let grant_refusals = self.state.pending_refusals();
         let report = ReportRequest {

@@ -23,6 +23,21 @@ pub const GRANT_LABEL: &str = "io.fogswarm.grant";
 /// fogswarm's runtime (the only way a grant takes effect).
 pub const RUNTIME_FACT: &str = "device_runtime";
 
+/// The fact naming the grant key a device holds ([`key_id`]): the server
+/// places hardware services only where it is the swarm's, so a task never
+/// starts where its grant cannot be checked yet.
+pub const KEY_FACT: &str = "grant_key";
+
+/// A short, public id of a grant key (as [`public_key_text`] writes it):
+/// the first 16 hex digits of the SHA-256 of the text.
+pub fn key_id(public_key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The runtime's name in the engine's daemon.json.
 pub const RUNTIME_NAME: &str = "fogswarm";
 

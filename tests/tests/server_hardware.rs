@@ -194,7 +194,23 @@ async fn devices_are_granted_only_as_the_swarm_allows() -> Result<()> {
         Grant::open(&label, &key, "other").is_err(),
         "a grant names its swarm"
     );
+    // No device holds the key yet: no node can honour the grant. Once a
+    // device reports the key it was given, it can.
     let placement = hardware::placement_label("reader");
+    ensure!(
+        !desired
+            .nodes
+            .iter()
+            .any(|n| n.labels.contains_key(&placement)),
+        "a node labelled before any device held the key"
+    );
+    let held = (hardware::KEY_FACT, hardware::key_id(&key));
+    report(
+        &with_device,
+        facts(&[runtime, ("serial", "ttyACM0.ttyUSB3"), (held.0, &held.1)]),
+    )
+    .await?;
+    let desired = leader.desired(None, 0).await?;
     let labelled: Vec<String> = desired
         .nodes
         .iter()
@@ -203,7 +219,7 @@ async fn devices_are_granted_only_as_the_swarm_allows() -> Result<()> {
         .collect();
     ensure!(
         labelled == [WITH_DEVICE],
-        "only the device with the node and the runtime: {labelled:?}"
+        "only the device with the node, the runtime and the key: {labelled:?}"
     );
     ensure!(
         desired
@@ -213,8 +229,24 @@ async fn devices_are_granted_only_as_the_swarm_allows() -> Result<()> {
         "services without hardware get no grant"
     );
 
-    // The device gains the runtime: the label follows its facts.
+    // The device gains the runtime (and the key): the label follows its facts.
     report(&no_runtime, facts(&[runtime, ("serial", "ttyACM0")])).await?;
+    ensure!(
+        leader
+            .desired(None, 0)
+            .await?
+            .nodes
+            .iter()
+            .filter(|n| n.labels.contains_key(&placement))
+            .count()
+            == 1,
+        "the runtime without the key is not enough"
+    );
+    report(
+        &no_runtime,
+        facts(&[runtime, ("serial", "ttyACM0"), (held.0, &held.1)]),
+    )
+    .await?;
     let desired = leader.desired(None, 0).await?;
     let labelled = desired
         .nodes

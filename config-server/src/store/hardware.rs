@@ -172,7 +172,8 @@ impl Store {
 
     /// Signs a grant for each service asking for hardware the swarm still
     /// allows, and labels the nodes that can honour it (the runtime
-    /// registered, every device present) with its placement label.
+    /// registered, the swarm's key held, every device present) with its
+    /// placement label.
     pub fn sign_grants(&self, desired: &mut DesiredState, sealer: &Sealer) -> Result<()> {
         if !desired.services.iter().any(|s| s.spec.wants_hardware()) {
             return Ok(());
@@ -180,6 +181,7 @@ impl Store {
         let swarm = desired.swarm.clone();
         let policy = self.read(|tx| policy(tx, &swarm))?;
         let key = self.grant_key(&swarm, sealer)?;
+        let key_id = hardware::key_id(&hardware::public_key_text(&key));
         for service in &mut desired.services {
             let spec = &service.spec;
             if !spec.wants_hardware()
@@ -213,6 +215,7 @@ impl Store {
                     })
                     .collect();
                 let can = facts.contains_key(RUNTIME_FACT)
+                    && facts.get(hardware::KEY_FACT) == Some(&key_id)
                     && spec.devices.iter().all(|d| d.present_in(&facts));
                 if can {
                     node.labels.insert(label.clone(), "true".into());
