@@ -196,11 +196,16 @@ async fn swarm_services_get_devices_only_as_granted() -> Result<()> {
     for dev in ["dev2", "dev3"] {
         ctx.opens(dev, 8101).await?;
     }
-    ensure!(
-        ctx.running_on("reader")? == BTreeSet::from(["dev2".into(), "dev3".into()]),
-        "reader runs on {:?}",
-        ctx.running_on("reader")?
-    );
+    // The server hears of the tasks with the leader's next report.
+    eventually(60, || async {
+        let on = ctx.running_on("reader")?;
+        ensure!(
+            on == BTreeSet::from(["dev2".into(), "dev3".into()]),
+            "reader runs on {on:?}"
+        );
+        Ok(())
+    })
+    .await?;
     // The same image bind-mounting the node without --device: EPERM.
     ctx.cli(&[
         "service",
