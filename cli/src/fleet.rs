@@ -128,10 +128,26 @@ pub enum SwarmCommand {
         /// Let services be --privileged (true) or not (false).
         #[arg(long, value_name = "BOOL")]
         allow_privileged: Option<bool>,
+        /// Managers to keep: a manager unreachable past the grace period
+        /// is replaced by the best eligible worker (1, 3, 5 or 7; 0: off).
+        #[arg(long, value_name = "N")]
+        managers: Option<u32>,
+        /// How long a manager may be unreachable before it is replaced
+        /// (Go-style duration: 60s, 2m) [server default: 60s].
+        #[arg(long, value_name = "DURATION")]
+        manager_grace: Option<String>,
+        /// A node label no two managers may share a value of (location);
+        /// '' clears it.
+        #[arg(long, value_name = "LABEL")]
+        spread_label: Option<String>,
     },
     /// Have the swarm's raft leader rotate both join tokens, so an old one
     /// can no longer join (done on every decommission too).
     RotateTokens { name: String },
+    /// Recover a swarm that lost its raft quorum: the surviving manager
+    /// with the freshest raft log forces a new cluster (services kept),
+    /// then workers are promoted back to the manager target.
+    Recover { name: String },
     /// Remove a swarm (with --force, its devices too).
     Rm {
         name: String,
@@ -188,6 +204,10 @@ pub enum DeviceCommand {
         role: Option<String>,
         #[arg(long)]
         swarm: Option<String>,
+        /// Never promote this device to replace a lost manager (true), or
+        /// let it be (false).
+        #[arg(long, value_name = "BOOL")]
+        never_manager: Option<bool>,
     },
     /// Approve a device held pending.
     Approve { id: String },
@@ -287,6 +307,15 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             if let Some(holder) = &s.lease_holder {
                 println!("initializing: {holder} holds the leader lease");
             }
+            println!("{}", managers_kept(&s));
+            if let Some(r) = &s.recovery {
+                println!(
+                    "recovering:  recovery {} by {} (asked {})",
+                    r.generation,
+                    r.device_id,
+                    ago(r.started_at)
+                );
+            }
         }
         SwarmCommand::Update {
             name,
@@ -296,7 +325,17 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             allow_device,
             allow_device_rm,
             allow_privileged,
+            managers,
+            manager_grace,
+            spread_label,
         } => {
+            let manager_grace_secs = manager_grace
+                .map(|d| {
+                    fogswarm_protocol::service::parse_duration(&d)
+                        .map(|ns| ns / 1_000_000_000)
+                        .map_err(|m| bad(format!("--manager-grace: {m}")))
+                })
+                .transpose()?;
             let auto_enrol = auto_enrol
                 .map(|a| AutoEnrol::parse(&a).map_err(bad))
                 .transpose()?;
@@ -329,9 +368,12 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                 && require_signed.is_none()
                 && allow_devices.is_none()
                 && allow_privileged.is_none()
+                && managers.is_none()
+                && manager_grace_secs.is_none()
+                && spread_label.is_none()
             {
                 return Err(bad(
-                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm or --allow-privileged",
+                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm, --allow-privileged, --managers, --manager-grace or --spread-label",
                 ));
             }
             let view = client
@@ -342,6 +384,9 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                         require_signed,
                         allow_devices,
                         allow_privileged,
+                        managers,
+                        manager_grace_secs,
+                        spread_label,
                     },
                 )
                 .await?;
@@ -374,6 +419,17 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                     ""
                 }
             );
+            println!("{}", managers_kept(&view));
+        }
+        SwarmCommand::Recover { name } => {
+            let recovery = client.recover_swarm(&name).await?;
+            if conn.json {
+                return print_json(&recovery);
+            }
+            println!(
+                "swarm {name}: recovery {} asked of {}, which forces a new cluster; then workers are promoted to the manager target (fogswarm events --subject {name})",
+                recovery.generation, recovery.device_id
+            );
         }
         SwarmCommand::RotateTokens { name } => {
             client.rotate_tokens(&name).await?;
@@ -389,6 +445,22 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The swarm's manager keeping, in a line.
+fn managers_kept(s: &SwarmView) -> String {
+    if s.managers_target == 0 {
+        return "managers kept: off (fogswarm swarm update NAME --managers 3)".into();
+    }
+    format!(
+        "managers kept: {}, replaced after {}s unreachable{}",
+        s.managers_target,
+        s.manager_grace_secs,
+        s.spread_label
+            .as_ref()
+            .map(|l| format!(", at most one per {l}"))
+            .unwrap_or_default()
+    )
 }
 
 pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
@@ -511,11 +583,17 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
             }
             println!("device {} labels: {}", view.id, join_labels(&view.labels));
         }
-        DeviceCommand::Update { id, role, swarm } => {
+        DeviceCommand::Update {
+            id,
+            role,
+            swarm,
+            never_manager,
+        } => {
             let update = DeviceUpdate {
                 swarm,
                 role: role.as_deref().map(Role::parse).transpose().map_err(bad)?,
                 labels: None,
+                never_manager,
             };
             let view = client
                 .update_device(&check_device_id(&id)?, &update)
@@ -524,8 +602,15 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
                 return print_json(&view);
             }
             println!(
-                "device {} is a {} of swarm {}",
-                view.id, view.role, view.swarm
+                "device {} is a {} of swarm {}{}",
+                view.id,
+                view.role,
+                view.swarm,
+                if view.never_manager {
+                    " (never promoted)"
+                } else {
+                    ""
+                }
             );
         }
         DeviceCommand::Approve { id } => {
@@ -616,7 +701,21 @@ pub async fn events(
 fn print_device(d: &DeviceView) {
     println!("id:          {}", d.id);
     println!("swarm:       {}", d.swarm);
-    println!("role:        {}", d.role);
+    println!(
+        "role:        {}{}{}",
+        d.role,
+        match d.manager {
+            Some(true) if d.raft_leader => " (swarm manager, raft leader)",
+            Some(true) => " (swarm manager)",
+            Some(false) => " (swarm worker)",
+            None => "",
+        },
+        if d.never_manager {
+            "; never promoted"
+        } else {
+            ""
+        }
+    );
     println!("state:       {}", d.state);
     println!("enrolled:    {}", yes_no(d.enrolled));
     println!("node id:     {}", d.node_id.as_deref().unwrap_or("-"));

@@ -321,6 +321,19 @@ impl Client {
             .await
     }
 
+    /// The raft leader's report of a manager unreachable past the grace
+    /// period; answers what the server did about it.
+    pub async fn manager_lost(&self, lost: &ManagerLost) -> Result<ManagerReplaced> {
+        self.call(Method::POST, "/v1/device/manager-lost", Some(lost))
+            .await
+    }
+
+    /// The recovering device's word that its forced cluster has a leader.
+    pub async fn recovered(&self, done: &Recovered) -> Result<()> {
+        self.call_empty(Method::POST, "/v1/device/recovered", Some(done))
+            .await
+    }
+
     /// The desired state; with `since`, waits up to `wait_secs` for a newer
     /// revision.
     pub async fn desired(&self, since: Option<u64>, wait_secs: u64) -> Result<DesiredState> {
@@ -373,6 +386,17 @@ impl Client {
         self.call_empty(
             Method::POST,
             &format!("/v1/swarms/{}/rotate-tokens", seg(swarm)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Starts a quorum recovery (`swarm recover`); answers which device
+    /// forces the new cluster.
+    pub async fn recover_swarm(&self, swarm: &str) -> Result<Recovery> {
+        self.call(
+            Method::POST,
+            &format!("/v1/swarms/{}/recover", seg(swarm)),
             None::<&()>,
         )
         .await

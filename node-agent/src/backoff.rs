@@ -35,7 +35,7 @@ impl Backoff {
 }
 
 /// Uniform in [0, 1).
-fn random_unit() -> f64 {
+pub fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // No OS randomness: fall back to the clock's low bits, still enough

@@ -296,6 +296,7 @@ impl Agent {
                 managers,
                 token,
                 grant_key,
+                removed_node_ids,
             } => {
                 // Kept even when the swarm has none: the runtime then
                 // knows no grant can hold, rather than waiting for a key.
@@ -305,6 +306,17 @@ impl Agent {
                 })?;
                 self.status.swarm = Some(swarm.clone());
                 self.status.role = Some(role.to_string());
+                let node = match &node.node_id {
+                    // A lost manager the swarm replaced and removed: its
+                    // engine may still think itself a member. Leave that
+                    // node and join afresh.
+                    Some(id) if removed_node_ids.contains(id) => {
+                        tracing::warn!(node = %id, "the swarm removed this node (a manager lost and replaced); leaving it to join again");
+                        swarm::leave_removed(&self.engine).await?;
+                        swarm::local(&self.engine).await?
+                    }
+                    _ => node,
+                };
                 if node.active() || node.state == "locked" {
                     if node.in_swarm(cluster_id.as_deref(), node_id.as_deref(), &managers) {
                         node // every later boot: nothing to do
@@ -323,6 +335,13 @@ impl Agent {
                     self.save_status("joining", None);
                     self.report(device, DeviceState::Joining, None).await?;
                     tracing::info!(%swarm, %role, managers = ?managers, "joining the swarm");
+                    // The engine joins through the first address only: a
+                    // different one first at each attempt, so one dead
+                    // manager cannot keep a device out.
+                    let mut managers = managers;
+                    let count = managers.len();
+                    let first = (crate::backoff::random_unit() * count as f64) as usize;
+                    managers.rotate_left(first.min(count.saturating_sub(1)));
                     let joined =
                         swarm::join(&self.engine, &managers, token.expose(), self.advertise()?)
                             .await?;
@@ -375,6 +394,16 @@ impl Agent {
                 .insert(hardware::KEY_FACT.into(), hardware::key_id(&key));
         }
         let node = node.filter(|_| state != DeviceState::Error);
+        // The last raft leader has the freshest log: what a quorum
+        // recovery needs to know.
+        let raft_leader = match node.as_ref() {
+            Some(n) if n.is_manager => match &n.node_id {
+                Some(id) => Some(manager::is_raft_leader(&self.engine, id).await),
+                None => None,
+            },
+            Some(_) => Some(false),
+            None => None,
+        };
         let grant_refusals = self.state.pending_refusals();
         let report = ReportRequest {
             state: Some(state),
@@ -385,6 +414,7 @@ impl Agent {
             facts: Some(self.facts.clone()),
             error,
             grant_refusals,
+            raft_leader,
         };
         device.report(&report).await?;
         self.state.refusals_reported();
@@ -423,6 +453,7 @@ impl Agent {
             let task = tokio::spawn(manager::duty(
                 self.engine.clone(),
                 device.clone(),
+                self.device_id.clone(),
                 node_id.to_string(),
             ));
             *duty = Some((node_id.to_string(), task));

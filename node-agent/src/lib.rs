@@ -10,6 +10,7 @@ pub mod identity;
 pub mod install;
 pub mod logs;
 pub mod manager;
+pub mod quorum;
 pub mod runtime;
 pub mod services;
 pub mod state;

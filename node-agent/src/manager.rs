@@ -10,12 +10,15 @@
 //! (labelled by fogswarm, known to no device any more) are removed too.
 
 use anyhow::{Context, Result};
-use bollard::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState};
+use bollard::models::{
+    NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, Reachability,
+};
 use fogswarm_client::engine::Engine;
 use fogswarm_client::Client;
 use fogswarm_protocol::api::{Availability, DesiredNode, DesiredState};
 use fogswarm_protocol::service::ObservedReport;
 use fogswarm_protocol::validate::FACT_PREFIX;
+use fogswarm_protocol::DeviceId;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -146,6 +149,15 @@ pub async fn apply(engine: &Engine, desired: &DesiredState, own: &str) -> Result
         .collect();
     for want in &desired.nodes {
         let Some(node_id) = &want.node_id else {
+            // A lost manager's device: its old node goes once not Ready
+            // (if its engine comes back, it leaves the node by itself).
+            for stale in &want.stale_node_ids {
+                if ready.get(stale) == Some(&false) {
+                    remove_node(engine, stale).await?;
+                    tracing::info!(device = %want.device_id, node = %stale, "removed the node of a lost manager");
+                    applied.removed_stale.push(stale.clone());
+                }
+            }
             continue;
         };
         if !ready.contains_key(node_id) {
@@ -282,15 +294,35 @@ async fn rotate_tokens(engine: &Engine, device: &Client, generation: u64) -> Res
         .update_swarm(swarm.spec.unwrap_or_default(), options)
         .await
         .context("rotating the join tokens")?;
-    let (cluster_id, worker, manager) = crate::swarm::tokens(engine).await?;
-    let manager_addrs: Vec<String> = engine
+    post_tokens(engine, device, generation, manager_addrs(engine).await?).await
+}
+
+/// The addresses of the swarm's reachable managers, sorted.
+async fn manager_addrs(engine: &Engine) -> Result<Vec<String>> {
+    let mut addrs: Vec<String> = engine
         .docker
         .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
         .await
         .context("listing nodes")?
         .into_iter()
-        .filter_map(|n| n.manager_status?.addr)
+        .filter_map(|n| n.manager_status)
+        .filter(|m| m.reachability == Some(Reachability::REACHABLE))
+        .filter_map(|m| m.addr)
         .collect();
+    addrs.sort();
+    Ok(addrs)
+}
+
+/// Posts the swarm's tokens with its managers' addresses, as the answer to
+/// rotation `generation`: after a rotation, and whenever the reachable
+/// managers changed, so joining devices are sent to live ones.
+async fn post_tokens(
+    engine: &Engine,
+    device: &Client,
+    generation: u64,
+    manager_addrs: Vec<String>,
+) -> Result<()> {
+    let (cluster_id, worker, manager) = crate::swarm::tokens(engine).await?;
     device
         .post_swarm_tokens(&fogswarm_protocol::api::SwarmTokens {
             cluster_id,
@@ -326,8 +358,11 @@ async fn remove_node(engine: &Engine, node_id: &str) -> Result<()> {
 /// second while a service converges and its state still moves (for at most
 /// 30 s after the last change, so a service that never converges does not
 /// keep the leader busy).
-pub async fn duty(engine: Engine, device: Client, node_id: String) {
+pub async fn duty(engine: Engine, device: Client, device_id: DeviceId, node_id: String) {
     let mut since: Option<u64> = None;
+    let mut lost = crate::quorum::LostManagers::default();
+    // The manager addresses last posted (none yet in this leadership).
+    let mut posted_managers: Option<Vec<String>> = None;
     let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut last_report: Option<ObservedReport> = None;
     let mut services = crate::services::ServiceDuty::default();
@@ -348,6 +383,7 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
                 })
             });
         let wait = match (leader, converging, has_services) {
+            _ if leader && lost.watching() => 2,
             (true, true, _) => 1,
             (true, false, false) => 20,
             _ => 5,
@@ -363,8 +399,23 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
         backoff.reset();
         since = Some(desired.revision);
         has_services = !desired.services.is_empty();
+        // A recovery asked of this device runs whether or not a raft
+        // leader exists: there is none when it is needed.
+        if let Some(r) = desired
+            .recovery
+            .as_ref()
+            .filter(|r| r.device_id == device_id)
+        {
+            if let Err(e) = crate::quorum::recover(&engine, &device, &node_id, r).await {
+                tracing::warn!(error = %format!("{e:#}"), "recovering the quorum");
+                tokio::time::sleep(backoff.next(None)).await;
+            }
+            since = None;
+            continue;
+        }
         if !is_raft_leader(&engine, &node_id).await {
             last_report = None; // a future leadership reports afresh
+            posted_managers = None;
             logs.stop();
             continue;
         }
@@ -383,6 +434,28 @@ pub async fn duty(engine: Engine, device: Client, node_id: String) {
                 since = None; // try again soon rather than at the next change
                 tokio::time::sleep(backoff.next(None)).await;
                 continue;
+            }
+        }
+        if let Err(e) = lost
+            .pass(&engine, &device, &node_id, desired.managers)
+            .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "watching the managers");
+        }
+        if desired.token_rotation <= desired.tokens_generation {
+            match manager_addrs(&engine).await {
+                Ok(addrs) if posted_managers.as_ref() != Some(&addrs) && !addrs.is_empty() => {
+                    match post_tokens(&engine, &device, desired.tokens_generation, addrs.clone())
+                        .await
+                    {
+                        Ok(()) => posted_managers = Some(addrs),
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "posting the manager addresses")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "listing the managers"),
             }
         }
         if desired.token_rotation > desired.tokens_generation {

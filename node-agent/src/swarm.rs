@@ -175,6 +175,19 @@ pub async fn tokens(engine: &Engine) -> Result<(String, String, String)> {
     ))
 }
 
+/// Leaves a node the swarm removed, by force: its managers no longer
+/// answer it, so nothing can be demoted first.
+pub async fn leave_removed(engine: &Engine) -> Result<()> {
+    let options = bollard::query_parameters::LeaveSwarmOptionsBuilder::default()
+        .force(true)
+        .build();
+    match engine.docker.leave_swarm(Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().contains("not part of a swarm") => Ok(()),
+        Err(e) => Err(e).context("swarm leave --force (a removed node)"),
+    }
+}
+
 /// Leaves the swarm. A manager first demotes itself, so the quorum stops
 /// counting it; the last manager leaves with force.
 pub async fn leave(engine: &Engine, node: &LocalNode) -> Result<()> {

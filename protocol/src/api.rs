@@ -116,6 +116,10 @@ pub enum ConfigAnswer {
         /// the device's runtime honours only grants it verifies.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grant_key: Option<String>,
+        /// Nodes of this device the swarm removed (a lost manager, replaced):
+        /// an engine still on one of them leaves and joins afresh.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed_node_ids: Vec<String>,
     },
     /// Nothing to do yet; ask again after about this long.
     Wait {
@@ -226,6 +230,10 @@ pub struct ReportRequest {
     /// did not hold, since the last report (each becomes an event).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grant_refusals: Vec<GrantRefusal>,
+    /// Whether the device's node is the raft leader now: the last leader
+    /// holds the freshest raft log, which is what `swarm recover` needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_leader: Option<bool>,
 }
 
 /// A container whose hardware grant the runtime refused.
@@ -301,6 +309,62 @@ pub struct DesiredState {
     pub token_rotation: u64,
     #[serde(default)]
     pub tokens_generation: u64,
+    /// How the raft leader keeps the manager count (off while `target` is 0).
+    #[serde(default)]
+    pub managers: ManagerPolicy,
+    /// A quorum recovery asked for: the named device forces a new cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
+}
+
+/// A swarm's manager target and how long a manager may be unreachable
+/// before it is replaced.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ManagerPolicy {
+    /// Managers the swarm keeps; 0: roles stay as the operator set them.
+    pub target: u32,
+    pub grace_secs: u64,
+}
+
+/// A quorum recovery in progress: `device_id` runs `swarm init
+/// --force-new-cluster` and posts [`Recovered`] with `generation`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recovery {
+    pub generation: u64,
+    pub device_id: DeviceId,
+    pub started_at: i64,
+}
+
+/// The raft leader's word that a manager node has been unreachable for
+/// longer than the swarm's grace period.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerLost {
+    pub node_id: String,
+    pub unreachable_secs: u64,
+}
+
+/// What the server made of a lost manager: the device demoted (its node
+/// to be removed) and the worker promoted in its place, if any.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManagerReplaced {
+    pub lost: Option<DeviceId>,
+    pub promoted: Vec<DeviceId>,
+    /// Why nothing (more) was done, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Posted by the recovering device once its forced cluster has a leader.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recovered {
+    pub generation: u64,
 }
 
 // ---- operator API ----
@@ -333,6 +397,16 @@ pub struct SwarmUpdate {
     /// Whether services may be `--privileged`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_privileged: Option<bool>,
+    /// Managers to keep (0 turns keeping off; otherwise odd, 1 to 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managers: Option<u32>,
+    /// Seconds a manager may be unreachable before it is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_grace_secs: Option<u64>,
+    /// A label no two managers may share a value of (`location`); empty
+    /// clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_label: Option<String>,
 }
 
 /// A swarm as operators see it: never its join tokens.
@@ -355,6 +429,16 @@ pub struct SwarmView {
     pub allowed_devices: Vec<String>,
     #[serde(default)]
     pub allow_privileged: bool,
+    /// Managers kept (0: off), the grace period and the spread label.
+    #[serde(default)]
+    pub managers_target: u32,
+    #[serde(default)]
+    pub manager_grace_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_label: Option<String>,
+    /// A quorum recovery not finished yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
     pub created_at: i64,
 }
 
@@ -385,6 +469,9 @@ pub struct DeviceUpdate {
     /// Replaces all operator labels.
     #[serde(default)]
     pub labels: Option<Labels>,
+    /// Never promote this device to replace a lost manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_manager: Option<bool>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -418,6 +505,12 @@ pub struct DeviceView {
     /// above is what the operator wants; the raft leader's agent makes it so).
     #[serde(default)]
     pub manager: Option<bool>,
+    /// Skipped when a lost manager is replaced.
+    #[serde(default)]
+    pub never_manager: bool,
+    /// Whether its node is the raft leader, as it last reported.
+    #[serde(default)]
+    pub raft_leader: bool,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -486,6 +579,7 @@ mod tests {
             managers: vec!["10.0.0.1:2377".into()],
             token: Secret::new("SWMTKN-1-abc"),
             grant_key: None,
+            removed_node_ids: vec![],
         };
         let debug = format!("{answer:?}");
         assert!(!debug.contains("SWMTKN"), "{debug}");

@@ -426,6 +426,7 @@ async fn device(
                 error: None,
                 grant_refusals: vec![],
                 manager: None,
+                raft_leader: None,
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);

@@ -209,6 +209,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
             error: None,
             grant_refusals: vec![],
             manager: None,
+            raft_leader: None,
         })
         .await?;
     let w = admin.get_device("02:fb:00:00:00:03").await?;

@@ -119,6 +119,33 @@ pub(super) async fn post_tokens(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The raft leader's agent reports a manager unreachable for longer than
+/// the grace period; the server demotes it and promotes a worker.
+#[utoipa::path(post, path = "/v1/device/manager-lost", tag = "device", security(("device" = [])), request_body = ManagerLost,
+    responses((status = 200, body = ManagerReplaced), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn manager_lost(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<ManagerLost>,
+) -> ApiResult<Json<ManagerReplaced>> {
+    let (replaced, touched) = state.store.manager_lost(&device, &req)?;
+    state.notify(&touched);
+    Ok(Json(replaced))
+}
+
+/// The device a recovery was asked of: its forced cluster has a leader.
+#[utoipa::path(post, path = "/v1/device/recovered", tag = "device", security(("device" = [])), request_body = Recovered,
+    responses((status = 204), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn recovered(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<Recovered>,
+) -> ApiResult<StatusCode> {
+    let touched = state.store.recovered(&device, &req)?;
+    state.notify(&touched);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct DesiredQuery {
     /// Answer only once the revision is greater than this (long poll).

@@ -53,13 +53,12 @@ pub(super) async fn update_swarm(
         .as_ref()
         .map(|pems| crate::signed::checked_keys(pems))
         .transpose()?;
-    let view = state.store.update_swarm(
-        &Actor::Admin,
-        &name,
-        req.auto_enrol,
-        keys.as_deref(),
-        (req.allow_devices.as_deref(), req.allow_privileged),
-    )?;
+    let view = state
+        .store
+        .update_swarm(&Actor::Admin, &name, &req, keys.as_deref())?;
+    if req.managers.is_some() || req.manager_grace_secs.is_some() || req.spread_label.is_some() {
+        state.notify(&vec![name.clone()]);
+    }
     if req.allow_devices.is_some() || req.allow_privileged.is_some() {
         // The key exists before any grant, so devices hold it by the time
         // a hardware service's first task starts.
@@ -82,6 +81,21 @@ pub(super) async fn rotate_tokens(
     let touched = state.store.rotate_tokens(&Actor::Admin, &name)?;
     state.notify(&touched);
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Recovers a swarm that lost its raft quorum: the online manager with
+/// the freshest raft log forces a new cluster, keeping services; then
+/// workers are promoted back to the manager target. One device at a time.
+#[utoipa::path(post, path = "/v1/swarms/{name}/recover", tag = "operator", security(("admin" = [])),
+    responses((status = 202, body = Recovery), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn recover_swarm(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Recovery>)> {
+    let (recovery, touched) = state.store.recover(&Actor::Admin, &name)?;
+    state.notify(&touched);
+    Ok((StatusCode::ACCEPTED, Json(recovery)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

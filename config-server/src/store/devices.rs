@@ -110,6 +110,12 @@ impl Store {
                     params![id.as_str(), json_of(labels)],
                 )?;
             }
+            if let Some(never) = update.never_manager {
+                tx.execute(
+                    "UPDATE devices SET never_manager = $2 WHERE id = $1",
+                    params![id.as_str(), never as i64],
+                )?;
+            }
             log_event(
                 tx,
                 actor,
@@ -394,17 +400,20 @@ impl Store {
             }
             let mut desired_changed = false;
             let new_state = next_state(view.state, report.state);
-            if let Some(node_id) = &report.node_id {
+            let stale: String = tx
+                .query_one(
+                    "SELECT stale_node_ids FROM devices WHERE id = $1",
+                    params![device],
+                )?
+                .get(0)?;
+            let mut stale: Vec<String> = from_json(&stale)?;
+            // A node the swarm removed (a lost manager) is not taken back:
+            // the device is told to leave it and join afresh.
+            let node_id = report.node_id.as_ref().filter(|n| !stale.contains(n));
+            if let Some(node_id) = node_id {
                 if view.node_id.as_deref() != Some(node_id.as_str()) {
                     desired_changed = true;
                     if let Some(old) = &view.node_id {
-                        let stale: String = tx
-                            .query_one(
-                                "SELECT stale_node_ids FROM devices WHERE id = $1",
-                                params![device],
-                            )?
-                            .get(0)?;
-                        let mut stale: Vec<String> = from_json(&stale)?;
                         if !stale.contains(old) {
                             stale.push(old.clone());
                         }
@@ -452,6 +461,19 @@ impl Store {
                         clip(&refusal.reason)
                     ),
                 )?;
+            }
+            if let Some(leader) = report.raft_leader.filter(|l| *l != view.raft_leader) {
+                if leader {
+                    tx.execute(
+                        "UPDATE devices SET raft_leader = 1, raft_leader_at = $2 WHERE id = $1",
+                        params![device, now()],
+                    )?;
+                } else {
+                    tx.execute(
+                        "UPDATE devices SET raft_leader = 0 WHERE id = $1",
+                        params![device],
+                    )?;
+                }
             }
             if let Some(manager) = report.manager {
                 if view.manager != Some(manager) {
@@ -576,11 +598,12 @@ fn changes_nothing(view: &DeviceView, report: &ReportRequest, error: &Option<Str
         && same(&report.engine_version, &view.engine_version)
         && report.facts.as_ref().is_none_or(|f| f == &view.facts)
         && (report.manager.is_none() || report.manager == view.manager)
+        && report.raft_leader.is_none_or(|l| l == view.raft_leader)
         && *error == view.last_error
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager";
+    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader";
 
 pub(super) struct DeviceRow {
     id: String,
@@ -598,6 +621,8 @@ pub(super) struct DeviceRow {
     created_at: i64,
     pub(super) stale_node_ids: String,
     swarm_manager: Option<i64>,
+    never_manager: i64,
+    raft_leader: i64,
 }
 
 impl DeviceRow {
@@ -618,6 +643,8 @@ impl DeviceRow {
             created_at: r.get(12)?,
             stale_node_ids: r.get(13)?,
             swarm_manager: r.get(14)?,
+            never_manager: r.get(15)?,
+            raft_leader: r.get(16)?,
         })
     }
 
@@ -638,6 +665,8 @@ impl DeviceRow {
             last_error: self.last_error,
             created_at: self.created_at,
             manager: self.swarm_manager.map(|m| m != 0),
+            never_manager: self.never_manager != 0,
+            raft_leader: self.raft_leader != 0,
         })
     }
 }
@@ -790,6 +819,9 @@ fn describe_update(update: &DeviceUpdate) -> String {
     }
     if let Some(r) = update.role {
         parts.push(format!("role={r}"));
+    }
+    if let Some(never) = update.never_manager {
+        parts.push(format!("never_manager={never}"));
     }
     if let Some(l) = &update.labels {
         parts.push(format!(

@@ -19,12 +19,14 @@ mod files;
 mod hardware;
 mod logs;
 mod presence;
+mod quorum;
 mod schema;
 mod services;
 mod swarms;
 
 pub use credentials::ServerCredentials;
 pub use hardware::HardwarePolicy;
+pub use quorum::RECOVERY_EXPIRES_SECS;
 pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
 
 /// Why a store operation was refused. Each maps to one HTTP status.

@@ -14,6 +14,13 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub(super) struct Presence(Mutex<HashMap<String, i64>>);
 
+impl Presence {
+    /// The times noted since the last flush (fresher than the stored ones).
+    pub(super) fn snapshot(&self) -> HashMap<String, i64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 impl Store {
     /// Notes that `device` was heard from now.
     pub(super) fn heard(&self, device: &str) {

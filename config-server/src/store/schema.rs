@@ -132,4 +132,21 @@ ALTER TABLE swarms ADD COLUMN token_rotation BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE swarms ADD COLUMN tokens_generation BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    // Managers kept: each swarm's target count (0: off), grace period and
+    // spread label; the quorum recovery in progress (one device at a time)
+    // and the last one finished. Devices never to be promoted, and when
+    // each last reported being the raft leader (the freshest raft log).
+    Migration(
+        r#"
+ALTER TABLE swarms ADD COLUMN managers_target BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE swarms ADD COLUMN manager_grace_secs BIGINT NOT NULL DEFAULT 60;
+ALTER TABLE swarms ADD COLUMN spread_label TEXT;
+ALTER TABLE swarms ADD COLUMN recovery_device TEXT;
+ALTER TABLE swarms ADD COLUMN recovery_generation BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE swarms ADD COLUMN recovery_started BIGINT;
+ALTER TABLE devices ADD COLUMN never_manager BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN raft_leader BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN raft_leader_at BIGINT;
+"#,
+    ),
 ];

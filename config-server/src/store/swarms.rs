@@ -8,7 +8,7 @@ use super::{bump, from_json, json_of, now, services, Actor, Result, Store, Store
 use crate::db::{params, Tx};
 use fogswarm_protocol::api::{
     Availability, ConfigAnswer, DesiredNode, DesiredState, DeviceState, Secret, SwarmTokens,
-    SwarmView,
+    SwarmUpdate, SwarmView,
 };
 use fogswarm_protocol::validate::{self, AutoEnrol, Role, FACT_PREFIX};
 
@@ -58,19 +58,35 @@ impl Store {
         self.read(|tx| swarm_view(tx, name))
     }
 
+    /// Changes what `update` names; `signing_keys` are its
+    /// `require_signed` keys, checked by the caller.
     pub fn update_swarm(
         &self,
         actor: &Actor,
         name: &str,
-        auto_enrol: Option<AutoEnrol>,
+        update: &SwarmUpdate,
         signing_keys: Option<&[SigningKeyText]>,
-        hardware: (Option<&[String]>, Option<bool>),
     ) -> Result<SwarmView> {
         validate::validate_swarm_name(name)?;
-        super::hardware::validate_allow_list(hardware.0)?;
+        super::hardware::validate_allow_list(update.allow_devices.as_deref())?;
+        let auto_enrol = update.auto_enrol;
         self.write(|tx| {
             swarm_view(tx, name)?;
-            super::hardware::set_policy(tx, actor, name, hardware.0, hardware.1)?;
+            super::hardware::set_policy(
+                tx,
+                actor,
+                name,
+                update.allow_devices.as_deref(),
+                update.allow_privileged,
+            )?;
+            super::quorum::set_policy(
+                tx,
+                actor,
+                name,
+                update.managers,
+                update.manager_grace_secs,
+                update.spread_label.as_deref(),
+            )?;
             if let Some(keys) = signing_keys {
                 let pems: Vec<&str> = keys.iter().map(|k| k.pem.as_str()).collect();
                 tx.execute(
@@ -273,10 +289,11 @@ impl Store {
                     tokens.generation as i64
                 ],
             )?;
-            let action = match (&cluster_id, tokens.generation) {
-                (None, _) => "swarm.initialized",
-                (Some(_), 0) => "swarm.tokens",
-                (Some(_), _) => "swarm.tokens-rotated",
+            let action = match &cluster_id {
+                None => "swarm.initialized",
+                Some(_) if tokens.generation > stored_generation => "swarm.tokens-rotated",
+                // The same tokens with the managers there are now.
+                Some(_) => "swarm.tokens",
             };
             log_event(
                 tx,
@@ -353,6 +370,8 @@ impl Store {
                 log_requests: super::logs::open_requests(tx, swarm)?,
                 token_rotation,
                 tokens_generation,
+                managers: super::quorum::settings(tx, swarm)?.policy,
+                recovery: super::quorum::recovery(tx, swarm)?,
             })
         })
     }
@@ -414,6 +433,12 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             worker
         };
         let grant_key = super::hardware::public_key(tx, &swarm)?;
+        let removed: String = tx
+            .query_one(
+                "SELECT stale_node_ids FROM devices WHERE id = $1",
+                params![device],
+            )?
+            .get(0)?;
         return Ok(Decision::Answer(ConfigAnswer::Join {
             swarm,
             cluster_id: row.get(3)?,
@@ -422,6 +447,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             managers: from_json(&row.get::<String>(2)?)?,
             token: Secret::new(token),
             grant_key,
+            removed_node_ids: from_json(&removed)?,
         }));
     }
     // Not initialized. Who may initialize: the declared leader, or, in a
@@ -510,6 +536,7 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
             params![name],
         )?
         .ok_or_else(|| StoreError::NotFound(format!("swarm {name} does not exist")))?;
+    let managers = super::quorum::settings(tx, name)?;
     let lease_expires: Option<i64> = row.get(7)?;
     let lease_live = lease_expires.is_some_and(|expires| expires >= now());
     let lease_holder: Option<String> = row.get(6)?;
@@ -528,6 +555,10 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
             .collect(),
         allowed_devices: from_json(&row.get::<String>(10)?)?,
         allow_privileged: row.get::<i64>(11)? != 0,
+        managers_target: managers.policy.target,
+        manager_grace_secs: managers.policy.grace_secs,
+        spread_label: managers.spread_label,
+        recovery: super::quorum::recovery(tx, name)?,
         created_at: row.get(8)?,
     })
 }
