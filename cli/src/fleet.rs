@@ -140,6 +140,11 @@ pub enum SwarmCommand {
         /// '' clears it.
         #[arg(long, value_name = "LABEL")]
         spread_label: Option<String>,
+        /// Recover the quorum without an operator once no manager has
+        /// reached a raft leader for this long (at least the manager grace
+        /// period; 0: only `swarm recover`).
+        #[arg(long, value_name = "DURATION")]
+        auto_recover: Option<String>,
     },
     /// Have the swarm's raft leader rotate both join tokens, so an old one
     /// can no longer join (done on every decommission too).
@@ -328,14 +333,18 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             managers,
             manager_grace,
             spread_label,
+            auto_recover,
         } => {
-            let manager_grace_secs = manager_grace
-                .map(|d| {
+            let seconds = |flag: &str, d: Option<String>| {
+                d.map(|d| {
                     fogswarm_protocol::service::parse_duration(&d)
                         .map(|ns| ns / 1_000_000_000)
-                        .map_err(|m| bad(format!("--manager-grace: {m}")))
+                        .map_err(|m| bad(format!("--{flag}: {m}")))
                 })
-                .transpose()?;
+                .transpose()
+            };
+            let manager_grace_secs = seconds("manager-grace", manager_grace)?;
+            let auto_recover_secs = seconds("auto-recover", auto_recover)?;
             let auto_enrol = auto_enrol
                 .map(|a| AutoEnrol::parse(&a).map_err(bad))
                 .transpose()?;
@@ -371,9 +380,10 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                 && managers.is_none()
                 && manager_grace_secs.is_none()
                 && spread_label.is_none()
+                && auto_recover_secs.is_none()
             {
                 return Err(bad(
-                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm, --allow-privileged, --managers, --manager-grace or --spread-label",
+                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm, --allow-privileged, --managers, --manager-grace, --spread-label or --auto-recover",
                 ));
             }
             let view = client
@@ -387,6 +397,7 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                         managers,
                         manager_grace_secs,
                         spread_label,
+                        auto_recover_secs,
                     },
                 )
                 .await?;
@@ -449,11 +460,16 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
 
 /// The swarm's manager keeping, in a line.
 fn managers_kept(s: &SwarmView) -> String {
+    let recovery = match (s.auto_recover_secs, s.quorum_lost_at) {
+        (_, Some(at)) => format!("; NO QUORUM since {}", ago(at)),
+        (0, None) => String::new(),
+        (secs, None) => format!("; quorum recovered after {secs}s without"),
+    };
     if s.managers_target == 0 {
-        return "managers kept: off (fogswarm swarm update NAME --managers 3)".into();
+        return format!("managers kept: off (fogswarm swarm update NAME --managers 3){recovery}");
     }
     format!(
-        "managers kept: {}, replaced after {}s unreachable{}",
+        "managers kept: {}, replaced after {}s unreachable{}{recovery}",
         s.managers_target,
         s.manager_grace_secs,
         s.spread_label
@@ -528,6 +544,7 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
                 "ROLE",
                 "STATE",
                 "NODE",
+                "AGENT",
                 "LAST SEEN",
                 "LABELS",
             ]);
@@ -541,6 +558,7 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
                         .as_deref()
                         .map(|n| n.chars().take(12).collect())
                         .unwrap_or_else(|| "-".into()),
+                    d.agent_version.clone().unwrap_or_else(|| "-".into()),
                     d.last_seen.map(ago).unwrap_or_else(|| "never".into()),
                     join_labels(&d.labels),
                 ]);
@@ -724,6 +742,7 @@ fn print_device(d: &DeviceView) {
         "engine:      {}",
         d.engine_version.as_deref().unwrap_or("-")
     );
+    println!("agent:       {}", d.agent_version.as_deref().unwrap_or("-"));
     println!(
         "last seen:   {}",
         d.last_seen.map(ago).unwrap_or_else(|| "never".into())

@@ -185,6 +185,15 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             if let Err(e) = presence.store.flush_presence() {
                 tracing::warn!(error = %e, "writing last-seen times");
             }
+            match presence.store.auto_recover() {
+                Ok(started) => {
+                    for (recovery, touched) in started {
+                        tracing::warn!(device = %recovery.device_id, generation = recovery.generation, "no quorum for the swarm's auto-recover period: recovery started");
+                        presence.notify(&touched);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checking for quorum recoveries due"),
+            }
         }
     });
     let last_flush = state.clone();

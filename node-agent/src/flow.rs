@@ -35,6 +35,11 @@ use std::time::Duration;
 /// How long the server may hold a `wait` answer.
 const CONFIG_HOLD: Duration = Duration::from_secs(25);
 
+/// How long this swarm's node may stay in the engine's `error` state (a
+/// promotion that reached only dead managers, say: the engine does not
+/// get out by itself) before the agent leaves it and joins afresh.
+const SWARM_ERROR_PATIENCE: Duration = Duration::from_secs(30);
+
 /// What one pass of the loop concluded.
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
@@ -55,6 +60,9 @@ pub struct Agent {
     engine: Engine,
     facts: Facts,
     status: Status,
+    version: String,
+    /// Since when the engine's swarm state has been `error`.
+    swarm_error_since: Option<std::time::Instant>,
 }
 
 impl Agent {
@@ -80,7 +88,8 @@ impl Agent {
             phase: "starting".into(),
             ..state.status().unwrap_or_default()
         };
-        tracing::info!(device = %device_id, facts = ?facts, "agent starting");
+        let version = crate::agent_version();
+        tracing::info!(device = %device_id, %version, facts = ?facts, "agent starting");
         Ok(Agent {
             config,
             state,
@@ -88,6 +97,8 @@ impl Agent {
             engine,
             facts,
             status,
+            version,
+            swarm_error_since: None,
         })
     }
 
@@ -317,6 +328,33 @@ impl Agent {
                     }
                     _ => node,
                 };
+                // This swarm's node (the one this agent last had active),
+                // stuck in the engine's error state.
+                let ours = self.status.node_id.is_some()
+                    && (self.status.node_id == node_id
+                        || self
+                            .status
+                            .node_id
+                            .as_ref()
+                            .is_some_and(|id| removed_node_ids.contains(id)));
+                let node = if node.state == "error" && ours {
+                    let since = *self
+                        .swarm_error_since
+                        .get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < SWARM_ERROR_PATIENCE {
+                        return Ok(Outcome::Error(format!(
+                            "the engine's swarm state is error: {}",
+                            node.error.unwrap_or_default()
+                        )));
+                    }
+                    tracing::warn!(error = ?node.error, "the engine's swarm state stayed error; leaving to join again");
+                    self.swarm_error_since = None;
+                    swarm::leave_removed(&self.engine).await?;
+                    swarm::local(&self.engine).await?
+                } else {
+                    self.swarm_error_since = None;
+                    node
+                };
                 if node.active() || node.state == "locked" {
                     if node.in_swarm(cluster_id.as_deref(), node_id.as_deref(), &managers) {
                         node // every later boot: nothing to do
@@ -396,13 +434,18 @@ impl Agent {
         let node = node.filter(|_| state != DeviceState::Error);
         // The last raft leader has the freshest log: what a quorum
         // recovery needs to know.
-        let raft_leader = match node.as_ref() {
+        // (None from a manager: no raft leader answers, the quorum may be
+        // lost.)
+        let raft = match node.as_ref() {
             Some(n) if n.is_manager => match &n.node_id {
-                Some(id) => Some(manager::is_raft_leader(&self.engine, id).await),
+                Some(id) => Some(manager::raft_leader(&self.engine, id).await),
                 None => None,
             },
-            Some(_) => Some(false),
-            None => None,
+            _ => None,
+        };
+        let raft_leader = match raft {
+            Some(leader) => leader,
+            None => node.as_ref().map(|_| false),
         };
         let grant_refusals = self.state.pending_refusals();
         let report = ReportRequest {
@@ -415,6 +458,8 @@ impl Agent {
             error,
             grant_refusals,
             raft_leader,
+            agent_version: Some(self.version.clone()),
+            quorum: raft.map(|r| r.is_some()),
         };
         device.report(&report).await?;
         self.state.refusals_reported();

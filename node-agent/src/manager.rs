@@ -36,9 +36,15 @@ pub struct Applied {
 
 /// Whether this node is the raft leader.
 pub async fn is_raft_leader(engine: &Engine, node_id: &str) -> bool {
+    raft_leader(engine, node_id).await.unwrap_or(false)
+}
+
+/// On a manager: whether it is the raft leader; `None` when the swarm
+/// cannot say (no leader reachable: the quorum may be lost).
+pub async fn raft_leader(engine: &Engine, node_id: &str) -> Option<bool> {
     match engine.docker.inspect_node(node_id).await {
-        Ok(node) => node.manager_status.and_then(|m| m.leader).unwrap_or(false),
-        Err(_) => false,
+        Ok(node) => Some(node.manager_status.and_then(|m| m.leader).unwrap_or(false)),
+        Err(_) => None,
     }
 }
 
@@ -149,16 +155,7 @@ pub async fn apply(engine: &Engine, desired: &DesiredState, own: &str) -> Result
         .collect();
     for want in &desired.nodes {
         let Some(node_id) = &want.node_id else {
-            // A lost manager's device: its old node goes once not Ready
-            // (if its engine comes back, it leaves the node by itself).
-            for stale in &want.stale_node_ids {
-                if ready.get(stale) == Some(&false) {
-                    remove_node(engine, stale).await?;
-                    tracing::info!(device = %want.device_id, node = %stale, "removed the node of a lost manager");
-                    applied.removed_stale.push(stale.clone());
-                }
-            }
-            continue;
+            continue; // a lost manager's device: see below
         };
         if !ready.contains_key(node_id) {
             continue; // reported but not (or no longer) in this swarm
@@ -192,6 +189,18 @@ pub async fn apply(engine: &Engine, desired: &DesiredState, own: &str) -> Result
         }
     }
     apply_roles(engine, desired, &nodes, own, &mut applied).await;
+    // A lost manager's old node goes once not Ready, after the promotion
+    // of its replacement (if its engine comes back, it leaves the node by
+    // itself).
+    for want in desired.nodes.iter().filter(|n| n.node_id.is_none()) {
+        for stale in &want.stale_node_ids {
+            if ready.get(stale) == Some(&false) {
+                remove_node(engine, stale).await?;
+                tracing::info!(device = %want.device_id, node = %stale, "removed the node of a lost manager");
+                applied.removed_stale.push(stale.clone());
+            }
+        }
+    }
     // Nodes fogswarm labelled whose device is gone (decommissioned): once
     // Down, they are stale. Nodes it never labelled are not its to remove.
     let known: std::collections::HashSet<&str> = desired

@@ -234,6 +234,14 @@ pub struct ReportRequest {
     /// holds the freshest raft log, which is what `swarm recover` needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft_leader: Option<bool>,
+    /// The agent's version and the digest of its binary (`0.1.0
+    /// sha256:0123abcd`): two builds of one version differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// On a manager: whether its engine reaches a raft leader (false: the
+    /// swarm may have lost its quorum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<bool>,
 }
 
 /// A container whose hardware grant the runtime refused.
@@ -407,6 +415,10 @@ pub struct SwarmUpdate {
     /// clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread_label: Option<String>,
+    /// Recover the quorum by itself once no manager has reached a raft
+    /// leader for this many seconds (0: only `swarm recover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_recover_secs: Option<u64>,
 }
 
 /// A swarm as operators see it: never its join tokens.
@@ -436,6 +448,12 @@ pub struct SwarmView {
     pub manager_grace_secs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread_label: Option<String>,
+    /// Automatic recovery after this long without quorum (0: off).
+    #[serde(default)]
+    pub auto_recover_secs: u64,
+    /// Since when no manager has reached a raft leader, while so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_lost_at: Option<i64>,
     /// A quorum recovery not finished yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
@@ -511,6 +529,12 @@ pub struct DeviceView {
     /// Whether its node is the raft leader, as it last reported.
     #[serde(default)]
     pub raft_leader: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// On a manager: whether its engine reached a raft leader, as it last
+    /// reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<bool>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

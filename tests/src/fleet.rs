@@ -427,6 +427,8 @@ async fn device(
                 grant_refusals: vec![],
                 manager: None,
                 raft_leader: None,
+                agent_version: None,
+                quorum: None,
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);

@@ -210,6 +210,8 @@ async fn every_endpoint_happy_path() -> Result<()> {
             grant_refusals: vec![],
             manager: None,
             raft_leader: None,
+            agent_version: None,
+            quorum: None,
         })
         .await?;
     let w = admin.get_device("02:fb:00:00:00:03").await?;

@@ -334,3 +334,134 @@ async fn lost_managers_are_replaced_and_quorum_recovered_one_device_at_a_time() 
     ensure!(e.status() == Some(404), "{e}");
     Ok(())
 }
+
+/// A manager's quorum report, as its agent sends it.
+async fn quorum(client: &Client, reaches_leader: bool) -> Result<()> {
+    client
+        .report(&ReportRequest {
+            state: Some(DeviceState::Active),
+            manager: Some(true),
+            quorum: Some(reaches_leader),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_that_allows_it_recovers_by_itself() -> Result<()> {
+    const A: [&str; 4] = [L, M2, M3, W1];
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let admin = server.admin();
+    fogswarm_e2e::server::declare(
+        &admin,
+        "auto",
+        &[
+            (L, Role::Leader),
+            (M2, Role::Manager),
+            (M3, Role::Manager),
+            (W1, Role::Worker),
+        ],
+    )
+    .await?;
+    let mut clients = Vec::new();
+    for id in A {
+        clients.push(server.enrol(id, &[]).await?.0);
+    }
+    ensure!(matches!(
+        clients[0].config().await?,
+        ConfigAnswer::Init { .. }
+    ));
+    clients[0]
+        .post_swarm_tokens(&SwarmTokens {
+            cluster_id: "c-auto".into(),
+            manager_addrs: vec!["10.213.9.1:2377".into()],
+            worker_token: Secret::new("SWMTKN-1-auto-worker"),
+            manager_token: Secret::new("SWMTKN-1-auto-manager"),
+            generation: 0,
+        })
+        .await?;
+    for (i, id) in A.iter().enumerate() {
+        report(&clients[i], id, 1000, i < 3, i == 0).await?;
+        if i < 3 {
+            quorum(&clients[i], true).await?;
+        }
+    }
+    // Automatic recovery waits at least the manager grace period.
+    let short = admin
+        .update_swarm(
+            "auto",
+            &SwarmUpdate {
+                manager_grace_secs: Some(10),
+                auto_recover_secs: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("shorter than the grace period");
+    ensure!(
+        short.status() == Some(422) && short.to_string().contains("auto_recover_secs"),
+        "{short}"
+    );
+    admin
+        .update_swarm(
+            "auto",
+            &SwarmUpdate {
+                managers: Some(3),
+                manager_grace_secs: Some(10),
+                auto_recover_secs: Some(10),
+                ..Default::default()
+            },
+        )
+        .await?;
+    // One manager cut off while the others reach a leader: no quorum loss.
+    quorum(&clients[1], false).await?;
+    ensure!(admin.get_swarm("auto").await?.quorum_lost_at.is_none());
+    // All three: lost, and recovered by the server after 10 s.
+    quorum(&clients[0], false).await?;
+    quorum(&clients[2], false).await?;
+    let lost_at = admin
+        .get_swarm("auto")
+        .await?
+        .quorum_lost_at
+        .ok_or_else(|| anyhow::anyhow!("the quorum loss was not noticed"))?;
+    ensure!(
+        admin.get_swarm("auto").await?.recovery.is_none(),
+        "too early"
+    );
+    let recovery = fogswarm_e2e::eventually(40, || async {
+        admin
+            .get_swarm("auto")
+            .await?
+            .recovery
+            .ok_or_else(|| anyhow::anyhow!("no recovery started yet"))
+    })
+    .await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let waited = now.as_secs() as i64 - lost_at;
+    ensure!(waited >= 10, "recovered after {waited}s, before 10s");
+    ensure!(recovery.device_id.as_str() == L, "{recovery:?}");
+    let events = admin.events(0, 200, Some("auto")).await?;
+    let recover = events
+        .iter()
+        .find(|e| e.action == "swarm.recover")
+        .ok_or_else(|| anyhow::anyhow!("no swarm.recover event"))?;
+    ensure!(recover.actor == "server", "{recover:?}");
+    ensure!(events.iter().any(|e| e.action == "swarm.quorum-lost"));
+    // W1, heard within the grace period, is eligible to refill the managers.
+    report(&clients[3], W1, 1000, false, false).await?;
+    clients[0]
+        .recovered(&Recovered {
+            generation: recovery.generation,
+        })
+        .await?;
+    let view = admin.get_swarm("auto").await?;
+    ensure!(
+        view.quorum_lost_at.is_none() && view.recovery.is_none(),
+        "{view:?}"
+    );
+    let desired = clients[0].desired(None, 0).await?;
+    ensure!(managers(&desired) == [L, W1], "{:?}", managers(&desired));
+    Ok(())
+}

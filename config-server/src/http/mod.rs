@@ -83,7 +83,7 @@ impl AppState {
     /// Wakes the long polls of every swarm a change touched. On
     /// PostgreSQL the change's notification does it, on every replica
     /// this one included (see `db::Listener`).
-    fn notify(&self, touched: &Touched) {
+    pub(crate) fn notify(&self, touched: &Touched) {
         if self.store.database().dialect() == crate::db::Dialect::Postgres {
             return;
         }

@@ -56,7 +56,11 @@ pub(super) async fn update_swarm(
     let view = state
         .store
         .update_swarm(&Actor::Admin, &name, &req, keys.as_deref())?;
-    if req.managers.is_some() || req.manager_grace_secs.is_some() || req.spread_label.is_some() {
+    if req.managers.is_some()
+        || req.manager_grace_secs.is_some()
+        || req.spread_label.is_some()
+        || req.auto_recover_secs.is_some()
+    {
         state.notify(&vec![name.clone()]);
     }
     if req.allow_devices.is_some() || req.allow_privileged.is_some() {

@@ -358,6 +358,7 @@ impl Store {
             ("node_id", &report.node_id),
             ("cluster_id", &report.cluster_id),
             ("engine_version", &report.engine_version),
+            ("agent_version", &report.agent_version),
         ] {
             if value
                 .as_ref()
@@ -389,6 +390,7 @@ impl Store {
             self.heard(device);
             return Ok(Vec::new());
         }
+        let heard = self.presence_snapshot();
         self.write(|tx| {
             let view = device_view(tx, device)?;
             let actor = Actor::Device(device.into());
@@ -475,6 +477,9 @@ impl Store {
                     )?;
                 }
             }
+            if let Some(quorum) = report.quorum.filter(|q| view.quorum != Some(*q)) {
+                super::quorum::note_quorum(tx, &view.swarm, device, quorum)?;
+            }
             if let Some(manager) = report.manager {
                 if view.manager != Some(manager) {
                     tx.execute(
@@ -502,10 +507,13 @@ impl Store {
             }
             tx.execute(
                 "UPDATE devices SET state = $2, cluster_id = COALESCE($3, cluster_id), engine_version = COALESCE($4, engine_version),
-                 last_error = $5, last_seen = $6 WHERE id = $1",
-                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now()],
+                 last_error = $5, last_seen = $6, agent_version = COALESCE($7, agent_version) WHERE id = $1",
+                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now(), &report.agent_version],
             )?;
             if desired_changed {
+                // A device that became eligible (joined again, say) may be
+                // what a swarm short of managers was waiting for.
+                super::quorum::promote_to_target(tx, &Actor::Server, &view.swarm, &heard)?;
                 bump(tx, &view.swarm)?;
                 return Ok(vec![view.swarm]);
             }
@@ -596,14 +604,16 @@ fn changes_nothing(view: &DeviceView, report: &ReportRequest, error: &Option<Str
         && same(&report.node_id, &view.node_id)
         && same(&report.cluster_id, &view.cluster_id)
         && same(&report.engine_version, &view.engine_version)
+        && same(&report.agent_version, &view.agent_version)
         && report.facts.as_ref().is_none_or(|f| f == &view.facts)
         && (report.manager.is_none() || report.manager == view.manager)
         && report.raft_leader.is_none_or(|l| l == view.raft_leader)
+        && (report.quorum.is_none() || report.quorum == view.quorum)
         && *error == view.last_error
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader";
+    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum";
 
 pub(super) struct DeviceRow {
     id: String,
@@ -623,6 +633,8 @@ pub(super) struct DeviceRow {
     swarm_manager: Option<i64>,
     never_manager: i64,
     raft_leader: i64,
+    agent_version: Option<String>,
+    has_quorum: Option<i64>,
 }
 
 impl DeviceRow {
@@ -645,6 +657,8 @@ impl DeviceRow {
             swarm_manager: r.get(14)?,
             never_manager: r.get(15)?,
             raft_leader: r.get(16)?,
+            agent_version: r.get(17)?,
+            has_quorum: r.get(18)?,
         })
     }
 
@@ -667,6 +681,8 @@ impl DeviceRow {
             manager: self.swarm_manager.map(|m| m != 0),
             never_manager: self.never_manager != 0,
             raft_leader: self.raft_leader != 0,
+            agent_version: self.agent_version,
+            quorum: self.has_quorum.map(|q| q != 0),
         })
     }
 }

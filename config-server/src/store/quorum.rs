@@ -29,12 +29,14 @@ pub const RECOVERY_EXPIRES_SECS: i64 = 600;
 pub(super) struct ManagerSettings {
     pub policy: ManagerPolicy,
     pub spread_label: Option<String>,
+    pub auto_recover_secs: u64,
+    pub quorum_lost_at: Option<i64>,
 }
 
 pub(super) fn settings(tx: &Tx<'_>, swarm: &str) -> Result<ManagerSettings> {
     let row = tx
         .query_opt(
-            "SELECT managers_target, manager_grace_secs, spread_label FROM swarms WHERE name = $1",
+            "SELECT managers_target, manager_grace_secs, spread_label, auto_recover_secs, quorum_lost_at FROM swarms WHERE name = $1",
             params![swarm],
         )?
         .ok_or_else(|| StoreError::NotFound(format!("swarm {swarm} does not exist")))?;
@@ -44,6 +46,8 @@ pub(super) fn settings(tx: &Tx<'_>, swarm: &str) -> Result<ManagerSettings> {
             grace_secs: row.get::<i64>(1)? as u64,
         },
         spread_label: row.get(2)?,
+        auto_recover_secs: row.get::<i64>(3)? as u64,
+        quorum_lost_at: row.get(4)?,
     })
 }
 
@@ -71,6 +75,7 @@ pub(super) fn set_policy(
     target: Option<u32>,
     grace_secs: Option<u64>,
     spread_label: Option<&str>,
+    auto_recover_secs: Option<u64>,
 ) -> Result<()> {
     let invalid = |field: &str, message: String| StoreError::Invalid {
         field: Some(field.into()),
@@ -117,6 +122,20 @@ pub(super) fn set_policy(
             params![swarm, stored],
         )?;
         parts.push(format!("spread_label={label}"));
+    }
+    if let Some(a) = auto_recover_secs {
+        let grace = settings(tx, swarm)?.policy.grace_secs;
+        if a != 0 && (a < grace || a > 86_400) {
+            return Err(invalid(
+                "auto_recover_secs",
+                format!("auto-recover after {a}s: give 0 (off) or from the manager grace period ({grace}s) to 24h"),
+            ));
+        }
+        tx.execute(
+            "UPDATE swarms SET auto_recover_secs = $2 WHERE name = $1",
+            params![swarm, a as i64],
+        )?;
+        parts.push(format!("auto_recover={a}s"));
     }
     if parts.is_empty() {
         return Ok(());
@@ -323,6 +342,10 @@ impl Store {
                 "UPDATE swarms SET recovery_device = NULL, recovery_started = NULL WHERE name = $1",
                 params![&swarm],
             )?;
+            tx.execute(
+                "UPDATE swarms SET quorum_lost_at = NULL WHERE name = $1",
+                params![&swarm],
+            )?;
             let mut lost = 0;
             for row in device_rows(tx, Some(&swarm))? {
                 let other = row.into_view()?;
@@ -349,8 +372,86 @@ impl Store {
         })
     }
 
-    fn presence_snapshot(&self) -> HashMap<String, i64> {
+    /// Starts the recoveries that are due: swarms that allow automatic
+    /// recovery, where no manager has reached a raft leader for that long
+    /// and none heard since says otherwise. Called every few seconds by
+    /// every replica; the recovery's own transaction keeps it to one.
+    pub fn auto_recover(&self) -> Result<Vec<(Recovery, Touched)>> {
+        let t = now();
+        let due: Vec<String> = self.read(|tx| {
+            tx.query(
+                "SELECT s.name FROM swarms s
+                 WHERE s.auto_recover_secs > 0 AND s.quorum_lost_at IS NOT NULL
+                   AND s.quorum_lost_at + s.auto_recover_secs <= $1 AND s.recovery_device IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.swarm = s.name AND d.swarm_manager = 1
+                                   AND d.has_quorum = 1 AND d.last_seen >= $1 - s.manager_grace_secs)",
+                params![t],
+            )?
+            .iter()
+            .map(|r| r.get::<String>(0).map_err(StoreError::from))
+            .collect()
+        })?;
+        let mut started = Vec::new();
+        for swarm in due {
+            match self.recover(&Actor::Server, &swarm) {
+                Ok(r) => started.push(r),
+                // Another replica was first, or no manager is left to do it.
+                Err(StoreError::Conflict(m)) => tracing::debug!(%swarm, "automatic recovery: {m}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(started)
+    }
+
+    pub(super) fn presence_snapshot(&self) -> HashMap<String, i64> {
         self.presence.snapshot()
+    }
+}
+
+/// A manager's report that its engine does (or does not) reach a raft
+/// leader. The swarm counts as without quorum from the first "no" while no
+/// other manager says "yes", until one does.
+pub(super) fn note_quorum(tx: &Tx<'_>, swarm: &str, device: &str, quorum: bool) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET has_quorum = $2 WHERE id = $1",
+        params![device, quorum as i64],
+    )?;
+    let lost_at = settings(tx, swarm)?.quorum_lost_at;
+    let others_reach: bool = tx
+        .query_one(
+            "SELECT EXISTS(SELECT 1 FROM devices WHERE swarm = $1 AND id != $2 AND swarm_manager = 1 AND has_quorum = 1)",
+            params![swarm, device],
+        )?
+        .get(0)?;
+    let actor = Actor::Device(device.into());
+    match (quorum, lost_at) {
+        (false, None) if !others_reach => {
+            tx.execute(
+                "UPDATE swarms SET quorum_lost_at = $2 WHERE name = $1",
+                params![swarm, now()],
+            )?;
+            log_event(
+                tx,
+                &actor,
+                "swarm.quorum-lost",
+                swarm,
+                "a manager reaches no raft leader and none says otherwise",
+            )
+        }
+        (true, Some(_)) => {
+            tx.execute(
+                "UPDATE swarms SET quorum_lost_at = NULL WHERE name = $1",
+                params![swarm],
+            )?;
+            log_event(
+                tx,
+                &actor,
+                "swarm.quorum-ok",
+                swarm,
+                "a manager reaches a raft leader",
+            )
+        }
+        _ => Ok(()),
     }
 }
 
@@ -391,7 +492,8 @@ fn lose_manager(tx: &Tx<'_>, actor: &Actor, view: &DeviceView, why: &str) -> Res
     )
 }
 
-fn promote_to_target(
+/// Promotes workers up to the swarm's target, when it keeps one.
+pub(super) fn promote_to_target(
     tx: &Tx<'_>,
     actor: &Actor,
     swarm: &str,
@@ -414,6 +516,15 @@ fn promote(
     heard: &HashMap<String, i64>,
 ) -> Result<Vec<DeviceId>> {
     let settings = settings(tx, swarm)?;
+    let managers: i64 = tx
+        .query_one(
+            "SELECT COUNT(*) FROM devices WHERE swarm = $1 AND role IN ('leader', 'manager')",
+            params![swarm],
+        )?
+        .get(0)?;
+    if managers >= target as i64 {
+        return Ok(Vec::new()); // the common case, without reading every device
+    }
     let mut devices: Vec<DeviceView> = device_rows(tx, Some(swarm))?
         .into_iter()
         .map(|r| r.into_view())
@@ -522,6 +633,8 @@ mod tests {
             manager: Some(role.is_manager()),
             never_manager: false,
             raft_leader: false,
+            agent_version: None,
+            quorum: None,
         }
     }
 

@@ -135,7 +135,9 @@ ALTER TABLE swarms ADD COLUMN tokens_generation BIGINT NOT NULL DEFAULT 0;
     // Managers kept: each swarm's target count (0: off), grace period and
     // spread label; the quorum recovery in progress (one device at a time)
     // and the last one finished. Devices never to be promoted, and when
-    // each last reported being the raft leader (the freshest raft log).
+    // each last reported being the raft leader (the freshest raft log);
+    // the agent version each runs; whether each manager reaches a raft
+    // leader, and since when none has (for automatic recovery).
     Migration(
         r#"
 ALTER TABLE swarms ADD COLUMN managers_target BIGINT NOT NULL DEFAULT 0;
@@ -147,6 +149,10 @@ ALTER TABLE swarms ADD COLUMN recovery_started BIGINT;
 ALTER TABLE devices ADD COLUMN never_manager BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN raft_leader BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN raft_leader_at BIGINT;
+ALTER TABLE devices ADD COLUMN agent_version TEXT;
+ALTER TABLE devices ADD COLUMN has_quorum BIGINT;
+ALTER TABLE swarms ADD COLUMN auto_recover_secs BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE swarms ADD COLUMN quorum_lost_at BIGINT;
 "#,
     ),
 ];

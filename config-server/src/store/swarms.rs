@@ -86,6 +86,7 @@ impl Store {
                 update.managers,
                 update.manager_grace_secs,
                 update.spread_label.as_deref(),
+                update.auto_recover_secs,
             )?;
             if let Some(keys) = signing_keys {
                 let pems: Vec<&str> = keys.iter().map(|k| k.pem.as_str()).collect();
@@ -558,6 +559,8 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
         managers_target: managers.policy.target,
         manager_grace_secs: managers.policy.grace_secs,
         spread_label: managers.spread_label,
+        auto_recover_secs: managers.auto_recover_secs,
+        quorum_lost_at: managers.quorum_lost_at,
         recovery: super::quorum::recovery(tx, name)?,
         created_at: row.get(8)?,
     })
