@@ -3,6 +3,7 @@
 
 /// Engine access lives with the other clients; re-exported for the lab.
 pub use fogswarm_client::engine;
+pub mod agent;
 pub mod compose;
 pub mod files;
 pub mod fleet;

@@ -39,6 +39,13 @@ enum Command {
         #[command(subcommand)]
         command: SwarmCommand,
     },
+    /// Agents on the fleet's devices: rollouts in waves.
+    Agent {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::agent::AgentCommand,
+    },
     /// Devices on the configuration server.
     Device {
         #[command(flatten)]
@@ -350,6 +357,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
                 .map(|_| ExitCode::SUCCESS),
         },
+        Command::Agent { conn, command } => fogswarm::agent::agent(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
         Command::Swarm { conn, command } => fleet::swarm(&conn, command)
             .await
             .map(|_| ExitCode::SUCCESS),

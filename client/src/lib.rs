@@ -402,6 +402,30 @@ impl Client {
         .await
     }
 
+    /// Starts an agent rollout over a swarm's devices.
+    pub async fn start_rollout(
+        &self,
+        swarm: &str,
+        req: &AgentRolloutCreate,
+    ) -> Result<AgentRolloutView> {
+        self.call(
+            Method::POST,
+            &format!("/v1/swarms/{}/agent-rollout", seg(swarm)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// A swarm's latest agent rollout.
+    pub async fn rollout(&self, swarm: &str) -> Result<AgentRolloutView> {
+        self.call(
+            Method::GET,
+            &format!("/v1/swarms/{}/agent-rollout", seg(swarm)),
+            None::<&()>,
+        )
+        .await
+    }
+
     pub async fn create_device(&self, spec: &DeviceCreate) -> Result<DeviceView> {
         self.call(Method::POST, "/v1/devices", Some(spec)).await
     }

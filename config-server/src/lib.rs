@@ -194,6 +194,9 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
                 }
                 Err(e) => tracing::warn!(error = %e, "checking for quorum recoveries due"),
             }
+            if let Err(e) = presence.store.rollout_deadlines() {
+                tracing::warn!(error = %e, "checking agent rollout deadlines");
+            }
         }
     });
     let last_flush = state.clone();

@@ -20,7 +20,7 @@
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::state::{GrantKey, ServerRecord, StateDir, Status};
-use crate::{discovery, facts, identity, manager, swarm};
+use crate::{discovery, facts, identity, manager, swarm, update};
 use anyhow::{bail, Context, Result};
 use fogswarm_client::engine::{Engine, EngineAddr};
 use fogswarm_client::{Client, ClientError, Endpoint};
@@ -38,7 +38,7 @@ const CONFIG_HOLD: Duration = Duration::from_secs(25);
 /// How long this swarm's node may stay in the engine's `error` state (a
 /// promotion that reached only dead managers, say: the engine does not
 /// get out by itself) before the agent leaves it and joins afresh.
-const SWARM_ERROR_PATIENCE: Duration = Duration::from_secs(30);
+const SWARM_ERROR_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What one pass of the loop concluded.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +83,9 @@ impl Agent {
             }
         };
         let facts = facts::detect(Path::new("/"));
+        if let Err(e) = update::settle_at_start(&state) {
+            tracing::warn!(error = %format!("{e:#}"), "settling an agent update");
+        }
         let status = Status {
             device_id: Some(device_id.to_string()),
             phase: "starting".into(),
@@ -247,7 +250,9 @@ impl Agent {
 
     /// One pass: look at the node, ask the server, act, report.
     async fn pass(&mut self, device: &Client) -> Result<Outcome> {
+        update::give_up_if_late(&self.state)?;
         let node = swarm::local(&self.engine).await?;
+        let mut agent_target = None;
         let mut answer = device.config().await?;
         if let ConfigAnswer::Wait { reason, .. } = &answer {
             tracing::info!(%reason, "waiting");
@@ -308,7 +313,9 @@ impl Agent {
                 token,
                 grant_key,
                 removed_node_ids,
+                agent_update,
             } => {
+                agent_target = agent_update;
                 // Kept even when the swarm has none: the runtime then
                 // knows no grant can hold, rather than waiting for a key.
                 self.state.save_grant_key(&GrantKey {
@@ -398,6 +405,23 @@ impl Agent {
         self.status.cluster_id = node.cluster_id.clone();
         self.save_status("active", None);
         self.report(device, DeviceState::Active, None).await?;
+        // A new agent that got this far is healthy: it commits itself,
+        // and says so at once.
+        if self
+            .state
+            .agent_update()
+            .is_some_and(|r| r.phase == "trying")
+        {
+            update::commit_if_candidate(&self.state)?;
+            self.report(device, DeviceState::Active, None).await?;
+        }
+        if let Some(target) = agent_target.filter(|t| update::wanted(&self.state, t)) {
+            // Execs the new agent; returns only when it could not start.
+            if let Err(e) = update::start(&self.engine, &self.state, &target).await {
+                tracing::warn!(error = %format!("{e:#}"), rollout = target.rollout, "agent update failed");
+                self.report(device, DeviceState::Active, None).await?;
+            }
+        }
         Ok(Outcome::Active {
             manager: node.is_manager,
             node_id,
@@ -448,6 +472,7 @@ impl Agent {
             None => node.as_ref().map(|_| false),
         };
         let grant_refusals = self.state.pending_refusals();
+        let update_record = self.state.agent_update();
         let report = ReportRequest {
             state: Some(state),
             node_id: node.as_ref().and_then(|n| n.node_id.clone()),
@@ -460,8 +485,13 @@ impl Agent {
             raft_leader,
             agent_version: Some(self.version.clone()),
             quorum: raft.map(|r| r.is_some()),
+            agent_update: update_record.as_ref().and_then(|r| r.outcome()),
         };
         device.report(&report).await?;
+        if let Some(mut record) = update_record.filter(|r| r.outcome().is_some()) {
+            record.reported = true;
+            self.state.save_agent_update(&record)?;
+        }
         self.state.refusals_reported();
         Ok(())
     }

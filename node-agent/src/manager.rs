@@ -377,6 +377,9 @@ pub async fn duty(engine: Engine, device: Client, device_id: DeviceId, node_id: 
     let mut services = crate::services::ServiceDuty::default();
     let mut logs = crate::logs::LogDuty::default();
     let mut has_services = false;
+    // Whether the swarm keeps a manager count: the leader then looks at
+    // its managers every few seconds, not only when the desired state moves.
+    let mut keeping = false;
     let mut moving_until = tokio::time::Instant::now();
     loop {
         let leader = is_raft_leader(&engine, &node_id).await;
@@ -394,7 +397,7 @@ pub async fn duty(engine: Engine, device: Client, device_id: DeviceId, node_id: 
         let wait = match (leader, converging, has_services) {
             _ if leader && lost.watching() => 2,
             (true, true, _) => 1,
-            (true, false, false) => 20,
+            (true, false, false) if !keeping => 20,
             _ => 5,
         };
         let desired = match device.desired(since, wait).await {
@@ -408,6 +411,7 @@ pub async fn duty(engine: Engine, device: Client, device_id: DeviceId, node_id: 
         backoff.reset();
         since = Some(desired.revision);
         has_services = !desired.services.is_empty();
+        keeping = desired.managers.target > 0;
         // A recovery asked of this device runs whether or not a raft
         // leader exists: there is none when it is needed.
         if let Some(r) = desired

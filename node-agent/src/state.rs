@@ -95,6 +95,18 @@ impl StateDir {
         write_private(&self.dir.join(GRANT_KEY_FILE), &serde_json::to_vec(key)?)
     }
 
+    /// The agent update in progress or last ended (see `update`).
+    pub fn agent_update(&self) -> Option<crate::update::UpdateRecord> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("agent-update.json")).ok()?).ok()
+    }
+
+    pub fn save_agent_update(&self, record: &crate::update::UpdateRecord) -> Result<()> {
+        write_private(
+            &self.dir.join("agent-update.json"),
+            &serde_json::to_vec_pretty(record)?,
+        )
+    }
+
     pub fn grant_key(&self) -> Option<GrantKey> {
         serde_json::from_slice(&std::fs::read(self.dir.join(GRANT_KEY_FILE)).ok()?).ok()
     }

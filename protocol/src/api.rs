@@ -120,6 +120,9 @@ pub enum ConfigAnswer {
         /// an engine still on one of them leaves and joins afresh.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         removed_node_ids: Vec<String>,
+        /// An agent update this device's wave is in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_update: Option<AgentTarget>,
     },
     /// Nothing to do yet; ask again after about this long.
     Wait {
@@ -242,6 +245,86 @@ pub struct ReportRequest {
     /// swarm may have lost its quorum).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<bool>,
+    /// How an agent update ended on this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_update: Option<AgentUpdateOutcome>,
+}
+
+/// The agent a device should run: the binary `image`'s entrypoint names
+/// (a digest reference; the engine pulls its own platform's), running and
+/// reporting within `deadline_secs`, or rolled back.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentTarget {
+    pub rollout: u64,
+    pub image: String,
+    pub deadline_secs: u64,
+}
+
+/// A device's word on an agent update: the new agent reported healthy
+/// (`ok`), or it was rolled back (why in `detail`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentUpdateOutcome {
+    pub rollout: u64,
+    pub ok: bool,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// `agent rollout`: the agent image (a digest reference) and the waves.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRolloutCreate {
+    pub image: String,
+    /// Devices in the first wave (1 to 10).
+    #[serde(default = "one")]
+    pub canary: u32,
+    /// Share of the remaining devices in the second wave (1 to 100); the
+    /// third takes the rest.
+    #[serde(default = "fifty")]
+    pub wave_percent: u32,
+    /// How long a device has to run and report the new agent.
+    #[serde(default = "two_minutes")]
+    pub deadline_secs: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn fifty() -> u32 {
+    50
+}
+fn two_minutes() -> u64 {
+    120
+}
+
+/// A swarm's agent rollout and where each device is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentRolloutView {
+    pub swarm: String,
+    pub rollout: u64,
+    pub image: String,
+    /// running, done or failed.
+    pub state: String,
+    /// The wave being rolled out (0-based).
+    pub wave: u32,
+    pub waves: Vec<Vec<AgentRolloutDevice>>,
+    pub deadline_secs: u64,
+    pub started_at: i64,
+    pub wave_started_at: i64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentRolloutDevice {
+    pub device: String,
+    /// pending (its wave has not come), updating, done or failed.
+    pub state: String,
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// A container whose hardware grant the runtime refused.
@@ -604,6 +687,7 @@ mod tests {
             token: Secret::new("SWMTKN-1-abc"),
             grant_key: None,
             removed_node_ids: vec![],
+            agent_update: None,
         };
         let debug = format!("{answer:?}");
         assert!(!debug.contains("SWMTKN"), "{debug}");

@@ -429,6 +429,7 @@ async fn device(
                 raft_leader: None,
                 agent_version: None,
                 quorum: None,
+                agent_update: None,
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);

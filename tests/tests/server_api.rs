@@ -212,6 +212,7 @@ async fn every_endpoint_happy_path() -> Result<()> {
             raft_leader: None,
             agent_version: None,
             quorum: None,
+            agent_update: None,
         })
         .await?;
     let w = admin.get_device("02:fb:00:00:00:03").await?;

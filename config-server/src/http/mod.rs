@@ -437,6 +437,10 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/swarms/{name}/recover", post(operator::recover_swarm))
         .route(
+            "/v1/swarms/{name}/agent-rollout",
+            get(operator::show_rollout).post(operator::start_rollout),
+        )
+        .route(
             "/v1/swarms/{name}/services",
             get(operator::list_services).post(operator::create_service),
         )
@@ -578,7 +582,7 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
     info(title = "fogswarm configuration server", description = "Device bootstrap and operator API."),
     paths(
         device::enrol, device::config, device::report, device::post_tokens, device::desired, device::manager_lost, device::recovered,
-        operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm, operator::rotate_tokens, operator::recover_swarm,
+        operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm, operator::rotate_tokens, operator::recover_swarm, operator::start_rollout, operator::show_rollout,
         operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
         operator::rotate_provisioning_key, operator::status, operator::events,
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,

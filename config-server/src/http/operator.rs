@@ -102,6 +102,30 @@ pub(super) async fn recover_swarm(
     Ok((StatusCode::ACCEPTED, Json(recovery)))
 }
 
+/// Rolls a new agent out to the swarm's devices in waves.
+#[utoipa::path(post, path = "/v1/swarms/{name}/agent-rollout", tag = "operator", security(("admin" = [])), request_body = AgentRolloutCreate,
+    responses((status = 201, body = AgentRolloutView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn start_rollout(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AgentRolloutCreate>,
+) -> ApiResult<(StatusCode, Json<AgentRolloutView>)> {
+    let view = state.store.start_rollout(&Actor::Admin, &name, &req)?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The swarm's latest agent rollout, wave by wave.
+#[utoipa::path(get, path = "/v1/swarms/{name}/agent-rollout", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = AgentRolloutView), (status = 404, body = ApiError)))]
+pub(super) async fn show_rollout(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AgentRolloutView>> {
+    Ok(Json(state.store.rollout(&name)?))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct ForceQuery {
     /// Remove even when it would also remove devices (swarm) or skip the

@@ -385,6 +385,7 @@ impl Store {
             });
         }
         if report.grant_refusals.is_empty()
+            && report.agent_update.is_none()
             && self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))?
         {
             self.heard(device);
@@ -476,6 +477,9 @@ impl Store {
                         params![device],
                     )?;
                 }
+            }
+            if let Some(update) = &report.agent_update {
+                super::rollouts::outcome(tx, &view.swarm, device, update)?;
             }
             if let Some(quorum) = report.quorum.filter(|q| view.quorum != Some(*q)) {
                 super::quorum::note_quorum(tx, &view.swarm, device, quorum)?;

@@ -20,6 +20,7 @@ mod hardware;
 mod logs;
 mod presence;
 mod quorum;
+mod rollouts;
 mod schema;
 mod services;
 mod swarms;

@@ -137,7 +137,9 @@ ALTER TABLE swarms ADD COLUMN tokens_generation BIGINT NOT NULL DEFAULT 0;
     // and the last one finished. Devices never to be promoted, and when
     // each last reported being the raft leader (the freshest raft log);
     // the agent version each runs; whether each manager reaches a raft
-    // leader, and since when none has (for automatic recovery).
+    // leader, and since when none has (for automatic recovery). Each
+    // swarm's latest agent rollout, its waves and each device's state in
+    // them (JSON: a rollout is rewritten whole at each step).
     Migration(
         r#"
 ALTER TABLE swarms ADD COLUMN managers_target BIGINT NOT NULL DEFAULT 0;
@@ -153,6 +155,17 @@ ALTER TABLE devices ADD COLUMN agent_version TEXT;
 ALTER TABLE devices ADD COLUMN has_quorum BIGINT;
 ALTER TABLE swarms ADD COLUMN auto_recover_secs BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE swarms ADD COLUMN quorum_lost_at BIGINT;
+CREATE TABLE agent_rollouts (
+    swarm TEXT PRIMARY KEY REFERENCES swarms(name),
+    rollout BIGINT NOT NULL,
+    image TEXT NOT NULL,
+    state TEXT NOT NULL,
+    wave BIGINT NOT NULL,
+    waves TEXT NOT NULL,
+    deadline_secs BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    wave_started_at BIGINT NOT NULL
+);
 "#,
     ),
 ];

@@ -136,7 +136,7 @@ impl Store {
                 "DELETE FROM log_lines WHERE request IN (SELECT id FROM log_requests WHERE swarm = $1)",
                 params![name],
             )?;
-            for table in ["devices", "services", "observed", "swarm_files", "log_requests"] {
+            for table in ["devices", "services", "observed", "swarm_files", "log_requests", "agent_rollouts"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE swarm = $1"),
                     params![name],
@@ -434,6 +434,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             worker
         };
         let grant_key = super::hardware::public_key(tx, &swarm)?;
+        let agent_update = super::rollouts::target_for(tx, &swarm, device)?;
         let removed: String = tx
             .query_one(
                 "SELECT stale_node_ids FROM devices WHERE id = $1",
@@ -449,6 +450,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             token: Secret::new(token),
             grant_key,
             removed_node_ids: from_json(&removed)?,
+            agent_update,
         }));
     }
     // Not initialized. Who may initialize: the declared leader, or, in a
