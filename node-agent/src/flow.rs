@@ -35,10 +35,12 @@ use std::time::Duration;
 /// How long the server may hold a `wait` answer.
 const CONFIG_HOLD: Duration = Duration::from_secs(25);
 
-/// How long this swarm's node may stay in the engine's `error` state (a
-/// promotion that reached only dead managers, say: the engine does not
-/// get out by itself) before the agent leaves it and joins afresh.
-const SWARM_ERROR_PATIENCE: Duration = Duration::from_secs(10);
+/// How long this swarm's node may stay stuck before the agent leaves it
+/// and joins afresh: in the engine's `error` state, or told to be a
+/// manager and still not one. Both are what a promotion whose raft join
+/// went to a dead manager looks like: the engine dials that manager for
+/// about half a minute, then stops its manager for good.
+const STUCK_PATIENCE: Duration = Duration::from_secs(15);
 
 /// What one pass of the loop concluded.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +63,8 @@ pub struct Agent {
     facts: Facts,
     status: Status,
     version: String,
-    /// Since when the engine's swarm state has been `error`.
-    swarm_error_since: Option<std::time::Instant>,
+    /// Since when this swarm's node has been stuck (see [`STUCK_PATIENCE`]).
+    stuck_since: Option<std::time::Instant>,
 }
 
 impl Agent {
@@ -101,7 +103,7 @@ impl Agent {
             facts,
             status,
             version,
-            swarm_error_since: None,
+            stuck_since: None,
         })
     }
 
@@ -336,7 +338,7 @@ impl Agent {
                     _ => node,
                 };
                 // This swarm's node (the one this agent last had active),
-                // stuck in the engine's error state.
+                // stuck: see STUCK_PATIENCE.
                 let ours = self.status.node_id.is_some()
                     && (self.status.node_id == node_id
                         || self
@@ -344,22 +346,28 @@ impl Agent {
                             .node_id
                             .as_ref()
                             .is_some_and(|id| removed_node_ids.contains(id)));
-                let node = if node.state == "error" && ours {
-                    let since = *self
-                        .swarm_error_since
-                        .get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() < SWARM_ERROR_PATIENCE {
-                        return Ok(Outcome::Error(format!(
-                            "the engine's swarm state is error: {}",
-                            node.error.unwrap_or_default()
-                        )));
+                let stuck = ours
+                    && (node.state == "error"
+                        || (node.active() && role.is_manager() && !node.is_manager));
+                let node = if stuck {
+                    let since = *self.stuck_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < STUCK_PATIENCE {
+                        if node.state == "error" {
+                            let message = format!(
+                                "the engine's swarm state is error: {}",
+                                node.error.unwrap_or_default()
+                            );
+                            self.report(device, DeviceState::Error, Some(message))
+                                .await?;
+                        }
+                        return Ok(Outcome::Wait(STUCK_PATIENCE - since.elapsed()));
                     }
-                    tracing::warn!(error = ?node.error, "the engine's swarm state stayed error; leaving to join again");
-                    self.swarm_error_since = None;
+                    tracing::warn!(state = %node.state, error = ?node.error, %role, "this node stayed stuck; leaving to join again");
+                    self.stuck_since = None;
                     swarm::leave_removed(&self.engine).await?;
                     swarm::local(&self.engine).await?
                 } else {
-                    self.swarm_error_since = None;
+                    self.stuck_since = None;
                     node
                 };
                 if node.active() || node.state == "locked" {

@@ -883,3 +883,72 @@ fn bad_fleet_files_are_refused() -> Result<()> {
     assert!(!root.path().join("e2e-badfleet").exists());
     Ok(())
 }
+
+/// Issue 15, test 7: swarms of 3, 5 and 8 devices whose agents all start
+/// at once form with few requests each (the long-polled config answers a
+/// waiting device when the tokens arrive; nobody polls in a loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarms_of_3_5_and_8_form_without_a_request_storm() -> Result<()> {
+    let _serial = serial().await;
+    for n in [3usize, 5, 8] {
+        let dir = tempfile::tempdir()?;
+        let mut devices = serde_json::Map::new();
+        for i in 1..=n {
+            let role = match i {
+                1 => "leader",
+                2 | 3 => "manager",
+                _ => "worker",
+            };
+            devices.insert(
+                format!("dev{i}"),
+                serde_json::json!({"role": role, "hold": true}),
+            );
+        }
+        let fleet = fleet_file(&dir, serde_json::json!({ "devices": devices }))?;
+        let devices_arg = n.to_string();
+        let mut lab = Lab::up(
+            "e2e-form",
+            "10.213.245.0/24",
+            &["--devices", &devices_arg, "--fleet", &fleet, "--no-wait"],
+        )?;
+        let started = std::time::Instant::now();
+        for i in 1..=n {
+            let run = lab.fogswarm(
+                &[
+                    "lab",
+                    "start-agent",
+                    "--name",
+                    "e2e-form",
+                    &format!("dev{i}"),
+                ],
+                &[],
+            );
+            ensure!(run.code == 0, "{}", run.stderr);
+        }
+        let admin = lab.admin()?;
+        eventually(120, || async {
+            let active = admin
+                .list_devices(None)
+                .await?
+                .iter()
+                .filter(|d| d.state == DeviceState::Active)
+                .count();
+            ensure!(active == n, "{active} of {n} active");
+            Ok(())
+        })
+        .await?;
+        let took = started.elapsed();
+        let configs = metric(
+            &lab,
+            "fogswarm_http_requests_total{method=\"GET\",route=\"/v1/config\"",
+        )
+        .await?;
+        println!("{n} devices: all active in {took:?} with {configs} config requests");
+        ensure!(
+            configs <= 12 * n as u64,
+            "{configs} config requests from {n} devices forming in {took:?}"
+        );
+        lab.down();
+    }
+    Ok(())
+}

@@ -52,10 +52,20 @@ fn exits_at_once() -> Vec<u8> {
     elf
 }
 
-fn devices(lab: &Lab) -> Result<Vec<DeviceView>> {
-    Ok(serde_json::from_str(
-        &lab.cli_ok(&["device", "ls", "--json"])?.stdout,
-    )?)
+/// Waits until all 5 devices report running `version`.
+async fn all_report(lab: &Lab, version: &str) -> Result<()> {
+    eventually(60, || async {
+        let devices: Vec<DeviceView> =
+            serde_json::from_str(&lab.cli_ok(&["device", "ls", "--json"])?.stdout)?;
+        let versions: Vec<Option<&str>> =
+            devices.iter().map(|d| d.agent_version.as_deref()).collect();
+        ensure!(
+            versions.len() == 5 && versions.iter().all(|v| *v == Some(version)),
+            "{versions:?}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 fn rollout(lab: &Lab) -> Result<AgentRolloutView> {
@@ -98,18 +108,7 @@ async fn agents_update_in_waves_and_a_broken_canary_rolls_back() -> Result<()> {
     let mut v2 = v1.clone();
     v2.extend_from_slice(b"\nfogswarm e2e: agent v2\n");
     let (v1_version, v2_version) = (version_of(&v1), version_of(&v2));
-    eventually(60, || async {
-        let versions: Vec<Option<String>> = devices(&lab)?
-            .into_iter()
-            .map(|d| d.agent_version)
-            .collect();
-        ensure!(
-            versions.len() == 5 && versions.iter().all(|v| v.as_ref() == Some(&v1_version)),
-            "{versions:?}"
-        );
-        Ok(())
-    })
-    .await?;
+    all_report(&lab, &v1_version).await?;
 
     // v1 -> v2: a canary, then two waves; every device reports v2.
     let image = agent_image(&lab, &registry, "v2", &v2)?;
@@ -139,18 +138,7 @@ async fn agents_update_in_waves_and_a_broken_canary_rolls_back() -> Result<()> {
         "{:?}",
         done.waves
     );
-    eventually(60, || async {
-        let versions: Vec<Option<String>> = devices(&lab)?
-            .into_iter()
-            .map(|d| d.agent_version)
-            .collect();
-        ensure!(
-            versions.iter().all(|v| v.as_ref() == Some(&v2_version)),
-            "{versions:?}"
-        );
-        Ok(())
-    })
-    .await?;
+    all_report(&lab, &v2_version).await?;
     // The previous binary is kept beside the committed one.
     let kept = lab.exec(
         "dev1",
@@ -194,18 +182,7 @@ async fn agents_update_in_waves_and_a_broken_canary_rolls_back() -> Result<()> {
         "later waves started: {:?}",
         failed.waves
     );
-    eventually(60, || async {
-        let versions: Vec<Option<String>> = devices(&lab)?
-            .into_iter()
-            .map(|d| d.agent_version)
-            .collect();
-        ensure!(
-            versions.iter().all(|v| v.as_ref() == Some(&v2_version)),
-            "{versions:?}"
-        );
-        Ok(())
-    })
-    .await?;
+    all_report(&lab, &v2_version).await?;
     let events: Vec<Event> =
         serde_json::from_str(&lab.cli_ok(&["events", "--limit", "500", "--json"])?.stdout)?;
     let count = |action: &str| events.iter().filter(|e| e.action == action).count();
