@@ -366,7 +366,10 @@ async fn remove_node(engine: &Engine, node_id: &str) -> Result<()> {
 /// changing and whose observed state the server should see promptly: every
 /// second while a service converges and its state still moves (for at most
 /// 30 s after the last change, so a service that never converges does not
-/// keep the leader busy).
+/// keep the leader busy). The leader also watches the other managers
+/// (every 5 s while the swarm keeps a manager count, every 2 s while one
+/// is unreachable: `quorum::LostManagers`), and any manager runs a quorum
+/// recovery asked of its device.
 pub async fn duty(engine: Engine, device: Client, device_id: DeviceId, node_id: String) {
     let mut since: Option<u64> = None;
     let mut lost = crate::quorum::LostManagers::default();

@@ -185,6 +185,15 @@ impl Lab {
         let binary = static_binary("fog-hello", "x86_64-unknown-linux-musl");
         let reference = format!("{registry}/fog-hello:{tag}");
         let version = format!("FOG_VERSION={tag}");
+        let mut args = vec!["--env", version.as_str()];
+        args.extend_from_slice(extra);
+        self.push_binary(&binary, &reference, &args)?;
+        Ok(reference)
+    }
+
+    /// Builds an amd64 image of `binary` with the image builder (with any
+    /// `extra` build flags) and pushes it as `reference` (plain HTTP).
+    pub fn push_binary(&self, binary: &Path, reference: &str, extra: &[&str]) -> Result<()> {
         let binary_arg = format!("linux/amd64={}", binary.display());
         let mut args = vec![
             "image",
@@ -192,18 +201,16 @@ impl Lab {
             "--binary",
             &binary_arg,
             "--tag",
-            &reference,
+            reference,
             "--push",
             "--insecure",
-            "--env",
-            &version,
         ];
         args.extend_from_slice(extra);
         let run = self.fogswarm(&args, &[]);
         if run.code != 0 {
-            bail!("image build {tag}: {}", run.stderr);
+            bail!("image build {reference}: {}", run.stderr);
         }
-        Ok(reference)
+        Ok(())
     }
 
     pub fn status(&self) -> Result<LabStatus> {

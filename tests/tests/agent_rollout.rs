@@ -81,22 +81,7 @@ fn agent_image(lab: &Lab, registry: &str, tag: &str, binary: &[u8]) -> Result<St
     let path = dir.path().join("fogswarm-agent");
     std::fs::write(&path, binary)?;
     let reference = format!("{registry}/fogswarm-agent:{tag}");
-    let binary_arg = format!("linux/amd64={}", path.display());
-    let run = lab.fogswarm(
-        &[
-            "image",
-            "build",
-            "--binary",
-            &binary_arg,
-            "--tag",
-            &reference,
-            "--push",
-            "--insecure",
-            "--sbom=false",
-        ],
-        &[],
-    );
-    ensure!(run.code == 0, "image build {tag}: {}", run.stderr);
+    lab.push_binary(&path, &reference, &["--sbom=false"])?;
     Ok(reference)
 }
 

@@ -20,6 +20,7 @@ mod hardware;
 mod logs;
 mod presence;
 mod quorum;
+mod reports;
 mod rollouts;
 mod schema;
 mod services;
