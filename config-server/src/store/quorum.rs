@@ -366,7 +366,7 @@ impl Store {
                     r.generation
                 ),
             )?;
-            promote(tx, &actor, &swarm, target, &heard)?;
+            promote(tx, &actor, &swarm, Some(target), &heard)?;
             bump(tx, &swarm)?;
             Ok(vec![swarm])
         })
@@ -499,23 +499,24 @@ pub(super) fn promote_to_target(
     swarm: &str,
     heard: &HashMap<String, i64>,
 ) -> Result<Vec<DeviceId>> {
-    let target = settings(tx, swarm)?.policy.target;
-    if target == 0 {
-        return Ok(Vec::new());
-    }
-    promote(tx, actor, swarm, target, heard)
+    promote(tx, actor, swarm, None, heard)
 }
 
 /// Promotes eligible workers, best first, until the swarm has `target`
-/// manager devices or no worker is eligible.
+/// manager devices (the swarm's own target when `None`; none when that is
+/// 0) or no worker is eligible.
 fn promote(
     tx: &Tx<'_>,
     actor: &Actor,
     swarm: &str,
-    target: u32,
+    target: Option<u32>,
     heard: &HashMap<String, i64>,
 ) -> Result<Vec<DeviceId>> {
     let settings = settings(tx, swarm)?;
+    let target = target.unwrap_or(settings.policy.target);
+    if target == 0 {
+        return Ok(Vec::new());
+    }
     let managers: i64 = tx
         .query_one(
             "SELECT COUNT(*) FROM devices WHERE swarm = $1 AND role IN ('leader', 'manager')",
