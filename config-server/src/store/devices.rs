@@ -558,7 +558,7 @@ fn check_no_other_leader(tx: &Tx<'_>, swarm: &str, device: &str) -> Result<()> {
     }
 }
 
-fn set_role(tx: &Tx<'_>, id: &str, role: Role) -> Result<()> {
+pub(super) fn set_role(tx: &Tx<'_>, id: &str, role: Role) -> Result<()> {
     let swarm: String = tx
         .query_one("SELECT swarm FROM devices WHERE id = $1", params![id])?
         .get(0)?;

@@ -543,10 +543,7 @@ fn promote(
             break;
         };
         let id = devices[best].id.clone();
-        tx.execute(
-            "UPDATE devices SET role = 'manager' WHERE id = $1",
-            params![id.as_str()],
-        )?;
+        super::devices::set_role(tx, id.as_str(), Role::Manager)?;
         log_event(
             tx,
             actor,
