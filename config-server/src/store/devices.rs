@@ -493,6 +493,18 @@ pub(super) fn device_rows(tx: &Tx<'_>, swarm: Option<&str>) -> Result<Vec<Device
     .collect()
 }
 
+/// Node ids a device had before (re-imaged) or lost (a replaced manager):
+/// to be removed from the swarm, never taken back.
+pub(super) fn stale_node_ids(tx: &Tx<'_>, id: &str) -> Result<Vec<String>> {
+    let stale: String = tx
+        .query_one(
+            "SELECT stale_node_ids FROM devices WHERE id = $1",
+            params![id],
+        )?
+        .get(0)?;
+    from_json(&stale)
+}
+
 pub(super) fn device_view(tx: &Tx<'_>, id: &str) -> Result<DeviceView> {
     let row = tx
         .query_opt(

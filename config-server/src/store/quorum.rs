@@ -12,7 +12,7 @@
 
 use super::devices::{device_rows, device_view};
 use super::events::log_event;
-use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Touched};
+use super::{bump, json_of, now, Actor, Result, Store, StoreError, Touched};
 use crate::db::{params, Tx};
 use fogswarm_protocol::api::{
     DeviceState, DeviceView, ManagerLost, ManagerPolicy, ManagerReplaced, Recovered, Recovery,
@@ -464,13 +464,7 @@ fn last_seen(heard: &HashMap<String, i64>, id: &str, stored: Option<i64>) -> i64
 /// A manager out: a worker from now on, its node to be removed (by the
 /// raft leader once Down) and left by its engine should it come back.
 fn lose_manager(tx: &Tx<'_>, actor: &Actor, view: &DeviceView, why: &str) -> Result<()> {
-    let stale: String = tx
-        .query_one(
-            "SELECT stale_node_ids FROM devices WHERE id = $1",
-            params![view.id.as_str()],
-        )?
-        .get(0)?;
-    let mut stale: Vec<String> = from_json(&stale)?;
+    let mut stale = super::devices::stale_node_ids(tx, view.id.as_str())?;
     if let Some(node) = &view.node_id {
         if !stale.contains(node) {
             stale.push(node.clone());

@@ -5,7 +5,7 @@
 
 use super::devices::{device_view, validate_facts};
 use super::events::log_event;
-use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Touched};
+use super::{bump, json_of, now, Actor, Result, Store, StoreError, Touched};
 use crate::db::params;
 use fogswarm_protocol::api::{DeviceState, DeviceView, ReportRequest};
 
@@ -71,13 +71,7 @@ impl Store {
             }
             let mut desired_changed = false;
             let new_state = next_state(view.state, report.state);
-            let stale: String = tx
-                .query_one(
-                    "SELECT stale_node_ids FROM devices WHERE id = $1",
-                    params![device],
-                )?
-                .get(0)?;
-            let mut stale: Vec<String> = from_json(&stale)?;
+            let mut stale = super::devices::stale_node_ids(tx, device)?;
             // A node the swarm removed (a lost manager) is not taken back:
             // the device is told to leave it and join afresh.
             let node_id = report.node_id.as_ref().filter(|n| !stale.contains(n));

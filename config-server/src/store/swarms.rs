@@ -435,12 +435,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
         };
         let grant_key = super::hardware::public_key(tx, &swarm)?;
         let agent_update = super::rollouts::target_for(tx, &swarm, device)?;
-        let removed: String = tx
-            .query_one(
-                "SELECT stale_node_ids FROM devices WHERE id = $1",
-                params![device],
-            )?
-            .get(0)?;
+        let removed = super::devices::stale_node_ids(tx, device)?;
         return Ok(Decision::Answer(ConfigAnswer::Join {
             swarm,
             cluster_id: row.get(3)?,
@@ -449,7 +444,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             managers: from_json(&row.get::<String>(2)?)?,
             token: Secret::new(token),
             grant_key,
-            removed_node_ids: from_json(&removed)?,
+            removed_node_ids: removed,
             agent_update,
         }));
     }
