@@ -303,6 +303,12 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             if !s.signing_keys.is_empty() {
                 println!("signed by:   {}", s.signing_keys.join(", "));
             }
+            for u in &s.unsigned_services {
+                println!(
+                    "UNSIGNED:    service {} (made outside fogswarm) runs {}: {}",
+                    u.name, u.image, u.problem
+                );
+            }
             if !s.allowed_devices.is_empty() {
                 println!("hardware:    {} allowed", s.allowed_devices.join(", "));
             }

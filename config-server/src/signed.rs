@@ -9,8 +9,7 @@
 use crate::http::{ApiFailure, AppState};
 use crate::store::{SigningKeyText, StoreError};
 use fogswarm_images::auth::Credential;
-use fogswarm_images::sign::{verify_with, VerifyingKey};
-use fogswarm_images::{Reference, RegistryClient};
+use fogswarm_images::sign::VerifyingKey;
 use fogswarm_protocol::secret::registry_of;
 use fogswarm_protocol::service::ServiceSpec;
 
@@ -61,19 +60,14 @@ pub async fn pin_signed(
     Ok(())
 }
 
-/// `image` as `REF@sha256:...` once a signature of that digest verifies.
+/// `image` as `REF@sha256:...` once a signature of that digest verifies,
+/// with the swarm's login for its registry.
 async fn pinned(
     state: &AppState,
     swarm: &str,
     image: &str,
     keys: &[VerifyingKey],
 ) -> Result<String, String> {
-    let (base, digest) = match image.split_once('@') {
-        Some((b, d)) => (b, Some(d.to_string())),
-        None => (image, None),
-    };
-    let reference = Reference::parse(base)
-        .map_err(|e| format!("{e} (a signed-only swarm checks images in their registry)"))?;
     let host = registry_of(image);
     let credential = state
         .store
@@ -85,20 +79,7 @@ async fn pinned(
             source: format!("swarm {swarm}'s registry login"),
         });
     let insecure = state.insecure_registries.iter().any(|r| r == host);
-    let client = RegistryClient::new(&reference.registry, insecure, credential)
-        .map_err(|e| e.to_string())?;
-    let digest = match digest {
-        Some(d) => d,
-        None => {
-            client
-                .get_manifest(&reference.name, &reference.tag)
-                .await
-                .map_err(|e| format!("resolving {image}: {e}"))?
-                .digest
-        }
-    };
-    verify_with(&client, &reference, &digest, keys)
+    fogswarm_images::sign::pin_signed(image, keys, credential, insecure)
         .await
-        .map_err(|e| format!("{e}; swarm {swarm} runs only images signed by its keys"))?;
-    Ok(format!("{base}@{digest}"))
+        .map_err(|e| format!("{e}; swarm {swarm} runs only images signed by its keys"))
 }

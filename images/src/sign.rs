@@ -255,6 +255,41 @@ pub async fn verify_with(
     )))
 }
 
+/// The rule of a signed-only swarm, applied by the server at deploy and by
+/// the raft leader's agent before it creates or updates a service: answers
+/// `image` pinned as `REPOSITORY@sha256:...` once a signature of that
+/// digest verifies with one of `keys`; a tag is resolved to the digest
+/// the registry has now. The error names the image and the key ids tried.
+pub async fn pin_signed(
+    image: &str,
+    keys: &[VerifyingKey],
+    credential: Option<crate::auth::Credential>,
+    insecure: bool,
+) -> std::result::Result<String, String> {
+    let (base, digest) = match image.split_once('@') {
+        Some((b, d)) => (b, Some(d.to_string())),
+        None => (image, None),
+    };
+    let reference = crate::Reference::parse(base)
+        .map_err(|e| format!("{e} (a signed-only swarm checks images in their registry)"))?;
+    let client = crate::RegistryClient::new(&reference.registry, insecure, credential)
+        .map_err(|e| e.to_string())?;
+    let digest = match digest {
+        Some(d) => d,
+        None => {
+            client
+                .get_manifest(&reference.name, &reference.tag)
+                .await
+                .map_err(|e| format!("resolving {image}: {e}"))?
+                .digest
+        }
+    };
+    verify_with(&client, &reference, &digest, keys)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{base}@{digest}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

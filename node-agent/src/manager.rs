@@ -506,9 +506,7 @@ async fn services_pass(
     duty: &mut crate::services::ServiceDuty,
     last_report: &mut Option<ObservedReport>,
 ) -> Result<bool> {
-    let (changes, errors) = duty
-        .reconcile(engine, device, &desired.swarm, &desired.services)
-        .await?;
+    let (changes, errors) = duty.reconcile(engine, device, desired).await?;
     if !changes.is_empty() {
         tracing::info!(
             revision = desired.revision,
@@ -518,7 +516,7 @@ async fn services_pass(
             "services reconciled"
         );
     }
-    let report = duty
+    let mut report = duty
         .observe(
             engine,
             &desired.swarm,
@@ -527,6 +525,7 @@ async fn services_pass(
             &errors,
         )
         .await?;
+    report.unsigned = duty.unsigned_unmanaged(engine, device, desired).await?;
     if last_report.as_ref() == Some(&report) {
         return Ok(false);
     }

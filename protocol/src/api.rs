@@ -406,6 +406,11 @@ pub struct DesiredState {
     /// A quorum recovery asked for: the named device forces a new cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// Public keys (PEM) of a signed-only swarm: the raft leader checks
+    /// each image again before it creates or updates a service, and
+    /// reports services made outside fogswarm whose image is unsigned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<String>,
 }
 
 /// A swarm's manager target and how long a manager may be unreachable
@@ -540,6 +545,10 @@ pub struct SwarmView {
     /// A quorum recovery not finished yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// In a signed-only swarm: services made outside fogswarm whose image
+    /// its keys did not sign, as the raft leader last reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsigned_services: Vec<crate::service::UnsignedService>,
     pub created_at: i64,
 }
 

@@ -13,7 +13,7 @@ use fogswarm_protocol::secret::{registry_of, FileKind};
 use fogswarm_protocol::service::FileRef;
 use fogswarm_protocol::service::{
     DeployOutcome, DesiredService, ObservedReport, ServiceObserved, ServiceSpec, ServiceStatus,
-    ServiceView, StackDeploy, StackServiceOutcome,
+    ServiceView, StackDeploy, StackServiceOutcome, UnsignedService,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -264,10 +264,32 @@ impl Store {
 
     /// Records what a manager of the swarm observed (the raft leader's agent
     /// is the one that posts); views show it for the services the server
-    /// knows.
+    /// knows. An unsigned service made outside fogswarm, newly reported,
+    /// is an event (`service.unsigned`).
     pub fn set_observed(&self, device: &str, report: &ObservedReport) -> Result<()> {
         let swarm = self.manager_swarm(device)?;
         self.write(|tx| {
+            let before = observed_report(tx, &swarm)?.map(|(r, _)| r.unsigned);
+            let actor = Actor::Device(device.into());
+            for found in &report.unsigned {
+                if before
+                    .iter()
+                    .flatten()
+                    .any(|b| b.name == found.name && b.image == found.image)
+                {
+                    continue;
+                }
+                log_event(
+                    tx,
+                    &actor,
+                    "service.unsigned",
+                    &format!("{swarm}/{}", found.name),
+                    &format!(
+                        "made outside fogswarm with {}: {}",
+                        found.image, found.problem
+                    ),
+                )?;
+            }
             tx.execute(
                 "INSERT INTO observed (swarm, report, device, at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT(swarm) DO UPDATE SET report = $2, device = $3, at = $4",
@@ -276,6 +298,14 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Services made outside fogswarm with unsigned images, as the swarm's
+/// raft leader last reported them.
+pub(super) fn unsigned_services(tx: &Tx<'_>, swarm: &str) -> Result<Vec<UnsignedService>> {
+    Ok(observed_report(tx, swarm)?
+        .map(|(r, _)| r.unsigned)
+        .unwrap_or_default())
 }
 
 /// The services a swarm's managers should run, for the desired state.
@@ -407,16 +437,22 @@ fn row_of(row: &Row) -> Result<ServiceRow> {
     })
 }
 
-fn observed(tx: &Tx<'_>, swarm: &str) -> Result<(BTreeMap<String, ServiceObserved>, Option<i64>)> {
+/// The raft leader's latest report and when it came.
+fn observed_report(tx: &Tx<'_>, swarm: &str) -> Result<Option<(ObservedReport, i64)>> {
     let Some(row) = tx.query_opt(
         "SELECT report, at FROM observed WHERE swarm = $1",
         params![swarm],
     )?
     else {
+        return Ok(None);
+    };
+    Ok(Some((from_json(&row.get::<String>(0)?)?, row.get(1)?)))
+}
+
+fn observed(tx: &Tx<'_>, swarm: &str) -> Result<(BTreeMap<String, ServiceObserved>, Option<i64>)> {
+    let Some((report, at)) = observed_report(tx, swarm)? else {
         return Ok((BTreeMap::new(), None));
     };
-    let (report, at): (String, i64) = (row.get(0)?, row.get(1)?);
-    let report: ObservedReport = from_json(&report)?;
     Ok((
         report
             .services

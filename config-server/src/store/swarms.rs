@@ -373,6 +373,7 @@ impl Store {
                 tokens_generation,
                 managers: super::quorum::settings(tx, swarm)?.policy,
                 recovery: super::quorum::recovery(tx, swarm)?,
+                signing_keys: signing_keys(tx, swarm)?,
             })
         })
     }
@@ -512,16 +513,18 @@ pub struct SigningKeyText {
 impl Store {
     /// The PEM public keys a swarm's images must be signed by.
     pub fn signing_keys(&self, swarm: &str) -> Result<Vec<String>> {
-        self.read(|tx| {
-            let row = tx
-                .query_opt(
-                    "SELECT signing_keys FROM swarms WHERE name = $1",
-                    params![swarm],
-                )?
-                .ok_or_else(|| StoreError::NotFound(format!("swarm {swarm} does not exist")))?;
-            from_json(&row.get::<String>(0)?)
-        })
+        self.read(|tx| signing_keys(tx, swarm))
     }
+}
+
+fn signing_keys(tx: &Tx<'_>, swarm: &str) -> Result<Vec<String>> {
+    let row = tx
+        .query_opt(
+            "SELECT signing_keys FROM swarms WHERE name = $1",
+            params![swarm],
+        )?
+        .ok_or_else(|| StoreError::NotFound(format!("swarm {swarm} does not exist")))?;
+    from_json(&row.get::<String>(0)?)
 }
 
 fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
@@ -559,6 +562,7 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
         auto_recover_secs: managers.auto_recover_secs,
         quorum_lost_at: managers.quorum_lost_at,
         recovery: super::quorum::recovery(tx, name)?,
+        unsigned_services: services::unsigned_services(tx, name)?,
         created_at: row.get(8)?,
     })
 }

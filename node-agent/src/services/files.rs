@@ -171,19 +171,29 @@ pub(super) async fn remove_unused_files(engine: &Engine, swarm: &str, files: &Sw
 pub(super) struct Logins(HashMap<String, std::result::Result<DockerCredentials, String>>);
 
 impl Logins {
+    /// The login `want` names, if it names one.
     pub(super) async fn get(
         &mut self,
         server: &Client,
         want: &DesiredService,
     ) -> Result<Option<DockerCredentials>> {
-        let Some(host) = &want.registry_auth else {
-            return Ok(None);
-        };
+        match &want.registry_auth {
+            Some(host) => self.for_host(server, host).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The swarm's login for `host`, asked of the server once per pass.
+    pub(super) async fn for_host(
+        &mut self,
+        server: &Client,
+        host: &str,
+    ) -> Result<DockerCredentials> {
         if !self.0.contains_key(host) {
             let fetched = server
                 .values(&ValuesRequest {
                     files: vec![],
-                    registries: vec![host.clone()],
+                    registries: vec![host.to_string()],
                 })
                 .await
                 .map_err(|e| format!("fetching the login for registry {host}: {e}"))
@@ -199,12 +209,12 @@ impl Logins {
                     serveraddress: Some(c.host),
                     ..Default::default()
                 });
-            self.0.insert(host.clone(), fetched);
+            self.0.insert(host.to_string(), fetched);
         }
         match self.0.get(host) {
-            Some(Ok(c)) => Ok(Some(c.clone())),
+            Some(Ok(c)) => Ok(c.clone()),
             Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
-            None => Ok(None),
+            None => Err(anyhow::anyhow!("no login for registry {host}")),
         }
     }
 }

@@ -20,16 +20,20 @@ use bollard::models::{
 };
 use fogswarm_client::engine::Engine;
 use fogswarm_client::Client;
-use fogswarm_protocol::api::DesiredNode;
+use fogswarm_protocol::api::{DesiredNode, DesiredState};
 use fogswarm_protocol::constraint::{Constraint, ConstraintKey};
 use fogswarm_protocol::hardware;
-use fogswarm_protocol::secret::{FileKind, FileVersion, ValuesRequest, FILE_SOURCE_LABEL};
+use fogswarm_protocol::secret::{
+    registry_of, FileKind, FileVersion, ValuesRequest, FILE_SOURCE_LABEL,
+};
 use fogswarm_protocol::service::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod files;
+mod signed;
 mod spec;
 use files::*;
+use signed::SignedOnly;
 use spec::*;
 
 /// Failed tasks kept per service in a report, newest first.
@@ -89,6 +93,10 @@ pub struct ServiceDuty {
     applied: HashMap<String, u64>,
     /// Last pass's errors, so a failure that repeats is logged once.
     errors: BTreeMap<String, String>,
+    /// A signed-only swarm's keys and the images checked against them.
+    signed: SignedOnly,
+    /// The logins fetched this pass, by registry host.
+    logins: Logins,
 }
 
 impl ServiceDuty {
@@ -98,14 +106,15 @@ impl ServiceDuty {
         &mut self,
         engine: &Engine,
         server: &Client,
-        swarm: &str,
-        desired: &[DesiredService],
+        state: &DesiredState,
     ) -> Result<(Changes, BTreeMap<String, String>)> {
+        let (swarm, desired) = (state.swarm.as_str(), state.services.as_slice());
+        self.signed.set_keys(&state.signing_keys);
+        self.logins = Logins::default();
         let mut changes = Changes::default();
         let mut errors = BTreeMap::new();
         let managed = list_managed(engine, swarm).await?;
         let files = ensure_files(engine, server, swarm, desired).await?;
-        let mut logins = Logins::default();
         let wanted_networks: BTreeSet<&str> = desired
             .iter()
             .flat_map(|d| d.spec.networks.iter().map(String::as_str))
@@ -126,26 +135,19 @@ impl ServiceDuty {
                 errors.insert(name.clone(), missing.clone());
                 continue;
             }
-            let outcome = match managed.get(name) {
-                None => create(engine, swarm, want, &files, logins.get(server, want).await)
-                    .await
-                    .map(|_| changes.created.push(name.clone())),
-                Some(have) if have.revision == Some(want.revision) => continue,
-                Some(have) if self.swarm_gave_up_on(have, want) => continue,
-                Some(have) => update(
-                    engine,
-                    swarm,
-                    want,
-                    have,
-                    &files,
-                    logins.get(server, want).await,
-                )
-                .await
-                .map(|_| changes.updated.push(name.clone())),
-            };
-            match outcome {
+            let have = managed.get(name);
+            if have.is_some_and(|h| {
+                h.revision == Some(want.revision) || self.swarm_gave_up_on(h, want)
+            }) {
+                continue;
+            }
+            match self.apply(engine, server, swarm, want, have, &files).await {
                 Ok(()) => {
                     self.applied.insert(name.clone(), want.revision);
+                    match have {
+                        None => changes.created.push(name.clone()),
+                        Some(_) => changes.updated.push(name.clone()),
+                    }
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
@@ -201,6 +203,28 @@ impl ServiceDuty {
             .copied()
             .filter(|r| rolling_back && have.revision != Some(*r))
     }
+}
+
+/// Name and image of each service not managed by fogswarm for `swarm`.
+async fn unmanaged_images(engine: &Engine, swarm: &str) -> Result<Vec<(String, String)>> {
+    let services = engine
+        .docker
+        .list_services(None::<bollard::query_parameters::ListServicesOptions>)
+        .await
+        .context("listing services")?;
+    Ok(services
+        .into_iter()
+        .filter_map(|service| {
+            let spec = service.spec?;
+            let managed = spec
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_LABEL))
+                .is_some_and(|s| s == swarm);
+            let image = spec.task_template?.container_spec?.image?;
+            (!managed).then_some((spec.name?, image))
+        })
+        .collect())
 }
 
 async fn list_managed(engine: &Engine, swarm: &str) -> Result<BTreeMap<String, Managed>> {
@@ -328,58 +352,92 @@ async fn remove_unused_networks(engine: &Engine, swarm: &str, wanted: &BTreeSet<
     }
 }
 
-async fn create(
-    engine: &Engine,
-    swarm: &str,
-    want: &DesiredService,
-    files: &SwarmFiles,
-    login: Result<Option<DockerCredentials>>,
-) -> Result<()> {
-    let login = login?;
-    let image = resolve_image(engine, &want.spec.image, login.clone()).await;
-    let spec = engine_spec(swarm, want, &image, files)?;
-    engine
-        .docker
-        .create_service(spec, login)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "creating service {}: {}",
-                want.spec.name,
-                engine_message(&e)
-            )
-        })?;
-    tracing::info!(service = %want.spec.name, revision = want.revision, image = %image, "created service");
-    Ok(())
-}
+impl ServiceDuty {
+    /// Creates the service (`have` None) or updates it to `want`, with the
+    /// image pinned to a digest: in a signed-only swarm, one signed by the
+    /// swarm's keys or nothing is done.
+    async fn apply(
+        &mut self,
+        engine: &Engine,
+        server: &Client,
+        swarm: &str,
+        want: &DesiredService,
+        have: Option<&Managed>,
+        files: &SwarmFiles,
+    ) -> Result<()> {
+        let name = &want.spec.name;
+        let login = self.logins.get(server, want).await?;
+        let image = if self.signed.required() {
+            self.signed
+                .pin(engine, &want.spec.image, login.as_ref())
+                .await
+                .map_err(|e| anyhow::anyhow!("refused by the swarm's signature rule: {e}"))?
+        } else {
+            resolve_image(engine, &want.spec.image, login.clone()).await
+        };
+        let spec = engine_spec(swarm, want, &image, files)?;
+        let done = match have {
+            None => engine.docker.create_service(spec, login).await.map(drop),
+            Some(have) => {
+                let options = bollard::query_parameters::UpdateServiceOptionsBuilder::default()
+                    .version(have.version as i32)
+                    .build();
+                engine
+                    .docker
+                    .update_service(&have.id, spec, options, login)
+                    .await
+                    .map(drop)
+            }
+        };
+        let verb = if have.is_some() { "updat" } else { "creat" };
+        done.map_err(|e| anyhow::anyhow!("{verb}ing service {name}: {}", engine_message(&e)))?;
+        tracing::info!(service = %name, revision = want.revision, image = %image, "{verb}ed service");
+        Ok(())
+    }
 
-async fn update(
-    engine: &Engine,
-    swarm: &str,
-    want: &DesiredService,
-    have: &Managed,
-    files: &SwarmFiles,
-    login: Result<Option<DockerCredentials>>,
-) -> Result<()> {
-    let login = login?;
-    let image = resolve_image(engine, &want.spec.image, login.clone()).await;
-    let spec = engine_spec(swarm, want, &image, files)?;
-    let options = bollard::query_parameters::UpdateServiceOptionsBuilder::default()
-        .version(have.version as i32)
-        .build();
-    engine
-        .docker
-        .update_service(&have.id, spec, options, login)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "updating service {}: {}",
-                want.spec.name,
-                engine_message(&e)
-            )
-        })?;
-    tracing::info!(service = %want.spec.name, revision = want.revision, image = %image, "updated service");
-    Ok(())
+    /// Services made outside fogswarm whose image is unsigned, in a
+    /// signed-only swarm. The registry is read with the swarm's login for
+    /// it when one of the swarm's services uses that login, else
+    /// anonymously.
+    pub async fn unsigned_unmanaged(
+        &mut self,
+        engine: &Engine,
+        server: &Client,
+        state: &DesiredState,
+    ) -> Result<Vec<UnsignedService>> {
+        if !self.signed.required() {
+            return Ok(Vec::new());
+        }
+        let with_login: BTreeSet<&str> = state
+            .services
+            .iter()
+            .filter_map(|s| s.registry_auth.as_deref())
+            .collect();
+        let mut out = Vec::new();
+        for (name, image) in unmanaged_images(engine, &state.swarm).await? {
+            let problem = if !image.contains('@') {
+                Some(
+                    "not pinned to a digest, so no signature can vouch for what nodes pull"
+                        .to_string(),
+                )
+            } else {
+                let host = registry_of(&image);
+                let login = match with_login.contains(host) && self.signed.known(&image).is_none() {
+                    true => self.logins.for_host(server, host).await.ok(),
+                    false => None,
+                };
+                self.signed.pin(engine, &image, login.as_ref()).await.err()
+            };
+            if let Some(problem) = problem {
+                out.push(UnsignedService {
+                    name,
+                    image,
+                    problem,
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn engine_message(e: &bollard::errors::Error) -> String {
@@ -468,7 +526,10 @@ impl ServiceDuty {
                 errors.get(name),
             ));
         }
-        Ok(ObservedReport { services })
+        Ok(ObservedReport {
+            services,
+            unsigned: Vec::new(),
+        })
     }
 
     fn observe_service(

@@ -110,6 +110,21 @@ pub struct ServiceObserved {
 #[serde(deny_unknown_fields)]
 pub struct ObservedReport {
     pub services: Vec<ServiceObserved>,
+    /// In a signed-only swarm: services made outside fogswarm (`docker
+    /// service create` on a manager) whose image has no signature by one
+    /// of the swarm's keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsigned: Vec<UnsignedService>,
+}
+
+/// A service running an image the swarm's keys did not sign.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsignedService {
+    pub name: String,
+    pub image: String,
+    /// Why it does not verify (no signature, another key, no digest).
+    pub problem: String,
 }
 
 /// Where a service stands, judged by the server from the spec and the
