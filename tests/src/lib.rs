@@ -45,6 +45,27 @@ pub fn static_binary(package: &str, target: &str) -> PathBuf {
         .join(package)
 }
 
+/// The independent cosign verifier (`tests/cosign-verify`, sigstore-rs),
+/// built on first use into its own target directory.
+pub fn cosign_verifier() -> PathBuf {
+    let manifest = workspace_root().join("tests/cosign-verify/Cargo.toml");
+    let dir = target_dir().join("cosign-verify");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&dir)
+        .output()
+        .expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "building tests/cosign-verify failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("debug").join("cosign-verify")
+}
+
 fn target_dir() -> PathBuf {
     workspace_root().join("target")
 }

@@ -1,13 +1,15 @@
 //! Signatures and SBOMs, judged by implementations that are not ours:
-//! skopeo reads the signature manifests and OpenSSL verifies the
-//! signatures in cosign's layout (and refuses a tampered one and a wrong
-//! key), and pyspdxtools validates the SPDX documents, found from the
-//! image's digests through the referrers fallback tag. Bad keys, payloads
+//! sigstore-rs (the Sigstore project's Rust implementation of `cosign
+//! verify --key`, built from `tests/cosign-verify`) verifies fogswarm's
+//! signatures from the registry; skopeo reads the signature manifests and
+//! OpenSSL verifies the signatures in cosign's layout too; both refuse a
+//! tampered one and a wrong key. pyspdxtools validates the SPDX documents,
+//! found from the image's digests through the referrers fallback tag. Bad keys, payloads
 //! and lying registries get clear errors and change nothing.
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_e2e::registry::LocalRegistry;
-use fogswarm_e2e::{fogswarm, static_binary, workspace_root, Run};
+use fogswarm_e2e::{cosign_verifier, fogswarm, static_binary, workspace_root, Run};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -177,8 +179,34 @@ async fn openssl_verifies(
     Ok(false)
 }
 
+/// Whether sigstore-rs verifies a signature of `image` (by digest) with
+/// `public_key`, reading the registry over plain HTTP. A refusal must be
+/// the key check's (signatures read, none verifying), not a failure to
+/// read them.
+fn cosign_verifies(verifier: &Path, image: &str, public_key: &Path) -> Result<bool> {
+    let out = Command::new(verifier)
+        .arg(image)
+        .arg(public_key)
+        .arg("--http")
+        .output()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(
+        if out.status.success() {
+            stdout.starts_with("verified")
+        } else {
+            stderr.contains("unsatisfied constraint")
+        },
+        "cosign-verify {image}: {stdout}{stderr}"
+    );
+    Ok(out.status.success())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_verify_without_fogswarm_and_sboms_validate() -> Result<()> {
+    let cosign = cosign_verifier();
     let registry = LocalRegistry::start(None)?;
     let dir = tempfile::tempdir()?;
     fogswarm_client::ensure_crypto_provider();
@@ -235,6 +263,15 @@ async fn signatures_verify_without_fogswarm_and_sboms_validate() -> Result<()> {
         signed.push(p["manifest_digest"].as_str().context("digest")?.to_string());
     }
     for digest in &signed {
+        let image = format!("{}/fog/hello@{digest}", registry.addr);
+        ensure!(
+            cosign_verifies(&cosign, &image, &public)?,
+            "sigstore-rs does not verify fogswarm's signature of {digest}"
+        );
+        ensure!(
+            !cosign_verifies(&cosign, &image, &other_public)?,
+            "sigstore-rs verified {digest} with another key"
+        );
         ensure!(
             openssl_verifies(
                 dir.path(),
@@ -308,6 +345,11 @@ async fn signatures_verify_without_fogswarm_and_sboms_validate() -> Result<()> {
         );
     }
     for digest in &signed {
+        let image = format!("{}/fog/hello@{digest}", registry.addr);
+        ensure!(
+            !cosign_verifies(&cosign, &image, &public)?,
+            "sigstore-rs verified a tampered signature of {digest}"
+        );
         ensure!(
             !openssl_verifies(
                 dir.path(),
