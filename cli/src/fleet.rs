@@ -559,7 +559,10 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
                     d.id.to_string(),
                     d.swarm.clone(),
                     d.role.to_string(),
-                    d.state.to_string(),
+                    match d.offline_since {
+                        Some(_) => format!("{} (offline)", d.state),
+                        None => d.state.to_string(),
+                    },
                     d.node_id
                         .as_deref()
                         .map(|n| n.chars().take(12).collect())
@@ -572,11 +575,15 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
             table.print();
         }
         DeviceCommand::Show { id } => {
-            let d = client.get_device(&check_device_id(&id)?).await?;
+            let id = check_device_id(&id)?;
+            let d = client.get_device(&id).await?;
             if conn.json {
                 return print_json(&d);
             }
             print_device(&d);
+            if d.telemetry.is_some() {
+                print_telemetry(&client.device_telemetry(&id).await?);
+            }
         }
         DeviceCommand::Label { id, labels } => {
             let change = LabelChange {
@@ -677,11 +684,28 @@ pub async fn status(conn: &Connection) -> Result<()> {
                 .join(" "),
         ]);
     }
+    if !status.offline.is_empty() {
+        let mut offline = Table::new(&["OFFLINE DEVICE", "SWARM", "SINCE", "LAST SEEN"]);
+        for o in &status.offline {
+            offline.row([
+                o.device.clone(),
+                o.swarm.clone(),
+                ago(o.since),
+                o.last_seen.map(ago).unwrap_or_else(|| "never".into()),
+            ]);
+        }
+        offline.print();
+        println!();
+    }
     table.print();
     println!(
-        "{} devices in {} swarms",
+        "{} devices in {} swarms{}",
         status.devices,
-        status.swarms.len()
+        status.swarms.len(),
+        match status.offline.len() {
+            0 => String::new(),
+            n => format!(", {n} offline"),
+        }
     );
     if !status.problems.is_empty() {
         println!();
@@ -741,6 +765,13 @@ fn print_device(d: &DeviceView) {
         }
     );
     println!("state:       {}", d.state);
+    if let Some(since) = d.offline_since {
+        println!(
+            "OFFLINE:     since {} (not heard for three report intervals of {}s)",
+            ago(since),
+            d.heartbeat_secs.unwrap_or(30)
+        );
+    }
     println!("enrolled:    {}", yes_no(d.enrolled));
     println!("node id:     {}", d.node_id.as_deref().unwrap_or("-"));
     println!("cluster id:  {}", d.cluster_id.as_deref().unwrap_or("-"));
@@ -765,6 +796,79 @@ fn print_device(d: &DeviceView) {
     if let Some(e) = &d.last_error {
         println!("error:       {e}");
     }
+}
+
+/// The latest sample, and the last hour as sparklines.
+fn print_telemetry(t: &fogswarm_protocol::telemetry::TelemetryView) {
+    let Some(latest) = &t.latest else { return };
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "telemetry:   {}",
+        t.latest_at.map(ago).unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  cpu        {}   load {}",
+        or_dash(latest.cpu_percent.map(|c| format!("{c:.1}%"))),
+        or_dash(
+            latest
+                .load
+                .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+        )
+    );
+    println!(
+        "  memory     {} of {} MiB",
+        or_dash(latest.memory_used_mb.map(|m| m.to_string())),
+        or_dash(latest.memory_total_mb.map(|m| m.to_string()))
+    );
+    println!(
+        "  disk free  {} of {} MiB (engine data)",
+        or_dash(latest.disk_free_mb.map(|m| m.to_string())),
+        or_dash(latest.disk_total_mb.map(|m| m.to_string()))
+    );
+    println!(
+        "  temp       {}",
+        or_dash(latest.temperature_c.map(|c| format!("{c:.1} °C")))
+    );
+    println!(
+        "  uptime     {}   containers running {}",
+        or_dash(
+            latest
+                .uptime_secs
+                .map(|u| format!("{}h{:02}m", u / 3600, u / 60 % 60))
+        ),
+        or_dash(latest.containers_running.map(|c| c.to_string()))
+    );
+    let hour: Vec<_> = t.history.iter().rev().take(60).rev().collect();
+    if hour.len() > 1 {
+        let line = |f: &dyn Fn(&fogswarm_protocol::telemetry::TelemetryPoint) -> Option<f64>| {
+            sparkline(&hour.iter().map(|p| f(p)).collect::<Vec<_>>())
+        };
+        println!("  last hour (one mark a minute):");
+        println!("    cpu     {}", line(&|p| p.cpu_percent));
+        println!(
+            "    memory  {}",
+            line(&|p| p.memory_used_mb.map(|m| m as f64))
+        );
+        println!("    temp    {}", line(&|p| p.temperature_c));
+    }
+}
+
+/// Values as block characters scaled between their minimum and maximum; a
+/// gap where a minute has none.
+fn sparkline(values: &[Option<f64>]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let known: Vec<f64> = values.iter().flatten().copied().collect();
+    let (lo, hi) = known
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    values
+        .iter()
+        .map(|v| match v {
+            None => ' ',
+            Some(_) if hi <= lo => BARS[0],
+            Some(v) => BARS[(((v - lo) / (hi - lo)) * 7.0).round() as usize],
+        })
+        .collect()
 }
 
 fn join_labels(labels: &Labels) -> String {

@@ -456,6 +456,18 @@ impl Client {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    pub async fn device_telemetry(
+        &self,
+        id: &str,
+    ) -> Result<fogswarm_protocol::telemetry::TelemetryView> {
+        self.call(
+            Method::GET,
+            &format!("/v1/devices/{}/telemetry", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
     pub async fn get_device(&self, id: &str) -> Result<DeviceView> {
         self.call(
             Method::GET,

@@ -185,6 +185,17 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             if let Err(e) = presence.store.flush_presence() {
                 tracing::warn!(error = %e, "writing last-seen times");
             }
+            if let Err(e) = presence.store.flush_telemetry() {
+                tracing::warn!(error = %e, "writing telemetry");
+            }
+            match presence.store.mark_offline() {
+                Ok(offline) => {
+                    for device in offline {
+                        tracing::warn!(device = %device, "device offline: not heard for three report intervals");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checking for offline devices"),
+            }
             match presence.store.auto_recover() {
                 Ok(started) => {
                     for (recovery, touched) in started {

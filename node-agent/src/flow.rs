@@ -65,6 +65,8 @@ pub struct Agent {
     version: String,
     /// Since when this swarm's node has been stuck (see [`STUCK_PATIENCE`]).
     stuck_since: Option<std::time::Instant>,
+    /// Reads the telemetry each report carries.
+    telemetry: crate::telemetry::Sampler,
 }
 
 impl Agent {
@@ -104,6 +106,7 @@ impl Agent {
             status,
             version,
             stuck_since: None,
+            telemetry: Default::default(),
         })
     }
 
@@ -463,6 +466,11 @@ impl Agent {
             self.facts
                 .insert(hardware::KEY_FACT.into(), hardware::key_id(&key));
         }
+        let telemetry = self.telemetry.sample(
+            Path::new("/"),
+            node.as_ref().and_then(|n| n.docker_root_dir.as_deref()),
+            node.as_ref().and_then(|n| n.containers_running),
+        );
         let node = node.filter(|_| state != DeviceState::Error);
         // The last raft leader has the freshest log: what a quorum
         // recovery needs to know.
@@ -494,6 +502,8 @@ impl Agent {
             agent_version: Some(self.version.clone()),
             quorum: raft.map(|r| r.is_some()),
             agent_update: update_record.as_ref().and_then(|r| r.outcome()),
+            telemetry: Some(telemetry),
+            heartbeat_secs: Some(self.config.heartbeat.as_secs()),
         };
         device.report(&report).await?;
         if let Some(mut record) = update_record.filter(|r| r.outcome().is_some()) {

@@ -30,6 +30,10 @@ pub struct LocalNode {
     /// The engine's default runtime: `fogswarm` once `fogswarm-agent
     /// install` registered it, which is what hardware grants need.
     pub default_runtime: Option<String>,
+    /// Where the engine keeps its data, and its running containers: for
+    /// telemetry.
+    pub docker_root_dir: Option<String>,
+    pub containers_running: Option<u64>,
 }
 
 impl LocalNode {
@@ -79,6 +83,8 @@ pub async fn local(engine: &Engine) -> Result<LocalNode> {
         error: non_empty(swarm.error),
         engine_version: info.server_version.unwrap_or_default(),
         default_runtime: info.default_runtime,
+        docker_root_dir: info.docker_root_dir,
+        containers_running: info.containers_running.map(|n| n.max(0) as u64),
     })
 }
 

@@ -248,6 +248,13 @@ pub struct ReportRequest {
     /// How an agent update ended on this device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_update: Option<AgentUpdateOutcome>,
+    /// What the device measures of itself (see `telemetry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// How often this agent reports: the server calls it offline after
+    /// three intervals without a word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
 }
 
 /// The agent a device should run: the binary `image`'s entrypoint names
@@ -627,6 +634,16 @@ pub struct DeviceView {
     /// reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<bool>,
+    /// Since when the device has not been heard for three of its report
+    /// intervals (absent while it reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since: Option<i64>,
+    /// Its latest telemetry sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// How often its agent reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -665,7 +682,20 @@ pub struct DeviceProblem {
 pub struct FleetStatus {
     pub swarms: Vec<SwarmSummary>,
     pub devices: u64,
+    /// Devices not heard for three of their report intervals, longest
+    /// silent first: the first thing an operator should see.
+    #[serde(default)]
+    pub offline: Vec<OfflineDevice>,
     pub problems: Vec<DeviceProblem>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OfflineDevice {
+    pub device: String,
+    pub swarm: String,
+    pub since: i64,
+    pub last_seen: Option<i64>,
 }
 
 /// One entry of the append-only event log. Never holds a secret.

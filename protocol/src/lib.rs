@@ -10,6 +10,7 @@ pub mod hardware;
 pub mod logs;
 pub mod secret;
 pub mod service;
+pub mod telemetry;
 pub mod validate;
 
 pub use device_id::{DeviceId, DeviceIdError, MacAddress};

@@ -430,6 +430,19 @@ async fn device(
                 agent_version: None,
                 quorum: None,
                 agent_update: None,
+                // What a real agent sends with every report.
+                telemetry: Some(fogswarm_protocol::telemetry::Telemetry {
+                    cpu_percent: Some((index % 100) as f64),
+                    load: Some([0.5, 0.4, 0.3]),
+                    memory_used_mb: Some(512),
+                    memory_total_mb: Some(4096),
+                    disk_free_mb: Some(20_000),
+                    disk_total_mb: Some(30_000),
+                    temperature_c: Some(48.5),
+                    uptime_secs: Some(3600),
+                    containers_running: Some(2),
+                }),
+                heartbeat_secs: Some(30),
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);

@@ -213,6 +213,8 @@ async fn every_endpoint_happy_path() -> Result<()> {
             agent_version: None,
             quorum: None,
             agent_update: None,
+            telemetry: None,
+            heartbeat_secs: None,
         })
         .await?;
     let w = admin.get_device("02:fb:00:00:00:03").await?;

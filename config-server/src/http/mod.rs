@@ -21,6 +21,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::service::*;
+use fogswarm_protocol::telemetry::TelemetryView;
 use fogswarm_protocol::validate::Role;
 use fogswarm_protocol::DeviceId;
 use serde::Deserialize;
@@ -483,6 +484,10 @@ pub fn router(state: Shared) -> Router {
                 .delete(operator::remove_device),
         )
         .route("/v1/devices/{id}/labels", post(operator::change_labels))
+        .route(
+            "/v1/devices/{id}/telemetry",
+            get(operator::device_telemetry),
+        )
         .route("/v1/devices/{id}/approve", post(operator::approve_device))
         .route(
             "/v1/provisioning-key/rotate",
@@ -583,7 +588,7 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
     paths(
         device::enrol, device::config, device::report, device::post_tokens, device::desired, device::manager_lost, device::recovered,
         operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm, operator::rotate_tokens, operator::recover_swarm, operator::start_rollout, operator::show_rollout,
-        operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
+        operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::device_telemetry, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
         operator::rotate_provisioning_key, operator::status, operator::events,
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,
         files::secrets::list, files::secrets::create, files::secrets::put, files::secrets::show, files::secrets::remove,

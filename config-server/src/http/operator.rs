@@ -421,6 +421,17 @@ pub(super) async fn show_device(
     Ok(Json(state.store.get_device(&id)?))
 }
 
+/// A device's latest telemetry and its last day at one-minute resolution.
+#[utoipa::path(get, path = "/v1/devices/{id}/telemetry", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = TelemetryView), (status = 404, body = ApiError)))]
+pub(super) async fn device_telemetry(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TelemetryView>> {
+    Ok(Json(state.store.telemetry(&id)?))
+}
+
 /// Change a device's swarm, role or (all of its) labels.
 #[utoipa::path(patch, path = "/v1/devices/{id}", tag = "operator", security(("admin" = [])), request_body = DeviceUpdate,
     responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]

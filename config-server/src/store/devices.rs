@@ -9,7 +9,7 @@ use crate::db::{params, Row, Tx};
 use crate::secrets;
 use fogswarm_protocol::api::{
     DeviceCreate, DeviceProblem, DeviceState, DeviceUpdate, DeviceView, Facts, FleetStatus,
-    LabelChange, SwarmSummary,
+    LabelChange, OfflineDevice, SwarmSummary,
 };
 use fogswarm_protocol::validate::{self, AutoEnrol, Role, FACT_PREFIX};
 use fogswarm_protocol::DeviceId;
@@ -221,6 +221,10 @@ impl Store {
             }
             if force || !view.enrolled {
                 tx.execute("DELETE FROM devices WHERE id = $1", params![id.as_str()])?;
+                tx.execute(
+                    "DELETE FROM telemetry_history WHERE device = $1",
+                    params![id.as_str()],
+                )?;
                 log_event(tx, actor, "device.remove", id.as_str(), "")?;
                 return Ok((None, touched));
             }
@@ -369,6 +373,22 @@ impl Store {
                     by_state,
                 });
             }
+            let offline = tx
+                .query(
+                    "SELECT id, swarm, offline_since, last_seen FROM devices
+                     WHERE offline_since IS NOT NULL ORDER BY offline_since, id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(OfflineDevice {
+                        device: r.get(0)?,
+                        swarm: r.get(1)?,
+                        since: r.get(2)?,
+                        last_seen: r.get(3)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
             let problems = tx
                 .query(
                     "SELECT id, swarm, last_error FROM devices WHERE last_error IS NOT NULL ORDER BY swarm, id",
@@ -384,6 +404,7 @@ impl Store {
                 })
                 .collect::<Result<_>>()?;
             Ok(FleetStatus {
+                offline,
                 swarms,
                 devices: total,
                 problems,
@@ -406,7 +427,7 @@ impl Store {
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum";
+    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, telemetry, heartbeat_secs";
 
 pub(super) struct DeviceRow {
     id: String,
@@ -428,6 +449,9 @@ pub(super) struct DeviceRow {
     raft_leader: i64,
     agent_version: Option<String>,
     has_quorum: Option<i64>,
+    offline_since: Option<i64>,
+    telemetry: Option<String>,
+    heartbeat_secs: Option<i64>,
 }
 
 impl DeviceRow {
@@ -452,6 +476,9 @@ impl DeviceRow {
             raft_leader: r.get(16)?,
             agent_version: r.get(17)?,
             has_quorum: r.get(18)?,
+            offline_since: r.get(19)?,
+            telemetry: r.get(20)?,
+            heartbeat_secs: r.get(21)?,
         })
     }
 
@@ -476,6 +503,9 @@ impl DeviceRow {
             raft_leader: self.raft_leader != 0,
             agent_version: self.agent_version,
             quorum: self.has_quorum.map(|q| q != 0),
+            offline_since: self.offline_since,
+            telemetry: self.telemetry.as_deref().map(from_json).transpose()?,
+            heartbeat_secs: self.heartbeat_secs.map(|h| h as u64),
         })
     }
 }

@@ -25,6 +25,7 @@ mod rollouts;
 mod schema;
 mod services;
 mod swarms;
+mod telemetry;
 
 pub use credentials::ServerCredentials;
 pub use hardware::HardwarePolicy;
@@ -107,6 +108,7 @@ pub type Touched = Vec<String>;
 pub struct Store {
     db: Database,
     presence: presence::Presence,
+    telemetry: telemetry::PendingTelemetry,
 }
 
 pub fn now() -> i64 {
@@ -131,6 +133,7 @@ impl Store {
         Ok(Store {
             db: Database::open_sqlite(path, schema::MIGRATIONS)?,
             presence: Default::default(),
+            telemetry: Default::default(),
         })
     }
 
@@ -142,6 +145,7 @@ impl Store {
             Location::Postgres(url) => Ok(Store {
                 db: Database::open_postgres(url, postgres, schema::MIGRATIONS)?,
                 presence: Default::default(),
+                telemetry: Default::default(),
             }),
         }
     }

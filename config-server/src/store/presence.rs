@@ -4,8 +4,16 @@
 //! instead: noted in memory and written for all devices at once every few
 //! seconds ([`Store::flush_presence`], one transaction). A crash loses at
 //! most that much of it, and nothing a request was told had been stored.
+//!
+//! Offline: a device not heard for three of its report intervals (its
+//! agent says how often it reports; 30 s when it has not), plus the
+//! batching's few seconds, is marked
+//! offline with a `device.offline` event; the flush that writes it heard
+//! again marks it online (`device.online`). Every replica checks, from the
+//! stored times, and a conditional update makes one of them log it.
 
-use super::{Result, Store};
+use super::events::log_event;
+use super::{now, Actor, Result, Store};
 use crate::db::params;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,6 +57,29 @@ impl Store {
                     params![device, *at],
                 )?;
             }
+            let offline = tx.query(
+                "SELECT id, offline_since FROM devices WHERE offline_since IS NOT NULL",
+                params![],
+            )?;
+            for row in offline.iter() {
+                let (device, since): (String, i64) = (row.get(0)?, row.get(1)?);
+                let Some(at) = pending.get(&device) else {
+                    continue;
+                };
+                if tx.execute(
+                    "UPDATE devices SET offline_since = NULL WHERE id = $1 AND offline_since IS NOT NULL",
+                    params![&device],
+                )? == 1
+                {
+                    log_event(
+                        tx,
+                        &Actor::Server,
+                        "device.online",
+                        &device,
+                        &format!("heard again after {}s offline", at - since),
+                    )?;
+                }
+            }
             Ok(pending.len())
         });
         if written.is_err() {
@@ -60,4 +91,45 @@ impl Store {
         }
         written
     }
+
+    /// Marks offline the devices not heard for three of their report
+    /// intervals, with an event each; answers their ids.
+    pub fn mark_offline(&self) -> Result<Vec<String>> {
+        let at = now();
+        self.write(|tx| {
+            let quiet = tx.query(
+                "SELECT id, last_seen, COALESCE(heartbeat_secs, $2) FROM devices
+                 WHERE offline_since IS NULL AND last_seen IS NOT NULL
+                   AND last_seen + 3 * COALESCE(heartbeat_secs, $2) + $3 < $1",
+                params![at, DEFAULT_HEARTBEAT_SECS, BATCHING_SLACK_SECS],
+            )?;
+            let mut marked = Vec::new();
+            for row in quiet.iter() {
+                let (device, seen, every): (String, i64, i64) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                if tx.execute(
+                    "UPDATE devices SET offline_since = $2 WHERE id = $1 AND offline_since IS NULL",
+                    params![&device, at],
+                )? == 1
+                {
+                    log_event(
+                        tx,
+                        &Actor::Server,
+                        "device.offline",
+                        &device,
+                        &format!("not heard for {}s (reports every {every}s)", at - seen),
+                    )?;
+                    marked.push(device);
+                }
+            }
+            Ok(marked)
+        })
+    }
 }
+
+/// The report interval assumed for an agent that has not said its own.
+const DEFAULT_HEARTBEAT_SECS: i64 = 30;
+/// Last-seen times reach the database in batches (every few seconds, per
+/// replica), so a stored time may be that much older than the device's
+/// last word: the allowance before three silent intervals count.
+const BATCHING_SLACK_SECS: i64 = 6;

@@ -627,6 +627,9 @@ mod tests {
             raft_leader: false,
             agent_version: None,
             quorum: None,
+            offline_since: None,
+            telemetry: None,
+            heartbeat_secs: None,
         }
     }
 

@@ -40,6 +40,23 @@ impl Store {
                 });
             }
         }
+        if let Some(t) = &report.telemetry {
+            fogswarm_protocol::telemetry::validate(t).map_err(|(field, message)| {
+                StoreError::Invalid {
+                    field: Some(field),
+                    message,
+                }
+            })?;
+        }
+        if report
+            .heartbeat_secs
+            .is_some_and(|h| !(1..=86_400).contains(&h))
+        {
+            return Err(StoreError::Invalid {
+                field: Some("heartbeat_secs".into()),
+                message: "must be between 1 and 86400".into(),
+            });
+        }
         let error = report
             .error
             .as_ref()
@@ -57,7 +74,15 @@ impl Store {
             && self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))?
         {
             self.heard(device);
+            if let Some(t) = &report.telemetry {
+                self.note_telemetry(device, t);
+            }
             return Ok(Vec::new());
+        }
+        // Heard (and back online, if it was not) at the next presence flush.
+        self.heard(device);
+        if let Some(t) = &report.telemetry {
+            self.note_telemetry(device, t);
         }
         let heard = self.presence_snapshot();
         self.write(|tx| {
@@ -65,6 +90,10 @@ impl Store {
             let actor = Actor::Device(device.into());
             if report.state == Some(DeviceState::Left) && view.state == DeviceState::Leaving {
                 tx.execute("DELETE FROM devices WHERE id = $1", params![device])?;
+                tx.execute(
+                    "DELETE FROM telemetry_history WHERE device = $1",
+                    params![device],
+                )?;
                 log_event(tx, &actor, "device.left", device, "decommissioned and removed")?;
                 bump(tx, &view.swarm)?;
                 return Ok(vec![view.swarm]);
@@ -173,8 +202,9 @@ impl Store {
             }
             tx.execute(
                 "UPDATE devices SET state = $2, cluster_id = COALESCE($3, cluster_id), engine_version = COALESCE($4, engine_version),
-                 last_error = $5, last_seen = $6, agent_version = COALESCE($7, agent_version) WHERE id = $1",
-                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now(), &report.agent_version],
+                 last_error = $5, last_seen = $6, agent_version = COALESCE($7, agent_version),
+                 heartbeat_secs = COALESCE($8, heartbeat_secs) WHERE id = $1",
+                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now(), &report.agent_version, report.heartbeat_secs.map(|h| h as i64)],
             )?;
             if desired_changed {
                 // A device that became eligible (joined again, say) may be
@@ -213,5 +243,6 @@ fn changes_nothing(view: &DeviceView, report: &ReportRequest, error: &Option<Str
         && (report.manager.is_none() || report.manager == view.manager)
         && report.raft_leader.is_none_or(|l| l == view.raft_leader)
         && (report.quorum.is_none() || report.quorum == view.quorum)
+        && (report.heartbeat_secs.is_none() || report.heartbeat_secs == view.heartbeat_secs)
         && *error == view.last_error
 }

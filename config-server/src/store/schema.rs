@@ -168,4 +168,28 @@ CREATE TABLE agent_rollouts (
 );
 "#,
     ),
+    // Seeing the fog: each device's latest telemetry sample and when it
+    // came, how often its agent reports (offline after three intervals
+    // unheard) and since when it is offline; a day of telemetry at one
+    // minute per row, values as integers (tenths of a percent and of a
+    // degree, hundredths of load) so both databases store them alike.
+    Migration(
+        r#"
+ALTER TABLE devices ADD COLUMN telemetry TEXT;
+ALTER TABLE devices ADD COLUMN telemetry_at BIGINT;
+ALTER TABLE devices ADD COLUMN heartbeat_secs BIGINT;
+ALTER TABLE devices ADD COLUMN offline_since BIGINT;
+CREATE TABLE telemetry_history (
+    device TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    cpu_tenths BIGINT,
+    load1_hundredths BIGINT,
+    memory_used_mb BIGINT,
+    disk_free_mb BIGINT,
+    temperature_tenths BIGINT,
+    PRIMARY KEY (device, minute)
+);
+CREATE INDEX telemetry_history_minute ON telemetry_history (minute);
+"#,
+    ),
 ];

@@ -1,0 +1,113 @@
+//! Device telemetry: each device's latest sample and a day of history at
+//! one row per device and minute. Like last-seen times (see `presence`),
+//! samples are soft state: noted in memory as reports arrive and written
+//! for all devices at once every few seconds, so a fleet's heartbeats do
+//! not each cost a durable write. History is pruned past its window.
+
+use super::{now, Result, Store};
+use crate::db::params;
+use fogswarm_protocol::telemetry::{Telemetry, TelemetryPoint, TelemetryView};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How long history is kept.
+pub const HISTORY_SECS: i64 = 24 * 3600;
+
+/// Samples not written yet, by device, with when they came.
+#[derive(Default)]
+pub(super) struct PendingTelemetry(Mutex<HashMap<String, (i64, Telemetry)>>);
+
+/// Scaled to integers for storage (both databases alike).
+fn scaled(v: Option<f64>, by: f64) -> Option<i64> {
+    v.map(|v| (v * by).round() as i64)
+}
+
+impl Store {
+    /// Keeps `device`'s newest sample until the next flush.
+    pub(super) fn note_telemetry(&self, device: &str, sample: &Telemetry) {
+        self.telemetry
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.to_string(), (now(), sample.clone()));
+    }
+
+    /// Writes the samples noted since the last flush (latest per device and
+    /// the row of its minute) and prunes history past [`HISTORY_SECS`], in
+    /// one transaction; answers how many samples. On failure the samples
+    /// are dropped (the next report brings fresh ones).
+    pub fn flush_telemetry(&self) -> Result<usize> {
+        let pending =
+            std::mem::take(&mut *self.telemetry.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let cutoff = now() - HISTORY_SECS;
+        self.write(|tx| {
+            for (device, (at, t)) in &pending {
+                tx.execute(
+                    "UPDATE devices SET telemetry = $2, telemetry_at = $3 WHERE id = $1",
+                    params![device, super::json_of(t), *at],
+                )?;
+                tx.execute(
+                    "INSERT INTO telemetry_history
+                       (device, minute, cpu_tenths, load1_hundredths, memory_used_mb, disk_free_mb, temperature_tenths)
+                     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
+                     ON CONFLICT (device, minute) DO UPDATE SET
+                       cpu_tenths = excluded.cpu_tenths, load1_hundredths = excluded.load1_hundredths,
+                       memory_used_mb = excluded.memory_used_mb, disk_free_mb = excluded.disk_free_mb,
+                       temperature_tenths = excluded.temperature_tenths",
+                    params![
+                        device,
+                        at - at.rem_euclid(60),
+                        scaled(t.cpu_percent, 10.0),
+                        scaled(t.load.map(|l| l[0]), 100.0),
+                        t.memory_used_mb.map(|m| m as i64),
+                        t.disk_free_mb.map(|m| m as i64),
+                        scaled(t.temperature_c, 10.0),
+                    ],
+                )?;
+            }
+            tx.execute(
+                "DELETE FROM telemetry_history WHERE minute < $1",
+                params![cutoff],
+            )?;
+            Ok(pending.len())
+        })
+    }
+
+    /// A device's latest sample and its history, oldest first.
+    pub fn telemetry(&self, device: &str) -> Result<TelemetryView> {
+        self.read(|tx| {
+            let view = super::devices::device_view(tx, device)?;
+            let latest_at: Option<i64> = tx
+                .query_one(
+                    "SELECT telemetry_at FROM devices WHERE id = $1",
+                    params![device],
+                )?
+                .get(0)?;
+            let history = tx
+                .query(
+                    "SELECT minute, cpu_tenths, load1_hundredths, memory_used_mb, disk_free_mb, temperature_tenths
+                     FROM telemetry_history WHERE device = $1 AND minute >= $2 ORDER BY minute",
+                    params![device, now() - HISTORY_SECS],
+                )?
+                .iter()
+                .map(|r| {
+                    let tenths = |v: Option<i64>| v.map(|v| v as f64 / 10.0);
+                    Ok(TelemetryPoint {
+                        at: r.get(0)?,
+                        cpu_percent: tenths(r.get(1)?),
+                        load1: r.get::<Option<i64>>(2)?.map(|v| v as f64 / 100.0),
+                        memory_used_mb: r.get::<Option<i64>>(3)?.map(|v| v as u64),
+                        disk_free_mb: r.get::<Option<i64>>(4)?.map(|v| v as u64),
+                        temperature_c: tenths(r.get(5)?),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(TelemetryView {
+                device: device.to_string(),
+                latest: view.telemetry,
+                latest_at,
+                history,
+            })
+        })
+    }
+}
