@@ -58,6 +58,8 @@ pub struct ServerOptions {
     pub secrets_key: Option<PathBuf>,
     /// Registries reached over plain HTTP for signed-only swarms' lookups.
     pub insecure_registries: Vec<String>,
+    /// Devices with per-device series on /metrics, at most.
+    pub metrics_device_limit: usize,
 }
 
 impl ServerOptions {
@@ -168,6 +170,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         limiter: Default::default(),
         sealer,
         insecure_registries: opts.insecure_registries.clone(),
+        metrics_device_limit: opts.metrics_device_limit,
     });
     // Changes made through other replicas wake this one's long polls.
     let (woken, resynced) = (state.clone(), state.clone());

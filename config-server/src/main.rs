@@ -137,6 +137,10 @@ struct Serve {
     /// checks a signed-only swarm's images, as dockerd's flag of the name.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// At most this many devices get per-device series on /metrics (the
+    /// first by id; 8 series each). Fleet-wide counts are always there.
+    #[arg(long, default_value_t = 1000)]
+    metrics_device_limit: usize,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -192,6 +196,7 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         postgres,
         secrets_key: args.secrets_key_file,
         insecure_registries: args.insecure_registries,
+        metrics_device_limit: args.metrics_device_limit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

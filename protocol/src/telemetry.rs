@@ -104,13 +104,19 @@ mod tests {
             cpu_percent: Some(101.0),
             ..Default::default()
         };
-        assert_eq!(validate(&t).expect_err("refused").0, "telemetry.cpu_percent");
+        assert_eq!(
+            validate(&t).expect_err("refused").0,
+            "telemetry.cpu_percent"
+        );
         let t = Telemetry {
             memory_used_mb: Some(10),
             memory_total_mb: Some(5),
             ..Default::default()
         };
-        assert_eq!(validate(&t).expect_err("refused").0, "telemetry.memory_used_mb");
+        assert_eq!(
+            validate(&t).expect_err("refused").0,
+            "telemetry.memory_used_mb"
+        );
         let t = Telemetry {
             load: Some([1.0, f64::NAN, 0.0]),
             ..Default::default()

@@ -54,7 +54,7 @@ async fn events_of(admin: &Client, device: &str) -> Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_is_kept_and_silent_devices_go_offline_and_back() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let server = ServerProcess::start(&dir.path().join("data"), &["--metrics-device-limit", "1"])?;
     let admin = server.admin();
     fogswarm_e2e::server::declare(&admin, "tele", &[(D, Role::Leader), (QUIET, Role::Worker)])
         .await?;
@@ -123,6 +123,25 @@ async fn telemetry_is_kept_and_silent_devices_go_offline_and_back() -> Result<()
     })
     .await?;
     ensure!(offline.offline[0].swarm == "tele");
+    // /metrics: per-device series for the first device only (the limit),
+    // the other counted as left out.
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await?
+        .text()
+        .await?;
+    let series = format!("{{device=\"{D}\",swarm=\"tele\"}}");
+    for line in [
+        format!("fogswarm_device_online{series} 1"),
+        format!(
+            "fogswarm_device_memory_used_bytes{series} {}",
+            700 * 1024 * 1024
+        ),
+        format!("fogswarm_device_temperature_celsius{series} 47.5"),
+        "fogswarm_device_series_left_out 1".to_string(),
+    ] {
+        ensure!(metrics.contains(&line), "no {line} in:\n{metrics}");
+    }
+    ensure!(!metrics.contains(QUIET), "{metrics}");
     ensure!(admin.get_device(QUIET).await?.offline_since.is_some());
     ensure!(events_of(&admin, QUIET)
         .await?

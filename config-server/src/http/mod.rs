@@ -60,6 +60,8 @@ pub struct AppState {
     /// Registries the server reaches over plain HTTP (signed-only swarms
     /// look images up there).
     pub insecure_registries: Vec<String>,
+    /// Devices with per-device series on /metrics, at most.
+    pub metrics_device_limit: usize,
 }
 
 impl AppState {
@@ -575,9 +577,10 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
     let by_state = state.store.devices_by_state()?;
+    let devices = state.store.device_gauges(state.metrics_device_limit)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&by_state),
+        state.metrics.render(&by_state, &devices),
     )
         .into_response())
 }

@@ -17,6 +17,21 @@ pub const HISTORY_SECS: i64 = 24 * 3600;
 #[derive(Default)]
 pub(super) struct PendingTelemetry(Mutex<HashMap<String, (i64, Telemetry)>>);
 
+/// One device's series on /metrics.
+pub struct DeviceGauge {
+    pub device: String,
+    pub swarm: String,
+    pub online: bool,
+    pub telemetry: Telemetry,
+}
+
+/// The devices /metrics shows, and how many it leaves out (the cap).
+#[derive(Default)]
+pub struct DeviceGauges {
+    pub devices: Vec<DeviceGauge>,
+    pub left_out: usize,
+}
+
 /// Scaled to integers for storage (both databases alike).
 fn scaled(v: Option<f64>, by: f64) -> Option<i64> {
     v.map(|v| (v * by).round() as i64)
@@ -70,6 +85,39 @@ impl Store {
                 params![cutoff],
             )?;
             Ok(pending.len())
+        })
+    }
+
+    /// The devices with telemetry, for /metrics: at most `limit` (by id),
+    /// and how many were left out.
+    pub fn device_gauges(&self, limit: usize) -> Result<DeviceGauges> {
+        self.read(|tx| {
+            let total: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM devices WHERE telemetry IS NOT NULL",
+                    params![],
+                )?
+                .get(0)?;
+            let devices = tx
+                .query(
+                    "SELECT id, swarm, offline_since IS NULL, telemetry FROM devices
+                     WHERE telemetry IS NOT NULL ORDER BY id LIMIT $1",
+                    params![limit as i64],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(DeviceGauge {
+                        device: r.get(0)?,
+                        swarm: r.get(1)?,
+                        online: r.get(2)?,
+                        telemetry: super::from_json(&r.get::<String>(3)?)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(DeviceGauges {
+                left_out: (total as usize).saturating_sub(devices.len()),
+                devices,
+            })
         })
     }
 
