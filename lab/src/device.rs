@@ -100,6 +100,34 @@ fi
 wait "$engine"
 "#;
 
+/// The device's thermal zones on the host: a lab machine has none, so
+/// each device gets one, bind-mounted read-only as /sys/class/thermal, for
+/// the agent's telemetry. A test changes a device's temperature by writing
+/// `thermal_zone0/temp` (millidegrees) here.
+pub fn thermal_dir(host_dir: &std::path::Path) -> PathBuf {
+    host_dir.join("thermal")
+}
+
+/// A SoC zone at 40.5 to 59.5 °C, by the MAC's last byte; kept as it is
+/// across reboots and re-images.
+fn write_thermal_zone(spec: &DeviceSpec) -> Result<()> {
+    let zone = thermal_dir(&spec.host_dir).join("thermal_zone0");
+    if zone.join("temp").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&zone).with_context(|| format!("creating {}", zone.display()))?;
+    let last = spec
+        .mac
+        .rsplit(':')
+        .next()
+        .and_then(|b| u8::from_str_radix(b, 16).ok())
+        .unwrap_or(0);
+    let millidegrees = 40_500 + u32::from(last % 20) * 1000;
+    std::fs::write(zone.join("type"), "soc-thermal\n")?;
+    std::fs::write(zone.join("temp"), format!("{millidegrees}\n"))?;
+    Ok(())
+}
+
 /// The file whose presence lets a device's boot start its agent.
 pub fn agent_enabled_file(host_dir: &std::path::Path) -> PathBuf {
     host_dir.join("agent.enabled")
@@ -137,6 +165,7 @@ impl DeviceSpec {
             "Binds": [
                 "/sys/fs/cgroup:/sys/fs/cgroup:rw",
                 format!("{}:{LAB_MOUNT}", self.host_dir.display()),
+                format!("{}:/sys/class/thermal:ro", thermal_dir(&self.host_dir).display()),
             ],
         });
         match mode {
@@ -237,6 +266,7 @@ fn write_boot_files(spec: &DeviceSpec) -> Result<()> {
         0o644,
     )?;
     write("boot.sh", BOOT_SCRIPT.as_bytes(), 0o755)?;
+    write_thermal_zone(spec)?;
     let nodes: String = spec
         .device_nodes
         .iter()
