@@ -188,8 +188,19 @@ pub enum DeviceCommand {
         #[arg(long)]
         swarm: Option<String>,
     },
-    /// Show one device.
+    /// Show one device: facts, labels, presence and telemetry.
     Show { id: String },
+    /// The device agent's recent log lines (it keeps the last 1000 in
+    /// memory and sends them at its next report, no inbound connection).
+    Logs {
+        id: String,
+        /// Keep streaming new lines until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<u64>,
+    },
     /// Set labels: KEY=VALUE...
     Label {
         id: String,
@@ -584,6 +595,32 @@ pub async fn device(conn: &Connection, command: DeviceCommand) -> Result<()> {
             if d.telemetry.is_some() {
                 print_telemetry(&client.device_telemetry(&id).await?);
             }
+        }
+        DeviceCommand::Logs { id, follow, tail } => {
+            let id = check_device_id(&id)?;
+            let options = fogswarm_protocol::logs::LogOptions {
+                follow,
+                tail,
+                ..Default::default()
+            };
+            options
+                .validate()
+                .map_err(|e| bad(format!("--{}: {}", e.field, e.message)))?;
+            // The device sees the request at its next report: allow a few
+            // of its intervals.
+            let every = client.get_device(&id).await?.heartbeat_secs.unwrap_or(30);
+            let patience = std::time::Duration::from_secs(3 * every + 10);
+            crate::logs::print_logs(
+                &client,
+                &fogswarm_client::LogSource::Agent { device: id.clone() },
+                &options,
+                patience,
+                &format!(
+                    "device {id} did not answer within {}s (it reports every {every}s); is its agent running?",
+                    patience.as_secs()
+                ),
+            )
+            .await?;
         }
         DeviceCommand::Label { id, labels } => {
             let change = LabelChange {

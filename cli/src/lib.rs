@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod image;
 /// The lab is a crate of its own; the CLI keeps only its `lab` commands.
 pub use fogswarm_lab as lab;
+pub mod logs;
 pub mod service;
 pub mod supply;
 pub mod table;

@@ -702,38 +702,30 @@ impl Client {
         self.call(Method::POST, "/v1/values", Some(request)).await
     }
 
-    // ---- service logs ----
+    // ---- service and agent logs ----
 
-    pub async fn open_logs(
-        &self,
-        swarm: &str,
-        service: &str,
-        options: &LogOptions,
-    ) -> Result<LogsOpened> {
-        self.call(
-            Method::POST,
-            &format!("{}/logs", services_path(swarm, Some(service))),
-            Some(options),
-        )
-        .await
+    pub async fn open_logs(&self, source: &LogSource, options: &LogOptions) -> Result<LogsOpened> {
+        let path = match source {
+            LogSource::Service { swarm, service } => {
+                format!("{}/logs", services_path(swarm, Some(service)))
+            }
+            LogSource::Agent { device } => format!("/v1/devices/{}/logs", seg(device)),
+        };
+        self.call(Method::POST, &path, Some(options)).await
     }
 
-    pub async fn read_logs(&self, swarm: &str, id: &str, after: u64) -> Result<LogsPage> {
+    pub async fn read_logs(&self, source: &LogSource, id: &str, after: u64) -> Result<LogsPage> {
         self.call(
             Method::GET,
-            &format!("/v1/swarms/{}/logs/{}?after={after}", seg(swarm), seg(id)),
+            &format!("{}?after={after}", source.request_path(id)),
             None::<&()>,
         )
         .await
     }
 
-    pub async fn close_logs(&self, swarm: &str, id: &str) -> Result<()> {
-        self.call_empty(
-            Method::DELETE,
-            &format!("/v1/swarms/{}/logs/{}", seg(swarm), seg(id)),
-            None::<&()>,
-        )
-        .await
+    pub async fn close_logs(&self, source: &LogSource, id: &str) -> Result<()> {
+        self.call_empty(Method::DELETE, &source.request_path(id), None::<&()>)
+            .await
     }
 
     /// The raft leader's agent posts lines for a log request.
@@ -759,6 +751,28 @@ impl Client {
             path.push_str(&format!("&subject={}", seg(s)));
         }
         self.call(Method::GET, &path, None::<&()>).await
+    }
+}
+
+/// Whose log lines a request reads.
+#[derive(Debug, Clone)]
+pub enum LogSource {
+    /// A swarm service's tasks (`service logs`), read by the raft leader.
+    Service { swarm: String, service: String },
+    /// One device's agent (`device logs`).
+    Agent { device: String },
+}
+
+impl LogSource {
+    fn request_path(&self, id: &str) -> String {
+        match self {
+            LogSource::Service { swarm, .. } => {
+                format!("/v1/swarms/{}/logs/{}", seg(swarm), seg(id))
+            }
+            LogSource::Agent { device } => {
+                format!("/v1/devices/{}/logs/{}", seg(device), seg(id))
+            }
+        }
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Agent {
     stuck_since: Option<std::time::Instant>,
     /// Reads the telemetry each report carries.
     telemetry: crate::telemetry::Sampler,
+    /// Log requests being answered, by id (see `journal`).
+    log_requests: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -107,6 +109,7 @@ impl Agent {
             version,
             stuck_since: None,
             telemetry: Default::default(),
+            log_requests: Default::default(),
         })
     }
 
@@ -319,8 +322,10 @@ impl Agent {
                 grant_key,
                 removed_node_ids,
                 agent_update,
+                agent_logs,
             } => {
                 agent_target = agent_update;
+                self.answer_log_requests(device, agent_logs);
                 // Kept even when the swarm has none: the runtime then
                 // knows no grant can hold, rather than waiting for a key.
                 self.state.save_grant_key(&GrantKey {
@@ -528,6 +533,23 @@ impl Agent {
 
     /// Manager duty runs while the node is a manager, restarted if the node
     /// id changed.
+    /// Starts answering the log requests not answered yet; forgets the
+    /// finished ones.
+    fn answer_log_requests(
+        &mut self,
+        device: &Client,
+        requests: Vec<fogswarm_protocol::logs::AgentLogRequest>,
+    ) {
+        self.log_requests.retain(|_, task| !task.is_finished());
+        for request in requests {
+            if !self.log_requests.contains_key(&request.id) {
+                let id = request.id.clone();
+                let task = tokio::spawn(crate::journal::ship(device.clone(), request));
+                self.log_requests.insert(id, task);
+            }
+        }
+    }
+
     fn ensure_duty(
         &self,
         duty: &mut Option<(String, tokio::task::JoinHandle<()>)>,

@@ -8,6 +8,7 @@ pub mod facts;
 pub mod flow;
 pub mod identity;
 pub mod install;
+pub mod journal;
 pub mod logs;
 pub mod manager;
 pub mod quorum;

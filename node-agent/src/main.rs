@@ -147,15 +147,25 @@ fn main() -> ExitCode {
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new("info,mdns_sd=warn,hyper=warn,reqwest=warn")
                 });
-            let logs = tracing_subscriber::fmt()
-                .with_env_filter(filter)
+            // Every line goes to stderr (the init system's log) and to
+            // the in-memory journal that `fogswarm device logs` reads.
+            use tracing_subscriber::prelude::*;
+            let stderr = tracing_subscriber::fmt::layer()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr);
-            if log_json {
-                logs.json().init();
+            let stderr = if log_json {
+                stderr.json().boxed()
             } else {
-                logs.init();
-            }
+                stderr.boxed()
+            };
+            let journal = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(fogswarm_agent::journal::Writer);
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(stderr)
+                .with(journal)
+                .init();
             let config = match AgentConfig::load(&flags) {
                 Ok(c) => c,
                 Err(e) => {

@@ -94,6 +94,9 @@ pub struct EnrolResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "action", rename_all = "lowercase")]
+// One answer per poll, decoded and dropped: boxing `Join` would only
+// complicate every match on it.
+#[allow(clippy::large_enum_variant)]
 pub enum ConfigAnswer {
     /// This device holds the swarm's leader lease: initialize the swarm and
     /// post the tokens before the lease runs out.
@@ -123,6 +126,10 @@ pub enum ConfigAnswer {
         /// An agent update this device's wave is in.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent_update: Option<AgentTarget>,
+        /// Open requests for this agent's own recent log lines (`fogswarm
+        /// device logs`): it posts them to `/v1/logs/{id}`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        agent_logs: Vec<crate::logs::AgentLogRequest>,
     },
     /// Nothing to do yet; ask again after about this long.
     Wait {
@@ -727,6 +734,7 @@ mod tests {
             grant_key: None,
             removed_node_ids: vec![],
             agent_update: None,
+            agent_logs: vec![],
         };
         let debug = format!("{answer:?}");
         assert!(!debug.contains("SWMTKN"), "{debug}");

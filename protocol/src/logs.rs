@@ -68,6 +68,16 @@ pub struct LogRequest {
     pub options: LogOptions,
 }
 
+/// An open request for an agent's own log lines, as the device sees it in
+/// its config answer. `tail` limits the lines already kept; `follow` keeps
+/// new ones coming until the request is gone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLogRequest {
+    pub id: String,
+    pub options: LogOptions,
+}
+
 /// `POST /v1/logs/{id}`: lines from the agent (410 once the request is
 /// gone: the agent stops).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -311,14 +311,13 @@ async fn service_logs_pass_through_the_server() -> Result<()> {
     let (manager, _) = server.enrol("02:fd:00:00:00:01", &[]).await?;
     let (worker, _) = server.enrol("02:fd:00:00:00:02", &[]).await?;
     let missing = admin
-        .open_logs("talk", "ghost", &LogOptions::default())
+        .open_logs(&talk("ghost"), &LogOptions::default())
         .await
         .expect_err("no such service");
     ensure!(missing.status() == Some(404), "{missing}");
     let bad = admin
         .open_logs(
-            "talk",
-            "ghost",
+            &talk("ghost"),
             &LogOptions {
                 since: Some("yesterday".into()),
                 ..Default::default()
@@ -335,7 +334,7 @@ async fn service_logs_pass_through_the_server() -> Result<()> {
         tail: Some(10),
         ..Default::default()
     };
-    let opened = admin.open_logs("talk", "web", &options).await?;
+    let opened = admin.open_logs(&talk("web"), &options).await?;
     let desired = manager.desired(None, 0).await?;
     let request = desired
         .log_requests
@@ -343,7 +342,7 @@ async fn service_logs_pass_through_the_server() -> Result<()> {
         .find(|r| r.id == opened.id)
         .context("the request in the desired state")?;
     ensure!(request.service == "web" && request.options == options);
-    let page = admin.read_logs("talk", &opened.id, 0).await?;
+    let page = admin.read_logs(&talk("web"), &opened.id, 0).await?;
     ensure!(!page.started && page.lines.is_empty() && !page.done);
     manager
         .post_log_chunk(
@@ -362,7 +361,7 @@ async fn service_logs_pass_through_the_server() -> Result<()> {
         .await
         .expect_err("a worker");
     ensure!(refused.status() == Some(403), "{refused}");
-    let page = admin.read_logs("talk", &opened.id, 0).await?;
+    let page = admin.read_logs(&talk("web"), &opened.id, 0).await?;
     ensure!(
         page.started && page.lines.len() == 2 && page.next == 2,
         "{page:?}"
@@ -377,7 +376,7 @@ async fn service_logs_pass_through_the_server() -> Result<()> {
             },
         )
         .await?;
-    let page = admin.read_logs("talk", &opened.id, page.next).await?;
+    let page = admin.read_logs(&talk("web"), &opened.id, page.next).await?;
     ensure!(
         page.lines == ["web.2.bbb@dev2    | three"] && page.done,
         "{page:?}"
@@ -387,16 +386,24 @@ async fn service_logs_pass_through_the_server() -> Result<()> {
         desired.log_requests.is_empty(),
         "a done request is not asked for again"
     );
-    admin.close_logs("talk", &opened.id).await?;
+    admin.close_logs(&talk("web"), &opened.id).await?;
     let gone = manager
         .post_log_chunk(&opened.id, &LogChunk::default())
         .await
         .expect_err("closed");
     ensure!(gone.status() == Some(410), "{gone}");
     let gone = admin
-        .read_logs("talk", &opened.id, 0)
+        .read_logs(&talk("web"), &opened.id, 0)
         .await
         .expect_err("closed");
     ensure!(gone.status() == Some(410), "{gone}");
     Ok(())
+}
+
+/// A service of swarm "talk", as a log source.
+fn talk(service: &str) -> fogswarm_client::LogSource {
+    fogswarm_client::LogSource::Service {
+        swarm: "talk".into(),
+        service: service.into(),
+    }
 }

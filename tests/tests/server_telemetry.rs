@@ -174,3 +174,100 @@ async fn telemetry_is_kept_and_silent_devices_go_offline_and_back() -> Result<()
     );
     Ok(())
 }
+
+/// `device logs` at the server: the request reaches only its device (in
+/// its config answer, not in the swarm's desired state), only that device
+/// may answer it, and the reader pages through the lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_log_requests_reach_their_device_only() -> Result<()> {
+    use fogswarm_client::LogSource;
+    use fogswarm_protocol::logs::{LogChunk, LogOptions};
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let admin = server.admin();
+    fogswarm_e2e::server::declare(&admin, "talk", &[(D, Role::Leader), (QUIET, Role::Worker)])
+        .await?;
+    let device = server.enrol(D, &[]).await?.0;
+    let other = server.enrol(QUIET, &[]).await?.0;
+    let source = LogSource::Agent {
+        device: QUIET.into(),
+    };
+    let bad = admin
+        .open_logs(
+            &source,
+            &LogOptions {
+                since: Some("10m".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("since");
+    ensure!(
+        bad.status() == Some(422) && bad.to_string().contains("since"),
+        "{bad}"
+    );
+    let opened = admin
+        .open_logs(
+            &source,
+            &LogOptions {
+                tail: Some(2),
+                ..Default::default()
+            },
+        )
+        .await?;
+    // Its device sees it; the other does not, nor does the swarm's
+    // desired state (service log requests only).
+    let requests = |answer: ConfigAnswer| match answer {
+        ConfigAnswer::Join { agent_logs, .. } => agent_logs,
+        _ => vec![],
+    };
+    let d_answer = device.config().await?;
+    let initialized = matches!(d_answer, ConfigAnswer::Init { .. });
+    ensure!(requests(d_answer).is_empty());
+    if initialized {
+        device
+            .post_swarm_tokens(&SwarmTokens {
+                cluster_id: "c-talk".into(),
+                manager_addrs: vec!["10.213.9.2:2377".into()],
+                worker_token: Secret::new("SWMTKN-1-talk-worker"),
+                manager_token: Secret::new("SWMTKN-1-talk-manager"),
+                generation: 0,
+            })
+            .await?;
+    }
+    let mine = requests(other.config().await?);
+    ensure!(
+        mine.len() == 1 && mine[0].id == opened.id && mine[0].options.tail == Some(2),
+        "{mine:?}"
+    );
+    ensure!(requests(device.config().await?).is_empty());
+    ensure!(device.desired(None, 0).await?.log_requests.is_empty());
+
+    // Only that device answers.
+    let chunk = LogChunk {
+        lines: vec!["INFO agent: one".into(), "INFO agent: two".into()],
+        done: true,
+        error: None,
+    };
+    let refused = device
+        .post_log_chunk(&opened.id, &chunk)
+        .await
+        .expect_err("another device");
+    ensure!(refused.status() == Some(403), "{refused}");
+    other.post_log_chunk(&opened.id, &chunk).await?;
+    let page = admin.read_logs(&source, &opened.id, 0).await?;
+    ensure!(
+        page.lines == ["INFO agent: one", "INFO agent: two"] && page.done,
+        "{page:?}"
+    );
+    // Read through another device's path: not found.
+    let elsewhere = LogSource::Agent { device: D.into() };
+    let gone = admin
+        .read_logs(&elsewhere, &opened.id, 0)
+        .await
+        .expect_err("wrong device");
+    ensure!(gone.status() == Some(410), "{gone}");
+    admin.close_logs(&source, &opened.id).await?;
+    ensure!(requests(other.config().await?).is_empty());
+    Ok(())
+}

@@ -3,12 +3,16 @@
 //! what the device reads (memory from its /proc/meminfo, temperature from
 //! the lab's thermal zone, which the test changes); a device whose
 //! container is paused turns offline (first in `fogswarm status`, an
-//! event), and online again when it resumes.
+//! event), and online again when it resumes. `fogswarm device logs` shows
+//! an agent's last lines (the same its own log file has), and `--follow`
+//! streams the ones it writes afterwards.
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_e2e::{eventually, serial, Lab};
 use fogswarm_protocol::api::{DeviceView, Event, FleetStatus};
-use std::process::Command;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn device_json(lab: &Lab, id: &str) -> Result<DeviceView> {
     Ok(serde_json::from_str(
@@ -135,5 +139,68 @@ async fn devices_report_what_they_measure_and_a_paused_one_goes_offline() -> Res
         Ok(())
     })
     .await?;
+
+    // The leader's agent's last lines, as its own log file has them.
+    let dev1 = lab.device("dev1")?;
+    let tail = lab
+        .cli_ok(&["device", "logs", &dev1.mac, "--tail", "5"])?
+        .stdout;
+    let file = std::fs::read_to_string(dev1.socket.parent().context("dir")?.join("agent.log"))?;
+    let shown: Vec<&str> = tail.lines().collect();
+    ensure!(!shown.is_empty() && shown.len() <= 5, "{tail}");
+    // Each layer stamps its own time: compare what follows it.
+    let unstamped = |l: &str| l.split_once(' ').map(|(_, rest)| rest.to_string());
+    for line in &shown {
+        ensure!(
+            file.lines().any(|l| unstamped(l) == unstamped(line)),
+            "not in agent.log: {line}"
+        );
+    }
+    ensure!(!tail.contains("SWMTKN-1-"), "{tail}");
+
+    // --follow: a label change on dev2 makes the leader's agent log, and
+    // the line arrives while the command runs.
+    let mut follow = Command::new(fogswarm_e2e::fogswarm())
+        .args(["device", "logs", &dev1.mac, "--follow", "--tail", "1"])
+        .envs(lab.cli_env()?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = follow.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The agent picks the request up at its next report: its last line
+    // arrives first; only then is anything new.
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("no line within 30s")?;
+    lab.cli_ok(&["device", "label", &dev2.mac, "follow=me"])?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut seen = vec![first];
+    let found = loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(line) => {
+                let hit = line.contains("applied labels") && line.contains(&dev2.mac);
+                seen.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) if Instant::now() > deadline => break false,
+            Err(_) => {}
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    ensure!(found, "no label line streamed; saw:\n{}", seen.join("\n"));
     Ok(())
 }

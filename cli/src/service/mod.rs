@@ -264,7 +264,19 @@ pub async fn service(conn: &Connection, command: ServiceCommand) -> Result<()> {
             options
                 .validate()
                 .map_err(|e| bad(format!("--{}: {}", e.field, e.message)))?;
-            logs(&conn.client()?, &swarm, &name, &options).await
+            let source = fogswarm_client::LogSource::Service {
+                swarm: swarm.clone(),
+                service: name.clone(),
+            };
+            crate::logs::print_logs(
+                &conn.client()?,
+                &source,
+                &options,
+                std::time::Duration::from_secs(30),
+                &format!("no manager of swarm {swarm} answered the logs request within 30s; is its raft leader's agent running?"),
+            )
+            .await
+            .map_err(|e| e.context(format!("reading the logs of {name}")))
         }
         ServiceCommand::Ls { swarm } => {
             let views = conn.client()?.list_services(&swarm).await?;
@@ -452,52 +464,6 @@ pub async fn stack(conn: &Connection, command: StackCommand) -> Result<()> {
                 println!("{}", r.name);
             }
             Ok(())
-        }
-    }
-}
-
-/// Opens a log request and prints its lines as they come; Ctrl-C closes
-/// it (the agent stops following) and ends the command cleanly.
-async fn logs(
-    client: &Client,
-    swarm: &str,
-    service: &str,
-    options: &fogswarm_protocol::logs::LogOptions,
-) -> Result<()> {
-    use std::io::Write;
-    let opened = client.open_logs(swarm, service, options).await?;
-    let started_at = Instant::now();
-    let mut after = 0;
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
-    loop {
-        let page = client.read_logs(swarm, &opened.id, after).await?;
-        {
-            let mut out = std::io::stdout().lock();
-            for line in &page.lines {
-                writeln!(out, "{line}")?;
-            }
-            out.flush()?;
-        }
-        after = page.next;
-        if let Some(e) = &page.error {
-            let _ = client.close_logs(swarm, &opened.id).await;
-            bail!("reading the logs of {service}: {e}");
-        }
-        if page.done {
-            let _ = client.close_logs(swarm, &opened.id).await;
-            return Ok(());
-        }
-        if !page.started && started_at.elapsed() > Duration::from_secs(30) {
-            let _ = client.close_logs(swarm, &opened.id).await;
-            bail!("no manager of swarm {swarm} answered the logs request within 30s; is its raft leader's agent running?");
-        }
-        let pause = if page.lines.is_empty() { 300 } else { 50 };
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
-            _ = &mut interrupted => {
-                let _ = client.close_logs(swarm, &opened.id).await;
-                return Ok(());
-            }
         }
     }
 }

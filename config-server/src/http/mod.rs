@@ -8,7 +8,7 @@ use crate::db::DbError;
 use crate::limit::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::secrets;
-use crate::store::{Actor, ServerCredentials, Store, StoreError, Touched};
+use crate::store::{Actor, LogScope, ServerCredentials, Store, StoreError, Touched};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query,
@@ -490,6 +490,11 @@ pub fn router(state: Shared) -> Router {
             "/v1/devices/{id}/telemetry",
             get(operator::device_telemetry),
         )
+        .route("/v1/devices/{id}/logs", post(operator::open_agent_logs))
+        .route(
+            "/v1/devices/{id}/logs/{request}",
+            get(operator::read_agent_logs).delete(operator::close_agent_logs),
+        )
         .route("/v1/devices/{id}/approve", post(operator::approve_device))
         .route(
             "/v1/provisioning-key/rotate",
@@ -597,7 +602,8 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
         files::secrets::list, files::secrets::create, files::secrets::put, files::secrets::show, files::secrets::remove,
         files::configs::list, files::configs::create, files::configs::put, files::configs::show, files::configs::remove,
         files::list_registries, files::put_registry, files::remove_registry, files::values,
-        operator::open_logs, operator::read_logs, operator::close_logs, device::post_log_chunk
+        operator::open_logs, operator::read_logs, operator::close_logs, device::post_log_chunk,
+        operator::open_agent_logs, operator::read_agent_logs, operator::close_agent_logs
     ),
     modifiers(&SecuritySchemes)
 )]

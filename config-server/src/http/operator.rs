@@ -604,7 +604,11 @@ pub(super) async fn read_logs(
     Path((swarm, id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> ApiResult<Json<fogswarm_protocol::logs::LogsPage>> {
-    Ok(Json(state.store.read_logs(&swarm, &id, q.after)?))
+    Ok(Json(state.store.read_logs(
+        LogScope::Swarm(&swarm),
+        &id,
+        q.after,
+    )?))
 }
 
 /// Close a log request (the agent stops following).
@@ -615,6 +619,51 @@ pub(super) async fn close_logs(
     _: Admin,
     Path((swarm, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    state.store.close_logs(&swarm, &id)?;
+    state.store.close_logs(LogScope::Swarm(&swarm), &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- agent logs ----
+
+/// Open a request for a device's own agent log lines (`fogswarm device
+/// logs`); the device answers at its next pass, with no inbound connection.
+#[utoipa::path(post, path = "/v1/devices/{id}/logs", tag = "operator", security(("admin" = [])),
+    request_body = fogswarm_protocol::logs::LogOptions,
+    responses((status = 201, body = fogswarm_protocol::logs::LogsOpened), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn open_agent_logs(
+    State(state): State<Shared>,
+    _: Admin,
+    Path(device): Path<String>,
+    ApiJson(options): ApiJson<fogswarm_protocol::logs::LogOptions>,
+) -> ApiResult<(StatusCode, Json<fogswarm_protocol::logs::LogsOpened>)> {
+    let opened = state.store.open_agent_logs(&device, &options)?;
+    Ok((StatusCode::CREATED, Json(opened)))
+}
+
+/// The agent's lines after `after`; reading keeps the request open.
+#[utoipa::path(get, path = "/v1/devices/{id}/logs/{request}", tag = "operator", security(("admin" = [])), params(AfterQuery),
+    responses((status = 200, body = fogswarm_protocol::logs::LogsPage), (status = 410, body = ApiError)))]
+pub(super) async fn read_agent_logs(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((device, id)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<AfterQuery>,
+) -> ApiResult<Json<fogswarm_protocol::logs::LogsPage>> {
+    Ok(Json(state.store.read_logs(
+        LogScope::Device(&device),
+        &id,
+        q.after,
+    )?))
+}
+
+/// Close an agent log request (the agent stops following).
+#[utoipa::path(delete, path = "/v1/devices/{id}/logs/{request}", tag = "operator", security(("admin" = [])),
+    responses((status = 204)))]
+pub(super) async fn close_agent_logs(
+    State(state): State<Shared>,
+    _: Admin,
+    Path((device, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.store.close_logs(LogScope::Device(&device), &id)?;
     Ok(StatusCode::NO_CONTENT)
 }

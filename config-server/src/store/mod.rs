@@ -26,6 +26,7 @@ mod schema;
 mod services;
 mod swarms;
 mod telemetry;
+pub use logs::LogScope;
 pub use telemetry::{DeviceGauge, DeviceGauges};
 
 pub use credentials::ServerCredentials;

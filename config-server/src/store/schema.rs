@@ -172,7 +172,8 @@ CREATE TABLE agent_rollouts (
     // came, how often its agent reports (offline after three intervals
     // unheard) and since when it is offline; a day of telemetry at one
     // minute per row, values as integers (tenths of a percent and of a
-    // degree, hundredths of load) so both databases store them alike.
+    // degree, hundredths of load) so both databases store them alike. Log
+    // requests for one device's agent (`device logs`) beside the services'.
     Migration(
         r#"
 ALTER TABLE devices ADD COLUMN telemetry TEXT;
@@ -190,6 +191,7 @@ CREATE TABLE telemetry_history (
     PRIMARY KEY (device, minute)
 );
 CREATE INDEX telemetry_history_minute ON telemetry_history (minute);
+ALTER TABLE log_requests ADD COLUMN device TEXT;
 "#,
     ),
 ];

@@ -447,6 +447,7 @@ fn decide(tx: &Tx<'_>, device: &str) -> Result<Decision> {
             grant_key,
             removed_node_ids: removed,
             agent_update,
+            agent_logs: super::logs::agent_requests(tx, device)?,
         }));
     }
     // Not initialized. Who may initialize: the declared leader, or, in a
