@@ -402,6 +402,8 @@ impl Store {
 }
 
 /// What a device's config request comes to, as far as reading can tell.
+// Made and matched once per poll (see `ConfigAnswer`).
+#[allow(clippy::large_enum_variant)]
 enum Decision {
     Answer(ConfigAnswer),
     /// The swarm is not initialized and this device may do it: a write
