@@ -6,6 +6,7 @@
 //! PostgreSQL any number of replicas serve the same fleet at once.
 
 pub mod backup;
+mod dashboard;
 pub mod db;
 pub mod http;
 pub mod limit;
@@ -171,7 +172,10 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         sealer,
         insecure_registries: opts.insecure_registries.clone(),
         metrics_device_limit: opts.metrics_device_limit,
+        live: dashboard::live_channel(),
+        secure_cookies: identity.is_some(),
     });
+    dashboard::spawn_live(state.clone());
     // Changes made through other replicas wake this one's long polls.
     let (woken, resynced) = (state.clone(), state.clone());
     let _listener = db::Listener::spawn(

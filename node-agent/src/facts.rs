@@ -26,6 +26,8 @@ pub fn detect(root: &Path) -> Facts {
     put("model", model(root));
     put("os", os(root));
     put("kernel", kernel(root));
+    // What people call the device; the dashboard lists it beside the id.
+    put("hostname", read(root, "proc/sys/kernel/hostname"));
     for (class, dir, prefixes) in hardware::CLASSES {
         put(class, device_nodes(root, dir, prefixes));
     }

@@ -5,6 +5,7 @@
 //! Tests drive the binary rather than the library so that what is tested is
 //! what users run (exit codes, messages, the registry's supervisor).
 
+pub mod browser;
 pub mod fleet;
 pub mod postgres;
 pub mod registry;

@@ -62,6 +62,10 @@ pub struct AppState {
     pub insecure_registries: Vec<String>,
     /// Devices with per-device series on /metrics, at most.
     pub metrics_device_limit: usize,
+    /// New events for the dashboard's live pages (see `dashboard`).
+    pub live: tokio::sync::broadcast::Sender<Event>,
+    /// Session cookies only over TLS (the server serves TLS).
+    pub secure_cookies: bool,
 }
 
 impl AppState {
@@ -132,7 +136,7 @@ impl AppState {
     }
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 // ---- errors ----
 
@@ -342,7 +346,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-fn peer_ip(parts: &Parts) -> IpAddr {
+pub(crate) fn peer_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -537,6 +541,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))

@@ -72,6 +72,59 @@ impl Store {
         })
     }
 
+    /// One page of devices for the dashboard, problems first (offline,
+    /// then with an error, then pending), then by swarm and id: `query`
+    /// matches the id or any fact or label text, `label` (`KEY=VALUE`) an
+    /// exact label. Answers the page and how many match in all.
+    pub fn device_page(
+        &self,
+        query: Option<&str>,
+        label: Option<(&str, &str)>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<DeviceView>, u64)> {
+        let like = |s: &str| {
+            format!(
+                "%{}%",
+                s.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        };
+        let text = query.filter(|q| !q.is_empty()).map(like);
+        // Labels are stored as JSON: `"KEY":"VALUE"` is in the text.
+        let label = label.map(|(k, v)| {
+            let pair = json_of(&std::collections::BTreeMap::from([(k, v)]));
+            like(&pair[1..pair.len() - 1])
+        });
+        let filter = "(CAST($1 AS TEXT) IS NULL OR id LIKE $1 ESCAPE '\\' OR facts LIKE $1 ESCAPE '\\' OR labels LIKE $1 ESCAPE '\\')
+             AND (CAST($2 AS TEXT) IS NULL OR labels LIKE $2 ESCAPE '\\')";
+        self.read(|tx| {
+            let total: i64 = tx
+                .query_one(
+                    &format!("SELECT COUNT(*) FROM devices WHERE {filter}"),
+                    params![&text, &label],
+                )?
+                .get(0)?;
+            let rows = tx.query(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE {filter}
+                     ORDER BY CASE WHEN offline_since IS NOT NULL THEN 0
+                                   WHEN last_error IS NOT NULL THEN 1
+                                   WHEN state = 'pending' THEN 2 ELSE 3 END,
+                              swarm, id
+                     LIMIT $3 OFFSET $4"
+                ),
+                params![&text, &label, limit as i64, offset as i64],
+            )?;
+            let devices = rows
+                .iter()
+                .map(|r| DeviceRow::of(r)?.into_view())
+                .collect::<Result<Vec<_>>>()?;
+            Ok((devices, total as u64))
+        })
+    }
+
     pub fn get_device(&self, id: &str) -> Result<DeviceView> {
         let id = DeviceId::parse(id)?;
         self.read(|tx| device_view(tx, id.as_str()))

@@ -24,9 +24,11 @@ mod reports;
 mod rollouts;
 mod schema;
 mod services;
+mod sessions;
 mod swarms;
 mod telemetry;
 pub use logs::LogScope;
+pub use sessions::SESSION_SECS;
 pub use telemetry::{DeviceGauge, DeviceGauges};
 
 pub use credentials::ServerCredentials;

@@ -174,6 +174,7 @@ CREATE TABLE agent_rollouts (
     // minute per row, values as integers (tenths of a percent and of a
     // degree, hundredths of load) so both databases store them alike. Log
     // requests for one device's agent (`device logs`) beside the services'.
+    // Dashboard sessions (the hash of the cookie's value only).
     Migration(
         r#"
 ALTER TABLE devices ADD COLUMN telemetry TEXT;
@@ -192,6 +193,11 @@ CREATE TABLE telemetry_history (
 );
 CREATE INDEX telemetry_history_minute ON telemetry_history (minute);
 ALTER TABLE log_requests ADD COLUMN device TEXT;
+CREATE TABLE dashboard_sessions (
+    id_hash TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
 "#,
     ),
 ];

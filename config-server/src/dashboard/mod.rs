@@ -1,0 +1,570 @@
+//! The dashboard, served at `/` by the same binary, its assets compiled in
+//! (no CDN, nothing to fetch in a factory without internet).
+//!
+//! - Sign in with the admin token; the browser then holds a random session
+//!   id in an HttpOnly, SameSite=Strict cookie (Secure over TLS); only its
+//!   hash is stored, in the database, so every replica knows it.
+//! - Every state-changing request is a POST that must come from a page of
+//!   this server: its `Origin` (or, without one, `Sec-Fetch-Site:
+//!   same-origin`) must match. With SameSite=Strict that is two locks on
+//!   cross-site requests, and no token of any kind is put in a page.
+//! - Pages are server-rendered HTML (see `pages`); `app.js` listens to
+//!   `/live` (Server-Sent Events, one per change in the event log) and
+//!   swaps in the page's fresh `<main>`.
+
+mod pages;
+
+use crate::http::{AppState, Shared};
+use crate::secrets;
+use crate::store::{Actor, StoreError};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use fogswarm_protocol::api::{DeviceState, LabelChange};
+use fogswarm_protocol::Labels;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+const COOKIE: &str = "fogswarm_session";
+/// Devices per page of the devices list.
+const PER_PAGE: u64 = 50;
+
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/", get(fleet))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/devices", get(devices))
+        .route("/devices/{id}", get(device))
+        .route("/devices/{id}/labels", post(set_labels))
+        .route("/devices/{id}/approve", post(approve))
+        .route("/devices/{id}/decommission", post(decommission))
+        .route("/events", get(events))
+        .route("/swarms/{name}", get(swarm))
+        .route("/live", get(live))
+        .route("/assets/style.css", get(style))
+        .route("/assets/app.js", get(script))
+}
+
+/// Watches the event log (one query a second, whatever the number of open
+/// pages) and hands each new event to every `/live` stream.
+pub fn spawn_live(state: Shared) {
+    tokio::spawn(async move {
+        let mut last = state
+            .store
+            .events(0, 1, None)
+            .ok()
+            .and_then(|e| e.last().map(|e| e.id))
+            .unwrap_or(0);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            if state.live.receiver_count() == 0 {
+                // Nobody watching: only keep up with the log's end.
+                if let Ok(newest) = state.store.events(0, 1, None) {
+                    last = newest.last().map_or(last, |e| e.id);
+                }
+                continue;
+            }
+            match state.store.events(last, 200, None) {
+                Ok(events) => {
+                    for e in events {
+                        last = e.id;
+                        let _ = state.live.send(e);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading events for the dashboard"),
+            }
+        }
+    });
+}
+
+/// A channel for [`spawn_live`]: a slow page misses events rather than
+/// holding memory (it refreshes on the next one anyway).
+pub fn live_channel() -> broadcast::Sender<fogswarm_protocol::api::Event> {
+    broadcast::channel(256).0
+}
+
+// ---- sessions ----
+
+/// A signed-in browser.
+pub struct Viewer {
+    id_hash: String,
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+impl FromRequestParts<Shared> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
+        let to_login = || Redirect::to("/login").into_response();
+        let Some(id) = session_id(&parts.headers) else {
+            return Err(to_login());
+        };
+        let id_hash = secrets::hash(&id);
+        match state.store.session_open(&id_hash) {
+            Ok(true) => Ok(Viewer { id_hash }),
+            Ok(false) => Err(to_login()),
+            Err(e) => Err(failure(&e.to_string())),
+        }
+    }
+}
+
+/// A POST from one of this server's own pages (see the module doc).
+pub struct SameOrigin;
+
+impl FromRequestParts<Shared> for SameOrigin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, Response> {
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|h| h.to_str().ok());
+        let fetch_site = parts
+            .headers
+            .get("sec-fetch-site")
+            .and_then(|h| h.to_str().ok());
+        let same = match (origin, host) {
+            (Some(origin), Some(host)) => origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority == host),
+            (None, _) => fetch_site == Some("same-origin"),
+            _ => false,
+        };
+        if same {
+            Ok(SameOrigin)
+        } else {
+            Err(page_response(
+                StatusCode::FORBIDDEN,
+                &pages::layout(
+                    "Refused",
+                    "<h1>Refused</h1><p>This request did not come from a page of this server.</p>",
+                    false,
+                ),
+            ))
+        }
+    }
+}
+
+fn cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("fogswarm_session=; Path=/; Max-Age=0"))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login_page() -> Response {
+    page_response(
+        StatusCode::OK,
+        &pages::layout("Sign in", &pages::login(None), false),
+    )
+}
+
+/// The caller's address, for the failed-sign-in limiter.
+struct PeerIp(std::net::IpAddr);
+
+impl FromRequestParts<Shared> for PeerIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, Infallible> {
+        Ok(PeerIp(crate::http::peer_ip(parts)))
+    }
+}
+
+async fn login(
+    State(state): State<Shared>,
+    _: SameOrigin,
+    PeerIp(ip): PeerIp,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if state.limiter.check(ip).is_err() {
+        return page_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &pages::layout(
+                "Sign in",
+                &pages::login(Some(
+                    "Too many wrong tokens from this address; wait a minute.",
+                )),
+                false,
+            ),
+        );
+    }
+    if !secrets::matches(form.token.trim(), &state.admin_hash) {
+        state.limiter.fail(ip);
+        return page_response(
+            StatusCode::UNAUTHORIZED,
+            &pages::layout(
+                "Sign in",
+                &pages::login(Some("That is not the admin token.")),
+                false,
+            ),
+        );
+    }
+    let id = secrets::random_token("fsd").expose().to_string();
+    if let Err(e) = state.store.create_session(&secrets::hash(&id)) {
+        return failure(&e.to_string());
+    }
+    let mut response = Redirect::to("/").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&id, crate::store::SESSION_SECS, state.secure_cookies),
+    );
+    response
+}
+
+async fn logout(State(state): State<Shared>, viewer: Viewer, _: SameOrigin) -> Response {
+    let _ = state.store.end_session(&viewer.id_hash);
+    let mut response = Redirect::to("/login").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0, state.secure_cookies));
+    response
+}
+
+// ---- pages ----
+
+/// The page, or only its main part when `app.js` asks for a refresh.
+fn render(headers: &HeaderMap, title: &str, main: &str) -> Response {
+    let body = if headers.contains_key("x-fogswarm-fragment") {
+        main.to_string()
+    } else {
+        pages::layout(title, main, true)
+    };
+    page_response(StatusCode::OK, &body)
+}
+
+fn page_response(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // Not `no-referrer`: with it, browsers send `Origin: null` on
+            // a page's own form posts, and those are checked by origin.
+            (header::REFERRER_POLICY, "same-origin"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn failure(message: &str) -> Response {
+    page_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &pages::layout(
+            "Error",
+            &format!(
+                "<h1>Something went wrong</h1><p>{}</p>",
+                pages::esc(message)
+            ),
+            true,
+        ),
+    )
+}
+
+fn not_found(what: &str) -> Response {
+    page_response(
+        StatusCode::NOT_FOUND,
+        &pages::layout(
+            "Not found",
+            &format!("<h1>Not found</h1><p>{}</p>", pages::esc(what)),
+            true,
+        ),
+    )
+}
+
+/// A store error as a page: not found, or the server's own trouble.
+fn store_failure(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound(what) => not_found(&what),
+        e => failure(&e.to_string()),
+    }
+}
+
+async fn fleet(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> Response {
+    let page = || -> Result<String, StoreError> {
+        let status = state.store.status()?;
+        let swarms = state.store.list_swarms()?;
+        let pending: Vec<_> = state
+            .store
+            .list_devices(None)?
+            .into_iter()
+            .filter(|d| d.state == DeviceState::Pending)
+            .collect();
+        Ok(pages::fleet(&status, &swarms, &pending))
+    };
+    match page() {
+        Ok(main) => render(&headers, "Fleet", &main),
+        Err(e) => store_failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeviceQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    page: Option<u64>,
+}
+
+async fn devices(
+    State(state): State<Shared>,
+    _: Viewer,
+    headers: HeaderMap,
+    Query(query): Query<DeviceQuery>,
+) -> Response {
+    let label = query.label.trim();
+    let label_filter = match label {
+        "" => None,
+        l => match l.split_once('=') {
+            Some((k, v)) => Some((k.trim(), v.trim())),
+            None => Some((l, "")),
+        },
+    };
+    let page = query.page.unwrap_or(1).max(1);
+    match state.store.device_page(
+        Some(query.q.trim()),
+        label_filter,
+        (page - 1) * PER_PAGE,
+        PER_PAGE,
+    ) {
+        Ok((list, total)) => render(
+            &headers,
+            "Devices",
+            &pages::devices(
+                &list,
+                total,
+                &pages::DeviceFilter {
+                    q: query.q.trim(),
+                    label,
+                    page,
+                    per_page: PER_PAGE,
+                },
+            ),
+        ),
+        Err(e) => store_failure(e),
+    }
+}
+
+fn device_main(state: &AppState, id: &str, problem: Option<&str>) -> Result<String, StoreError> {
+    let view = state.store.get_device(id)?;
+    let telemetry = state.store.telemetry(view.id.as_str())?;
+    let events = state.store.events(0, 30, Some(view.id.as_str()))?;
+    Ok(pages::device(&view, &telemetry, &events, problem))
+}
+
+async fn device(
+    State(state): State<Shared>,
+    _: Viewer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    match device_main(&state, &id, None) {
+        Ok(main) => render(&headers, &format!("Device {id}"), &main),
+        Err(e) => store_failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LabelsForm {
+    labels: String,
+}
+
+/// Replaces the device's labels with the form's (KEY=VALUE lines); a bad
+/// line shows the page again with the problem, nothing changed.
+async fn set_labels(
+    State(state): State<Shared>,
+    _: Viewer,
+    _: SameOrigin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<LabelsForm>,
+) -> Response {
+    let mut set = Labels::new();
+    let mut problem = None;
+    for (n, line) in form.labels.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) => {
+                set.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            None => {
+                problem = Some(format!("line {}: {line:?} is not KEY=VALUE", n + 1));
+                break;
+            }
+        }
+    }
+    let result = match problem {
+        Some(p) => Err(p),
+        None => state
+            .store
+            .get_device(&id)
+            .map_err(|e| e.to_string())
+            .and_then(|view| {
+                let unset = view
+                    .labels
+                    .keys()
+                    .filter(|k| !set.contains_key(*k))
+                    .cloned()
+                    .collect();
+                state
+                    .store
+                    .change_labels(&Actor::Admin, &id, &LabelChange { set, unset })
+                    .map_err(|e| e.to_string())
+            }),
+    };
+    match result {
+        Ok((_, touched)) => {
+            state.notify(&touched);
+            Redirect::to(&format!("/devices/{}", pages::url(&id))).into_response()
+        }
+        Err(problem) => match device_main(&state, &id, Some(&problem)) {
+            Ok(main) => {
+                let mut r = render(&headers, &format!("Device {id}"), &main);
+                *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                r
+            }
+            Err(e) => store_failure(e),
+        },
+    }
+}
+
+async fn approve(
+    State(state): State<Shared>,
+    _: Viewer,
+    _: SameOrigin,
+    Path(id): Path<String>,
+) -> Response {
+    match state.store.approve_device(&Actor::Admin, &id) {
+        Ok(view) => {
+            state.notify(&vec![view.swarm.clone()]);
+            Redirect::to(&format!("/devices/{}", pages::url(&id))).into_response()
+        }
+        Err(e) => store_failure(e),
+    }
+}
+
+async fn decommission(
+    State(state): State<Shared>,
+    _: Viewer,
+    _: SameOrigin,
+    Path(id): Path<String>,
+) -> Response {
+    match state.store.remove_device(&Actor::Admin, &id, false) {
+        Ok((_, touched)) => {
+            state.notify(&touched);
+            Redirect::to("/devices").into_response()
+        }
+        Err(e) => store_failure(e),
+    }
+}
+
+async fn events(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> Response {
+    match state.store.events(0, 200, None) {
+        Ok(list) => render(
+            &headers,
+            "Events",
+            &format!(
+                "<h1>Events</h1>{}",
+                pages::events_table(&list, "Newest first")
+            ),
+        ),
+        Err(e) => store_failure(e),
+    }
+}
+
+async fn swarm(
+    State(state): State<Shared>,
+    _: Viewer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let page = || -> Result<String, StoreError> {
+        let view = state.store.get_swarm(&name)?;
+        let services = state.store.list_services(&name)?;
+        Ok(pages::swarm(&view, &services))
+    };
+    match page() {
+        Ok(main) => render(&headers, &format!("Swarm {name}"), &main),
+        Err(e) => store_failure(e),
+    }
+}
+
+/// One Server-Sent Event per change in the event log (what changed, never
+/// a secret: events never hold one).
+async fn live(State(state): State<Shared>, _: Viewer) -> impl IntoResponse {
+    let receiver = state.live.subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    let sse = SseEvent::default()
+                        .event("change")
+                        .json_data(&event)
+                        .unwrap_or_else(|_| SseEvent::default().event("change"));
+                    return Some((Ok::<_, Infallible>(sse), receiver));
+                }
+                // Fell behind: the page refreshes on the next event anyway.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("assets/style.css"),
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("assets/app.js"),
+    )
+}
