@@ -67,6 +67,16 @@ pub fn cosign_verifier() -> PathBuf {
     dir.join("debug").join("cosign-verify")
 }
 
+/// Runs the host's `docker` CLI; answers its standard output, or fails
+/// with its standard error.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn target_dir() -> PathBuf {
     workspace_root().join("target")
 }
@@ -241,6 +251,13 @@ impl Lab {
             bail!("lab status failed: {}", run.stderr);
         }
         serde_json::from_str(&run.stdout).context("parsing lab status --json")
+    }
+
+    /// What the server shows of a device (`device show --json`).
+    pub fn device_view(&self, id: &str) -> Result<fogswarm_protocol::api::DeviceView> {
+        Ok(serde_json::from_str(
+            &self.cli_ok(&["device", "show", id, "--json"])?.stdout,
+        )?)
     }
 
     pub fn device(&self, name: &str) -> Result<DeviceStatus> {

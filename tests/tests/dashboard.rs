@@ -1,32 +1,24 @@
 //! The dashboard in a real browser (headless Chromium through ChromeDriver)
 //! against a real server and a real 5-device lab: signing in (a wrong
 //! token refused), the fleet and devices pages (state and arch), labels edited in the page
-//! reaching the swarm node, a paused device turning offline and back on an
-//! open page without a reload, telemetry matching the device's report, a
+//! reaching the swarm node, a device booting and a paused one turning
+//! offline and back on an open page without a reload, telemetry matching the device's report, a
 //! cross-site form refused, no secret in any page, and a screenshot of each
 //! page that the test looks at.
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_e2e::browser::{png_size, Browser, WIDTH};
-use fogswarm_e2e::{eventually, serial, workspace_root, Lab};
-use fogswarm_protocol::api::DeviceView;
-use std::process::Command;
+use fogswarm_e2e::{docker, eventually, serial, workspace_root, Lab};
 use std::time::Duration;
 
-fn device_json(lab: &Lab, id: &str) -> Result<DeviceView> {
-    Ok(serde_json::from_str(
-        &lab.cli_ok(&["device", "show", id, "--json"])?.stdout,
-    )?)
-}
-
-fn docker(args: &[&str]) -> Result<()> {
-    let out = Command::new("docker").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+/// The text of the devices page's row for `mac` ("" without one).
+async fn row_of(browser: &Browser, mac: &str) -> Result<String> {
+    let row = browser
+        .script(&format!(
+            "const r = document.querySelector('tr[data-device=\"{mac}\"]'); return r ? r.innerText : ''"
+        ))
+        .await?;
+    Ok(row.as_str().unwrap_or_default().to_string())
 }
 
 /// Saves a screenshot of the page under target/dashboard-screenshots and
@@ -62,7 +54,27 @@ async fn screenshot(browser: &Browser, name: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_in_a_real_browser() -> Result<()> {
     let _serial = serial().await;
-    let lab = Lab::up("e2e-dash", "10.213.248.0/24", &["--devices", "5"])?;
+    // The lab's default 5 devices, and a sixth held back: it boots while
+    // the devices page is open.
+    let dir = tempfile::tempdir()?;
+    let fleet = dir.path().join("fleet.json");
+    std::fs::write(
+        &fleet,
+        serde_json::json!({"swarm": "fog", "devices": {
+            "dev1": {"role": "leader", "labels": {"location": "hall-a"}},
+            "dev2": {"role": "manager", "labels": {"location": "hall-b", "temperature_sensor": "1"}},
+            "dev3": {"role": "manager", "labels": {"location": "hall-a"}},
+            "dev4": {"labels": {"location": "hall-b", "temperature_sensor": "1"}},
+            "dev5": {"labels": {"location": "hall-a"}},
+            "dev6": {"labels": {"location": "hall-b"}, "hold": true},
+        }})
+        .to_string(),
+    )?;
+    let lab = Lab::up(
+        "e2e-dash",
+        "10.213.248.0/24",
+        &["--devices", "6", "--fleet", &fleet.display().to_string()],
+    )?;
     let status = lab.status()?;
     let server = status.server.clone().context("lab server")?;
     let token = std::fs::read_to_string(&server.admin_token_file)?
@@ -75,7 +87,8 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     let mut pages_html = Vec::new();
 
     // 1. Signing in: a wrong token is refused; the right one opens the
-    // fleet, whose devices page lists the lab's 5 devices, active, amd64.
+    // fleet, whose devices page lists the lab's 5 running devices, active,
+    // amd64 (and the held one).
     browser.goto(&format!("{base}/")).await?;
     browser.wait_for_path("/login").await?;
     browser.fill("#token", "fsa_not-the-token").await?;
@@ -91,7 +104,7 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     browser.click("button[type=submit]").await?;
     browser.wait_for_path("/").await?;
     let fleet = browser.html().await?;
-    ensure!(fleet.contains("<b>5</b>devices"), "{fleet}");
+    ensure!(fleet.contains("<b>6</b>devices"), "{fleet}");
     screenshot(&browser, "fleet").await?;
     pages_html.push(fleet);
     browser.goto(&format!("{base}/devices")).await?;
@@ -101,8 +114,9 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
         )
         .await?;
     let rows: Vec<String> = serde_json::from_value(rows)?;
-    ensure!(rows.len() == 5, "{rows:?}");
-    for d in &status.devices {
+    ensure!(rows.len() == 6, "{rows:?}");
+    let dev6 = lab.device("dev6")?;
+    for d in status.devices.iter().filter(|d| d.name != "dev6") {
         let row = rows
             .iter()
             .find(|r| r.contains(&d.mac))
@@ -110,6 +124,27 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
         ensure!(row.contains("active") && row.contains(&d.platform), "{row}");
         ensure!(row.contains(&d.name), "host name missing: {row}");
     }
+    // 3. The held device boots while the page is open: its row turns
+    // active without a reload (the page is marked to tell one).
+    browser
+        .script("window.fogswarmMarker = 42; return 1")
+        .await?;
+    ensure!(!row_of(&browser, &dev6.mac).await?.contains("active"));
+    let started = lab.fogswarm(&["lab", "start-agent", "--name", "e2e-dash", "dev6"], &[]);
+    ensure!(started.code == 0, "{}", started.stderr);
+    eventually(90, || async {
+        let row = row_of(&browser, &dev6.mac).await?;
+        ensure!(
+            row.contains("active") && row.contains("dev6"),
+            "dev6: {row}"
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        browser.script("return window.fogswarmMarker").await? == 42,
+        "the page reloaded"
+    );
     screenshot(&browser, "devices").await?;
     pages_html.push(browser.html().await?);
     // Filtering by label: the lab's sensors are dev2 and dev4.
@@ -124,7 +159,7 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
 
     // 6. Telemetry on the device page matches what the device reported.
     let reported = eventually(30, || async {
-        let d = device_json(&lab, &dev2.mac)?;
+        let d = lab.device_view(&dev2.mac)?;
         d.telemetry.clone().context("no telemetry yet")
     })
     .await?;
@@ -148,7 +183,8 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     pages_html.push(browser.html().await?);
 
     // 2. Labels edited in the page reach the swarm node within 5 s.
-    let mut labels: String = device_json(&lab, &dev2.mac)?
+    let mut labels: String = lab
+        .device_view(&dev2.mac)?
         .labels
         .iter()
         .map(|(k, v)| format!("{k}={v}\n"))
@@ -158,7 +194,7 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     let saved_at = std::time::Instant::now();
     browser.click("form[action$='/labels'] button").await?;
     let leader = lab.engine("dev1").await?;
-    let node_id = device_json(&lab, &dev2.mac)?.node_id.context("node id")?;
+    let node_id = lab.device_view(&dev2.mac)?.node_id.context("node id")?;
     eventually(5, || async {
         let node = leader.docker.inspect_node(&node_id).await?;
         let labels = node.spec.and_then(|s| s.labels).unwrap_or_default();
@@ -232,7 +268,7 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
         landed.contains("Sign in") || landed.contains("did not come from a page of this server"),
         "cross-site post: {landed}"
     );
-    ensure!(device_json(&lab, &dev2.mac)?.state.as_str() == "active");
+    ensure!(lab.device_view(&dev2.mac)?.state.as_str() == "active");
     // The same post over plain HTTP with the cookie but a foreign Origin.
     let cookie = browser
         .client
@@ -252,7 +288,7 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
         .send()
         .await?;
     ensure!(refused.status() == 403, "{}", refused.status());
-    ensure!(device_json(&lab, &dev2.mac)?.state.as_str() == "active");
+    ensure!(lab.device_view(&dev2.mac)?.state.as_str() == "active");
 
     // No page holds a token, key or credential.
     let provisioning = std::fs::read_to_string(

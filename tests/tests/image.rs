@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_e2e::registry::LocalRegistry;
-use fogswarm_e2e::{eventually, fogswarm, http_get, serial, static_binary, Lab, Run};
+use fogswarm_e2e::{docker, eventually, fogswarm, http_get, serial, static_binary, Lab, Run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,16 +52,6 @@ fn skopeo_raw(reference: &str) -> Result<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs an image on the host engine for a platform and asks it its arch.

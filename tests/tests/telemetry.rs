@@ -8,17 +8,11 @@
 //! streams the ones it writes afterwards.
 
 use anyhow::{ensure, Context, Result};
-use fogswarm_e2e::{eventually, serial, Lab};
-use fogswarm_protocol::api::{DeviceView, Event, FleetStatus};
+use fogswarm_e2e::{docker, eventually, serial, Lab};
+use fogswarm_protocol::api::{Event, FleetStatus};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn device_json(lab: &Lab, id: &str) -> Result<DeviceView> {
-    Ok(serde_json::from_str(
-        &lab.cli_ok(&["device", "show", id, "--json"])?.stdout,
-    )?)
-}
 
 fn actions_of(lab: &Lab, id: &str) -> Result<Vec<String>> {
     let events: Vec<Event> = serde_json::from_str(
@@ -26,16 +20,6 @@ fn actions_of(lab: &Lab, id: &str) -> Result<Vec<String>> {
             .stdout,
     )?;
     Ok(events.into_iter().map(|e| e.action).collect())
-}
-
-fn docker(args: &[&str]) -> Result<()> {
-    let out = Command::new("docker").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -62,7 +46,7 @@ async fn devices_report_what_they_measure_and_a_paused_one_goes_offline() -> Res
         .trim()
         .parse()?;
     let view = eventually(30, || async {
-        let view = device_json(&lab, &dev2.mac)?;
+        let view = lab.device_view(&dev2.mac)?;
         let t = view.telemetry.clone().context("no telemetry yet")?;
         ensure!(t.cpu_percent.is_some(), "cpu needs a second sample: {t:?}");
         Ok(view)
@@ -89,7 +73,7 @@ async fn devices_report_what_they_measure_and_a_paused_one_goes_offline() -> Res
     // The SoC warms up: the next reports say so, and `device show` prints it.
     std::fs::write(&temp_file, "63000\n")?;
     eventually(20, || async {
-        let t = device_json(&lab, &dev2.mac)?.telemetry;
+        let t = lab.device_view(&dev2.mac)?.telemetry;
         ensure!(
             t.as_ref().and_then(|t| t.temperature_c) == Some(63.0),
             "{t:?}"
@@ -134,7 +118,7 @@ async fn devices_report_what_they_measure_and_a_paused_one_goes_offline() -> Res
     ensure!(actions_of(&lab, &dev3.mac)?.contains(&"device.offline".to_string()));
     docker(&["unpause", &dev3.container])?;
     eventually(30, || async {
-        ensure!(device_json(&lab, &dev3.mac)?.offline_since.is_none());
+        ensure!(lab.device_view(&dev3.mac)?.offline_since.is_none());
         ensure!(actions_of(&lab, &dev3.mac)?.contains(&"device.online".to_string()));
         Ok(())
     })
