@@ -4,7 +4,8 @@
 /// Engine access lives with the other clients; re-exported for the lab.
 pub use fogswarm_client::engine;
 pub mod agent;
-pub mod compose;
+/// Compose files are a crate of their own (the server reads pasted ones).
+pub use fogswarm_compose as compose;
 pub mod files;
 pub mod fleet;
 pub mod image;

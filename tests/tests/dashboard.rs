@@ -1,7 +1,8 @@
 //! The dashboard in a real browser (headless Chromium through ChromeDriver)
 //! against a real server and a real 5-device lab: signing in (a wrong
 //! token refused), the fleet and devices pages (state and arch), labels edited in the page
-//! reaching the swarm node, a device booting and a paused one turning
+//! reaching the swarm node, a stack pasted in and its tasks appearing, a
+//! device booting and a paused one turning
 //! offline and back on an open page without a reload, telemetry matching the device's report, a
 //! cross-site form refused, no secret in any page, and a screenshot of each
 //! page that the test looks at.
@@ -250,6 +251,51 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     );
     screenshot(&browser, "events").await?;
     pages_html.push(events);
+    // 4. A stack pasted into the swarm page is deployed; its tasks appear
+    // on the page as the devices run them, without a reload.
+    let registry = status.registry.clone().context("lab registry")?.addr;
+    let image = lab.build_hello(&registry, "dash", &[])?;
+    browser.goto(&format!("{base}/swarms/fog")).await?;
+    browser.fill("#stack", "web").await?;
+    browser
+        .fill(
+            "#compose",
+            &format!("services:\n  hello:\n    image: {image}\n    deploy:\n      mode: global\n"),
+        )
+        .await?;
+    browser.click("form[action$='/stacks'] button").await?;
+    browser.wait_for_path("/swarms/fog").await?;
+    browser
+        .script("window.fogswarmMarker = 7; return 1")
+        .await?;
+    eventually(120, || async {
+        let html = browser.html().await?;
+        let running = html.matches("<td>running</td><td>running</td>").count();
+        ensure!(
+            html.contains("web_hello") && running >= 5,
+            "{running} running tasks on the page"
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        browser.script("return window.fogswarmMarker").await? == 7,
+        "the page reloaded"
+    );
+    // A file the page cannot take (a secret from a file) is refused, named.
+    browser.fill("#stack", "bad").await?;
+    browser
+        .fill(
+            "#compose",
+            &format!("services:\n  a:\n    image: {image}\n    secrets: [s]\nsecrets:\n  s:\n    file: ./s.txt\n"),
+        )
+        .await?;
+    browser.click("form[action$='/stacks'] button").await?;
+    ensure!(
+        browser.text("[role=alert]").await?.contains("stack deploy"),
+        "{}",
+        browser.text("[role=alert]").await?
+    );
     browser.goto(&format!("{base}/swarms/fog")).await?;
     screenshot(&browser, "swarm").await?;
     pages_html.push(browser.html().await?);

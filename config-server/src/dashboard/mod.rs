@@ -46,13 +46,16 @@ pub fn router() -> Router<Shared> {
         .route("/devices/{id}/decommission", post(decommission))
         .route("/events", get(events))
         .route("/swarms/{name}", get(swarm))
+        .route("/swarms/{name}/stacks", post(deploy_stack))
+        .route("/swarms/{name}/stacks/remove", post(remove_stack))
         .route("/live", get(live))
         .route("/assets/style.css", get(style))
         .route("/assets/app.js", get(script))
 }
 
-/// Watches the event log (one query a second, whatever the number of open
-/// pages) and hands each new event to every `/live` stream.
+/// Watches the event log, and when services were last observed and
+/// telemetry last written (a few queries a second, whatever the number of
+/// open pages), and tells every `/live` stream of each change.
 pub fn spawn_live(state: Shared) {
     tokio::spawn(async move {
         let mut last = state
@@ -61,6 +64,7 @@ pub fn spawn_live(state: Shared) {
             .ok()
             .and_then(|e| e.last().map(|e| e.id))
             .unwrap_or(0);
+        let mut marks = None;
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             every.tick().await;
@@ -79,6 +83,21 @@ pub fn spawn_live(state: Shared) {
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading events for the dashboard"),
+            }
+            // Services observed and telemetry are not events; a change in
+            // either is a refresh too (an event with id 0, not logged).
+            if let Ok(now) = state.store.live_marks() {
+                if marks.is_some_and(|m| m != now) {
+                    let _ = state.live.send(fogswarm_protocol::api::Event {
+                        id: 0,
+                        at: crate::store::now(),
+                        actor: "server".into(),
+                        action: "observed".into(),
+                        subject: String::new(),
+                        detail: String::new(),
+                    });
+                }
+                marks = Some(now);
             }
         }
     });
@@ -509,21 +528,101 @@ async fn events(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> R
     }
 }
 
+fn swarm_main(state: &AppState, name: &str, problem: Option<&str>) -> Result<String, StoreError> {
+    let view = state.store.get_swarm(name)?;
+    let services = state.store.list_services(name)?;
+    Ok(pages::swarm(&view, &services, problem))
+}
+
 async fn swarm(
     State(state): State<Shared>,
     _: Viewer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let page = || -> Result<String, StoreError> {
-        let view = state.store.get_swarm(&name)?;
-        let services = state.store.list_services(&name)?;
-        Ok(pages::swarm(&view, &services))
-    };
-    match page() {
+    match swarm_main(&state, &name, None) {
         Ok(main) => render(&headers, &format!("Swarm {name}"), &main),
         Err(e) => store_failure(e),
     }
+}
+
+/// The swarm page again with what went wrong (422), or the page it moved on to.
+fn after_swarm_action(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    result: Result<(), String>,
+) -> Response {
+    match result {
+        Ok(()) => Redirect::to(&format!("/swarms/{}", pages::url(name))).into_response(),
+        Err(problem) => match swarm_main(state, name, Some(&problem)) {
+            Ok(main) => {
+                let mut r = render(headers, &format!("Swarm {name}"), &main);
+                *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                r
+            }
+            Err(e) => store_failure(e),
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct StackForm {
+    stack: String,
+    #[serde(default)]
+    compose: String,
+}
+
+/// A pasted Compose file deployed as a stack, as `fogswarm stack deploy`
+/// does (same parsing, signature rule and store), except what needs files
+/// beside it: a stack that defines secrets or configs is refused here.
+async fn deploy_stack(
+    State(state): State<Shared>,
+    _: Viewer,
+    _: SameOrigin,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<StackForm>,
+) -> Response {
+    let stack = form.stack.trim();
+    let result = async {
+        let project =
+            fogswarm_compose::load(&fogswarm_compose::Input::pasted(&form.compose), stack)?;
+        if !project.files.is_empty() {
+            return Err("this file defines secrets or configs; deploy it with `fogswarm stack deploy`, which reads them".to_string());
+        }
+        let mut request = fogswarm_protocol::service::StackDeploy {
+            services: project.services,
+            prune: false,
+        };
+        crate::http::signed_only(&state, &name, &mut request.services)
+            .await
+            .map_err(|e| e.describe())?;
+        let (_, touched) = state
+            .store
+            .deploy_stack(&Actor::Admin, &name, stack, &request)
+            .map_err(|e| e.to_string())?;
+        state.notify(&touched);
+        Ok(())
+    }
+    .await;
+    after_swarm_action(&state, &headers, &name, result)
+}
+
+async fn remove_stack(
+    State(state): State<Shared>,
+    _: Viewer,
+    _: SameOrigin,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<StackForm>,
+) -> Response {
+    let result = state
+        .store
+        .remove_stack(&Actor::Admin, &name, form.stack.trim())
+        .map(|(_, touched)| state.notify(&touched))
+        .map_err(|e| e.to_string());
+    after_swarm_action(&state, &headers, &name, result)
 }
 
 /// One Server-Sent Event per change in the event log (what changed, never

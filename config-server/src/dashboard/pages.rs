@@ -479,14 +479,19 @@ pub fn events_table(events: &[Event], title: &str) -> String {
     out
 }
 
-/// A swarm's services, each with its tasks per device.
-pub fn swarm(view: &SwarmView, services: &[ServiceView]) -> String {
+/// A swarm's services, each with its tasks per device, and the forms to
+/// deploy or remove a stack.
+pub fn swarm(view: &SwarmView, services: &[ServiceView], problem: Option<&str>) -> String {
     let mut out = format!(
-        r#"<h1>Swarm {}</h1><p>{} devices; managers: {}</p><h2>Services</h2>"#,
+        r#"<h1>Swarm {}</h1><p>{} devices; managers: {}</p>"#,
         esc(&view.name),
         view.devices,
         esc(&view.managers.join(", "))
     );
+    if let Some(p) = problem {
+        let _ = write!(out, r#"<p class="flash" role="alert">{}</p>"#, esc(p));
+    }
+    out.push_str("<h2>Services</h2>");
     if services.is_empty() {
         out.push_str(r#"<p class="muted">No services.</p>"#);
     }
@@ -525,6 +530,22 @@ pub fn swarm(view: &SwarmView, services: &[ServiceView]) -> String {
             out.push_str("</tbody></table></div>");
         }
     }
+    let link = url(&view.name);
+    let _ = write!(
+        out,
+        r#"<h2>Deploy a stack</h2>
+<form method="post" action="/swarms/{link}/stacks" data-keep="1">
+<p><label for="stack">Stack name</label><br><input type="text" id="stack" name="stack" required pattern="[a-z0-9][a-z0-9_-]*"></p>
+<p><label for="compose">Compose file (as for <code>docker stack deploy</code>; secrets and configs from files need the CLI)</label>
+<textarea id="compose" name="compose" rows="12" required></textarea></p>
+<p><button type="submit">Deploy</button></p>
+</form>
+<h2>Remove a stack</h2>
+<form method="post" action="/swarms/{link}/stacks/remove" data-keep="1">
+<p><label for="remove-stack">Stack name</label> <input type="text" id="remove-stack" name="stack" required>
+<button class="danger" type="submit">Remove</button></p>
+</form>"#
+    );
     out
 }
 

@@ -36,6 +36,7 @@ use utoipa::OpenApi;
 mod device;
 mod files;
 mod operator;
+pub(crate) use operator::signed_only;
 
 /// Request bodies are small JSON documents; bulk import and a big swarm's
 /// observed services may be larger.
@@ -182,6 +183,14 @@ impl ApiFailure {
 
     fn unauthorized(message: &str) -> Self {
         ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message, None)
+    }
+
+    /// The refusal as one line for a page: `field: message`.
+    pub(crate) fn describe(&self) -> String {
+        match &self.body.field {
+            Some(field) => format!("{field}: {}", self.body.message),
+            None => self.body.message.clone(),
+        }
     }
 
     pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {

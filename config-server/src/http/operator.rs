@@ -157,7 +157,11 @@ pub(super) async fn remove_swarm(
 /// A swarm that requires signatures gets its specs' images pinned to
 /// signed digests first (see `crate::signed`); specs are checked before
 /// any registry is asked.
-async fn signed_only(state: &AppState, swarm: &str, specs: &mut [ServiceSpec]) -> ApiResult<()> {
+pub(crate) async fn signed_only(
+    state: &AppState,
+    swarm: &str,
+    specs: &mut [ServiceSpec],
+) -> ApiResult<()> {
     for spec in specs.iter() {
         spec.validate().map_err(StoreError::from)?;
     }

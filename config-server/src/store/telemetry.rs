@@ -121,6 +121,21 @@ impl Store {
         })
     }
 
+    /// When a raft leader last reported its services and a device its
+    /// telemetry: the dashboard's pages refresh when either moves (those
+    /// are not events).
+    pub fn live_marks(&self) -> Result<(i64, i64)> {
+        self.read(|tx| {
+            let observed: Option<i64> = tx
+                .query_one("SELECT MAX(at) FROM observed", params![])?
+                .get(0)?;
+            let telemetry: Option<i64> = tx
+                .query_one("SELECT MAX(telemetry_at) FROM devices", params![])?
+                .get(0)?;
+            Ok((observed.unwrap_or(0), telemetry.unwrap_or(0)))
+        })
+    }
+
     /// A device's latest sample and its history, oldest first.
     pub fn telemetry(&self, device: &str) -> Result<TelemetryView> {
         self.read(|tx| {

@@ -23,7 +23,10 @@
   var source = new EventSource("/live");
   source.addEventListener("change", function (e) {
     if (live) {
-      try { var ev = JSON.parse(e.data); live.textContent = "live: " + ev.action + " " + ev.subject; } catch (_) {}
+      try {
+        var ev = JSON.parse(e.data);
+        if (ev.id) { live.textContent = "live: " + ev.action + " " + ev.subject; }
+      } catch (_) {}
     }
     if (!pending) { pending = setTimeout(refresh, 250); }
   });

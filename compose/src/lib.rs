@@ -43,6 +43,10 @@ pub struct Input {
     pub sources: Vec<yaml::Source>,
     pub dir: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Whether `file:` secrets and configs and `env_file` may be read: not
+    /// for a file pasted into the server's dashboard, which must never
+    /// read the server's own files.
+    pub reads_files: bool,
 }
 
 impl Input {
@@ -68,22 +72,40 @@ impl Input {
             Err(_) => BTreeMap::new(),
         };
         env.extend(std::env::vars());
-        Ok(Input { sources, dir, env })
+        Ok(Input {
+            sources,
+            dir,
+            env,
+            reads_files: true,
+        })
     }
+}
+
+impl Input {
+    /// One file's text with nothing beside it (no directory for `file:` or
+    /// `env_file`, no environment): a stack pasted into the dashboard.
+    pub fn pasted(text: &str) -> Input {
+        Input {
+            sources: vec![yaml::Source {
+                path: "compose file".into(),
+                text: text.into(),
+            }],
+            dir: PathBuf::new(),
+            env: BTreeMap::new(),
+            reads_files: false,
+        }
+    }
+}
+
+/// The refusal for a file read asked of a pasted Compose file.
+fn no_files(at: &str) -> String {
+    format!("{at}: a pasted Compose file cannot read files; deploy it with `fogswarm stack deploy`")
 }
 
 /// Reads a Compose file text into the specs of stack `stack` (no files or
 /// environment beside it): for tests and simple uses.
 pub fn parse(text: &str, stack: &str) -> Result<Vec<ServiceSpec>, String> {
-    let input = Input {
-        sources: vec![yaml::Source {
-            path: "compose file".into(),
-            text: text.into(),
-        }],
-        dir: PathBuf::new(),
-        env: BTreeMap::new(),
-    };
-    Ok(load(&input, stack)?.services)
+    Ok(load(&Input::pasted(text), stack)?.services)
 }
 
 /// The whole stack: services, its secrets and configs, and warnings.
@@ -267,6 +289,9 @@ fn file_data(
         ));
     }
     if let Some(path) = &def.file {
+        if !input.reads_files {
+            return Err(no_files(&format!("{at}.file")));
+        }
         let path = input.dir.join(path);
         return std::fs::read(&path)
             .map(Some)
@@ -398,6 +423,9 @@ fn service_spec(
             .collect(),
     };
     for (path, required) in env_files {
+        if !input.reads_files {
+            return Err(no_files("env_file"));
+        }
         let full = input.dir.join(&path);
         match std::fs::read_to_string(&full) {
             Ok(text) => spec.env.extend(yaml::read_dotenv(&text)),
@@ -657,7 +685,9 @@ fn host_path(source: &str, input: &Input) -> String {
         let home = input.env.get("HOME").cloned().unwrap_or_default();
         return format!("{home}{rest}");
     }
-    if source.starts_with('/') {
+    // Absolute, or relative with no file's directory to anchor it (left
+    // as written: the spec's check refuses it by name).
+    if source.starts_with('/') || !input.reads_files {
         return source.to_string();
     }
     let dir = std::path::absolute(&input.dir).unwrap_or_else(|_| input.dir.clone());
@@ -787,6 +817,7 @@ networks:
             }],
             dir: PathBuf::new(),
             env: BTreeMap::new(),
+            reads_files: true,
         };
         let project = load(&input, "s").expect("ignored keys are accepted");
         assert_eq!(project.warnings.len(), 2, "{:?}", project.warnings);
@@ -864,6 +895,7 @@ configs:
             }],
             dir: dir.clone(),
             env: BTreeMap::from([("TAG".to_string(), "v7".to_string())]),
+            reads_files: true,
         };
         let project = load(&input, "shop").expect("loads");
         std::fs::remove_dir_all(&dir).ok();
@@ -931,6 +963,22 @@ configs:
                 ("shop_db", b"s3cret".as_slice()),
                 ("shop_conf", b"hello".as_slice())
             ]
+        );
+    }
+
+    #[test]
+    fn a_pasted_file_reads_no_file() {
+        let secret = "services:\n  a:\n    image: x\n    secrets: [s]\nsecrets:\n  s:\n    file: /etc/hostname\n";
+        let e = parse(secret, "p").expect_err("a server file");
+        assert!(
+            e.contains("secrets.s.file") && e.contains("cannot read files"),
+            "{e}"
+        );
+        let env = "services:\n  a:\n    image: x\n    env_file: ../admin.token\n";
+        let e = parse(env, "p").expect_err("a server file");
+        assert!(
+            e.contains("env_file") && e.contains("cannot read files"),
+            "{e}"
         );
     }
 }
