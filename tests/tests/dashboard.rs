@@ -1,11 +1,12 @@
 //! The dashboard in a real browser (headless Chromium through ChromeDriver)
-//! against a real server and a real 5-device lab: signing in (a wrong
-//! token refused), the fleet and devices pages (state and arch), labels edited in the page
-//! reaching the swarm node, a stack pasted in and its tasks appearing, a
-//! device booting and a paused one turning
-//! offline and back on an open page without a reload, telemetry matching the device's report, a
-//! cross-site form refused, no secret in any page, and a screenshot of each
-//! page that the test looks at.
+//! against a real server and a real 6-device lab: signing in (a wrong
+//! token refused); the fleet and devices pages (state, arch, label filter,
+//! CPU sparklines); telemetry matching the device's report; labels edited
+//! in the page reaching the swarm node; a device booting and a paused one
+//! going offline and back on open pages without a reload; a stack pasted
+//! in and its tasks appearing; a service's and an agent's log lines; a
+//! cross-site form refused; no secret in any page; signing out; and a
+//! screenshot of each page that the test looks at.
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_e2e::browser::{png_size, Browser, WIDTH};
@@ -299,6 +300,17 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     browser.goto(&format!("{base}/swarms/fog")).await?;
     screenshot(&browser, "swarm").await?;
     pages_html.push(browser.html().await?);
+    // A service's recent log lines, through the raft leader.
+    browser.click("a[href$='/services/web_hello/log']").await?;
+    let log = browser.text("#log").await?;
+    ensure!(log.contains("fog-hello: listening on"), "service log: {log}");
+    pages_html.push(browser.html().await?);
+    // An agent's last lines, asked of the device at its next report.
+    browser.goto(&format!("{base}/devices/{}", dev2.mac)).await?;
+    browser.click("a[href$='/log']").await?;
+    let log = browser.text("#log").await?;
+    ensure!(log.contains(" INFO ") && !log.contains("SWMTKN-1-"), "agent log: {log}");
+    pages_html.push(browser.html().await?);
 
     // 5. A form on another origin posting with the session: refused (the
     // cookie is SameSite=Strict, and the origin is checked); the device
@@ -355,6 +367,15 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
             ensure!(!html.contains(secret), "a page holds {secret:.8}...");
         }
     }
+
+    // By now every device has more than a minute of history: the devices
+    // list draws its CPU sparklines.
+    browser.goto(&format!("{base}/devices")).await?;
+    let sparks = browser
+        .script("return document.querySelectorAll('tr[data-device] svg.spark').length")
+        .await?;
+    ensure!(sparks.as_u64().unwrap_or(0) >= 5, "{sparks} sparklines");
+    screenshot(&browser, "devices").await?;
 
     // Signing out ends the session.
     browser.goto(&format!("{base}/")).await?;

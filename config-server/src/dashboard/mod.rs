@@ -42,11 +42,13 @@ pub fn router() -> Router<Shared> {
         .route("/devices", get(devices))
         .route("/devices/{id}", get(device))
         .route("/devices/{id}/labels", post(set_labels))
+        .route("/devices/{id}/log", get(agent_log))
         .route("/devices/{id}/approve", post(approve))
         .route("/devices/{id}/decommission", post(decommission))
         .route("/events", get(events))
         .route("/swarms/{name}", get(swarm))
         .route("/swarms/{name}/stacks", post(deploy_stack))
+        .route("/swarms/{name}/services/{service}/log", get(service_log))
         .route("/swarms/{name}/stacks/remove", post(remove_stack))
         .route("/live", get(live))
         .route("/assets/style.css", get(style))
@@ -380,11 +382,18 @@ async fn devices(
         (page - 1) * PER_PAGE,
         PER_PAGE,
     ) {
-        Ok((list, total)) => render(
+        Ok((list, total)) => {
+            let ids: Vec<&str> = list.iter().map(|d| d.id.as_str()).collect();
+            let cpu = match state.store.cpu_last_hour(&ids) {
+                Ok(cpu) => cpu,
+                Err(e) => return store_failure(e),
+            };
+            render(
             &headers,
             "Devices",
             &pages::devices(
                 &list,
+                &cpu,
                 total,
                 &pages::DeviceFilter {
                     q: query.q.trim(),
@@ -393,7 +402,8 @@ async fn devices(
                     per_page: PER_PAGE,
                 },
             ),
-        ),
+        )
+        }
         Err(e) => store_failure(e),
     }
 }
@@ -623,6 +633,115 @@ async fn remove_stack(
         .map(|(_, touched)| state.notify(&touched))
         .map_err(|e| e.to_string());
     after_swarm_action(&state, &headers, &name, result)
+}
+
+/// Waits for an agent to answer a log request (it posts all it has at
+/// once when not following), up to `patience`; answers the lines and
+/// whether it answered. The request is closed either way.
+async fn collect_logs(
+    state: &AppState,
+    scope: crate::store::LogScope<'_>,
+    id: &str,
+    patience: Duration,
+) -> Result<(Vec<String>, bool), StoreError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut lines = Vec::new();
+    let mut after = 0;
+    let answered = loop {
+        let page = state.store.read_logs(scope, id, after)?;
+        lines.extend(page.lines);
+        after = page.next;
+        if page.done || page.error.is_some() {
+            if let Some(e) = page.error {
+                lines.push(format!("(error: {e})"));
+            }
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break page.started;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = state.store.close_logs(scope, id);
+    Ok((lines, answered))
+}
+
+/// The agent's last 200 lines, asked of the device (it sees the request at
+/// its next report, so this waits up to three report intervals).
+async fn agent_log(
+    State(state): State<Shared>,
+    _: Viewer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let view = state.store.get_device(&id)?;
+        let options = fogswarm_protocol::logs::LogOptions {
+            tail: Some(200),
+            ..Default::default()
+        };
+        let opened = state.store.open_agent_logs(view.id.as_str(), &options)?;
+        let every = view.heartbeat_secs.unwrap_or(30).min(20);
+        collect_logs(
+            &state,
+            crate::store::LogScope::Device(view.id.as_str()),
+            &opened.id,
+            Duration::from_secs(3 * every + 5),
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok((lines, answered)) => render(
+            &headers,
+            &format!("Agent log {id}"),
+            &pages::log_lines(
+                &format!("Agent log of {id}"),
+                &format!("/devices/{}", pages::url(&id)),
+                &lines,
+                (!answered).then_some("The device did not answer in time; is its agent running?"),
+            ),
+        ),
+        Err(e) => store_failure(e),
+    }
+}
+
+/// A service's last 50 lines per task, through its swarm's raft leader.
+async fn service_log(
+    State(state): State<Shared>,
+    _: Viewer,
+    headers: HeaderMap,
+    Path((swarm, service)): Path<(String, String)>,
+) -> Response {
+    let result = async {
+        let options = fogswarm_protocol::logs::LogOptions {
+            tail: Some(50),
+            ..Default::default()
+        };
+        let (opened, touched) = state.store.open_logs(&swarm, &service, &options)?;
+        state.notify(&touched);
+        collect_logs(
+            &state,
+            crate::store::LogScope::Swarm(&swarm),
+            &opened.id,
+            Duration::from_secs(20),
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok((lines, answered)) => render(
+            &headers,
+            &format!("Logs of {service}"),
+            &pages::log_lines(
+                &format!("Recent log lines of {service}"),
+                &format!("/swarms/{}", pages::url(&swarm)),
+                &lines,
+                (!answered).then_some("No manager of the swarm answered in time."),
+            ),
+        ),
+        Err(e) => store_failure(e),
+    }
 }
 
 /// One Server-Sent Event per change in the event log (what changed, never

@@ -222,7 +222,12 @@ pub struct DeviceFilter<'a> {
 }
 
 /// One page of devices, problems first.
-pub fn devices(devices: &[DeviceView], total: u64, f: &DeviceFilter<'_>) -> String {
+pub fn devices(
+    devices: &[DeviceView],
+    cpu: &std::collections::HashMap<String, Vec<Option<f64>>>,
+    total: u64,
+    f: &DeviceFilter<'_>,
+) -> String {
     let mut out = format!(
         r#"<h1>Devices</h1>
 <form method="get" action="/devices" role="search">
@@ -231,7 +236,7 @@ pub fn devices(devices: &[DeviceView], total: u64, f: &DeviceFilter<'_>) -> Stri
 <button type="submit">Filter</button>
 </form>
 <p class="muted" id="count">{total} device{} match</p>
-<div class="scroll"><table><thead><tr><th>ID</th><th>Host name</th><th>Swarm</th><th>Arch</th><th>Role</th><th>State</th><th>Last seen</th><th>CPU</th><th>Memory</th><th>Temp</th><th>Labels</th></tr></thead><tbody>"#,
+<div class="scroll"><table><thead><tr><th>ID</th><th>Host name</th><th>Swarm</th><th>Arch</th><th>Role</th><th>State</th><th>Last seen</th><th>CPU</th><th>CPU, last hour</th><th>Memory</th><th>Temp</th><th>Labels</th></tr></thead><tbody>"#,
         esc(f.q),
         esc(f.label),
         if total == 1 { "" } else { "s" },
@@ -240,7 +245,7 @@ pub fn devices(devices: &[DeviceView], total: u64, f: &DeviceFilter<'_>) -> Stri
         let t = d.telemetry.as_ref();
         let _ = write!(
             out,
-            r#"<tr data-device="{id}"><td><a href="/devices/{link}">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{}</td></tr>"#,
+            r#"<tr data-device="{id}"><td><a href="/devices/{link}">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="wrap">{}</td></tr>"#,
             esc(fact(d, "hostname")),
             esc(&d.swarm),
             esc(fact(d, "arch")),
@@ -250,6 +255,9 @@ pub fn devices(devices: &[DeviceView], total: u64, f: &DeviceFilter<'_>) -> Stri
             t.and_then(|t| t.cpu_percent)
                 .map(|c| format!("{c:.0}%"))
                 .unwrap_or_else(|| "-".into()),
+            cpu.get(d.id.as_str())
+                .map(|line| sparkline_sized(line, "CPU, last hour", 90, 20))
+                .unwrap_or_default(),
             t.and_then(|t| Some(format!("{}/{} MiB", t.memory_used_mb?, t.memory_total_mb?)))
                 .unwrap_or_else(|| "-".into()),
             t.and_then(|t| t.temperature_c)
@@ -290,6 +298,10 @@ pub fn devices(devices: &[DeviceView], total: u64, f: &DeviceFilter<'_>) -> Stri
 
 /// A line of values as an inline SVG polyline (no script, no library).
 fn sparkline(values: &[Option<f64>], label: &str) -> String {
+    sparkline_sized(values, label, 240, 36)
+}
+
+fn sparkline_sized(values: &[Option<f64>], label: &str, width: u32, height: u32) -> String {
     let known: Vec<(usize, f64)> = values
         .iter()
         .enumerate()
@@ -302,7 +314,7 @@ fn sparkline(values: &[Option<f64>], label: &str) -> String {
         (lo.min(*v), hi.max(*v))
     });
     let span = if hi > lo { hi - lo } else { 1.0 };
-    let (w, h) = (240.0, 36.0);
+    let (w, h) = (f64::from(width), f64::from(height));
     let step = w / (values.len().max(2) - 1) as f64;
     let points: Vec<String> = known
         .iter()
@@ -315,7 +327,7 @@ fn sparkline(values: &[Option<f64>], label: &str) -> String {
         })
         .collect();
     format!(
-        r#"<svg class="spark" width="240" height="36" viewBox="0 0 240 36" role="img" aria-label="{}"><polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{}"/></svg>"#,
+        r#"<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{}"><polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{}"/></svg>"#,
         esc(label),
         points.join(" ")
     )
@@ -453,9 +465,28 @@ pub fn device(
     let _ = write!(
         out,
         r#"<form class="inline" method="post" action="/devices/{link}/decommission"><button class="danger" type="submit">Decommission</button></form></p>
-<p class="muted">Agent log: <code>fogswarm device logs {id} --follow</code></p>"#
+<p><a href="/devices/{link}/log">Agent log</a> <span class="muted">(its last lines, asked of the device at its next report; to follow: <code>fogswarm device logs {id} --follow</code>)</span></p>"#
     );
     out.push_str(&events_table(events, "Events"));
+    out
+}
+
+/// Log lines collected for a page (an agent's or a service's).
+pub fn log_lines(title: &str, back: &str, lines: &[String], note: Option<&str>) -> String {
+    let mut out = format!(
+        r#"<h1>{}</h1><p><a href="{}">back</a></p>"#,
+        esc(title),
+        esc(back)
+    );
+    if let Some(n) = note {
+        let _ = write!(out, r#"<p class="muted" role="status">{}</p>"#, esc(n));
+    }
+    out.push_str(r#"<pre id="log">"#);
+    for line in lines {
+        out.push_str(&esc(line));
+        out.push('\n');
+    }
+    out.push_str("</pre>");
     out
 }
 
@@ -499,7 +530,7 @@ pub fn swarm(view: &SwarmView, services: &[ServiceView], problem: Option<&str>) 
         let observed = s.observed.as_ref();
         let _ = write!(
             out,
-            r#"<h3>{}</h3><p>{} · {} · {}/{} running{}</p>"#,
+            r#"<h3>{}</h3><p>{} · {} · {}/{} running{} · <a href="/swarms/{}/services/{}/log">recent log lines</a></p>"#,
             esc(&s.spec.name),
             esc(&s.spec.image),
             esc(s.status.as_str()),
@@ -508,7 +539,9 @@ pub fn swarm(view: &SwarmView, services: &[ServiceView], problem: Option<&str>) 
             observed
                 .and_then(|o| o.error.as_deref())
                 .map(|e| format!(r#" · <span class="error">{}</span>"#, esc(e)))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            url(&view.name),
+            url(&s.spec.name),
         );
         let tasks: &[TaskObserved] = observed.map(|o| o.tasks.as_slice()).unwrap_or(&[]);
         if !tasks.is_empty() {

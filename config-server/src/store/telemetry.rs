@@ -136,6 +136,51 @@ impl Store {
         })
     }
 
+    /// The last hour of CPU use of each of `devices`, one value a minute
+    /// (None for a minute without a sample), oldest first: the devices
+    /// list's sparklines, one query for a page.
+    pub fn cpu_last_hour(
+        &self,
+        devices: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<Option<f64>>>> {
+        let mut out: std::collections::HashMap<String, Vec<Option<f64>>> = devices
+            .iter()
+            .map(|d| (d.to_string(), vec![None; 60]))
+            .collect();
+        if devices.is_empty() {
+            return Ok(out);
+        }
+        let now = now();
+        let first = now - now.rem_euclid(60) - 59 * 60;
+        let placeholders: Vec<String> = (0..devices.len()).map(|i| format!("${}", i + 2)).collect();
+        let mut values = vec![crate::db::Value::from(first)];
+        values.extend(devices.iter().map(|d| crate::db::Value::from(*d)));
+        self.read(|tx| {
+            for r in tx
+                .query(
+                    &format!(
+                        "SELECT device, minute, cpu_tenths FROM telemetry_history
+                         WHERE minute >= $1 AND device IN ({})",
+                        placeholders.join(", ")
+                    ),
+                    &values,
+                )?
+                .iter()
+            {
+                let (device, minute): (String, i64) = (r.get(0)?, r.get(1)?);
+                let cpu: Option<i64> = r.get(2)?;
+                let slot = ((minute - first) / 60) as usize;
+                if let Some(line) = out.get_mut(&device) {
+                    if slot < 60 {
+                        line[slot] = cpu.map(|c| c as f64 / 10.0);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// A device's latest sample and its history, oldest first.
     pub fn telemetry(&self, device: &str) -> Result<TelemetryView> {
         self.read(|tx| {
