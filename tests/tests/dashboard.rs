@@ -303,13 +303,21 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     // A service's recent log lines, through the raft leader.
     browser.click("a[href$='/services/web_hello/log']").await?;
     let log = browser.text("#log").await?;
-    ensure!(log.contains("fog-hello: listening on"), "service log: {log}");
+    ensure!(
+        log.contains("fog-hello: listening on"),
+        "service log: {log}"
+    );
     pages_html.push(browser.html().await?);
     // An agent's last lines, asked of the device at its next report.
-    browser.goto(&format!("{base}/devices/{}", dev2.mac)).await?;
+    browser
+        .goto(&format!("{base}/devices/{}", dev2.mac))
+        .await?;
     browser.click("a[href$='/log']").await?;
     let log = browser.text("#log").await?;
-    ensure!(log.contains(" INFO ") && !log.contains("SWMTKN-1-"), "agent log: {log}");
+    ensure!(
+        log.contains(" INFO ") && !log.contains("SWMTKN-1-"),
+        "agent log: {log}"
+    );
     pages_html.push(browser.html().await?);
 
     // 5. A form on another origin posting with the session: refused (the

@@ -389,20 +389,20 @@ async fn devices(
                 Err(e) => return store_failure(e),
             };
             render(
-            &headers,
-            "Devices",
-            &pages::devices(
-                &list,
-                &cpu,
-                total,
-                &pages::DeviceFilter {
-                    q: query.q.trim(),
-                    label,
-                    page,
-                    per_page: PER_PAGE,
-                },
-            ),
-        )
+                &headers,
+                "Devices",
+                &pages::devices(
+                    &list,
+                    &cpu,
+                    total,
+                    &pages::DeviceFilter {
+                        q: query.q.trim(),
+                        label,
+                        page,
+                        per_page: PER_PAGE,
+                    },
+                ),
+            )
         }
         Err(e) => store_failure(e),
     }
