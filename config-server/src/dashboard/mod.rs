@@ -691,19 +691,13 @@ async fn agent_log(
         .await
     }
     .await;
-    match result {
-        Ok((lines, answered)) => render(
-            &headers,
-            &format!("Agent log {id}"),
-            &pages::log_lines(
-                &format!("Agent log of {id}"),
-                &format!("/devices/{}", pages::url(&id)),
-                &lines,
-                (!answered).then_some("The device did not answer in time; is its agent running?"),
-            ),
-        ),
-        Err(e) => store_failure(e),
-    }
+    log_page(
+        &headers,
+        &format!("Agent log of {id}"),
+        &format!("/devices/{}", pages::url(&id)),
+        result,
+        "The device did not answer in time; is its agent running?",
+    )
 }
 
 /// A service's last 50 lines per task, through its swarm's raft leader.
@@ -729,16 +723,29 @@ async fn service_log(
         .await
     }
     .await;
+    log_page(
+        &headers,
+        &format!("Recent log lines of {service}"),
+        &format!("/swarms/{}", pages::url(&swarm)),
+        result,
+        "No manager of the swarm answered in time.",
+    )
+}
+
+/// The lines [`collect_logs`] gathered as a page, saying so when nobody
+/// answered.
+fn log_page(
+    headers: &HeaderMap,
+    title: &str,
+    back: &str,
+    result: Result<(Vec<String>, bool), StoreError>,
+    unanswered: &str,
+) -> Response {
     match result {
         Ok((lines, answered)) => render(
-            &headers,
-            &format!("Logs of {service}"),
-            &pages::log_lines(
-                &format!("Recent log lines of {service}"),
-                &format!("/swarms/{}", pages::url(&swarm)),
-                &lines,
-                (!answered).then_some("No manager of the swarm answered in time."),
-            ),
+            headers,
+            title,
+            &pages::log_lines(title, back, &lines, (!answered).then_some(unanswered)),
         ),
         Err(e) => store_failure(e),
     }
