@@ -300,6 +300,18 @@ fn page_response(status: StatusCode, body: &str) -> Response {
         .into_response()
 }
 
+/// A page shown again with what was refused on it (422).
+fn refused(headers: &HeaderMap, title: &str, main: Result<String, StoreError>) -> Response {
+    match main {
+        Ok(main) => {
+            let mut r = render(headers, title, &main);
+            *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            r
+        }
+        Err(e) => store_failure(e),
+    }
+}
+
 fn failure(message: &str) -> Response {
     page_response(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -483,14 +495,11 @@ async fn set_labels(
             state.notify(&touched);
             Redirect::to(&format!("/devices/{}", pages::url(&id))).into_response()
         }
-        Err(problem) => match device_main(&state, &id, Some(&problem)) {
-            Ok(main) => {
-                let mut r = render(&headers, &format!("Device {id}"), &main);
-                *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                r
-            }
-            Err(e) => store_failure(e),
-        },
+        Err(problem) => refused(
+            &headers,
+            &format!("Device {id}"),
+            device_main(&state, &id, Some(&problem)),
+        ),
     }
 }
 
@@ -565,14 +574,11 @@ fn after_swarm_action(
 ) -> Response {
     match result {
         Ok(()) => Redirect::to(&format!("/swarms/{}", pages::url(name))).into_response(),
-        Err(problem) => match swarm_main(state, name, Some(&problem)) {
-            Ok(main) => {
-                let mut r = render(headers, &format!("Swarm {name}"), &main);
-                *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                r
-            }
-            Err(e) => store_failure(e),
-        },
+        Err(problem) => refused(
+            headers,
+            &format!("Swarm {name}"),
+            swarm_main(state, name, Some(&problem)),
+        ),
     }
 }
 

@@ -61,28 +61,24 @@ impl Store {
             .error
             .as_ref()
             .map(|e| e.chars().take(1000).collect::<String>());
-        // The steady state: a report that says what is stored already only
-        // refreshes the device's last-seen time.
         if report.grant_refusals.len() > 100 {
             return Err(StoreError::Invalid {
                 field: Some("grant_refusals".into()),
                 message: "at most 100 grant refusals per report".into(),
             });
         }
-        if report.grant_refusals.is_empty()
+        let steady = report.grant_refusals.is_empty()
             && report.agent_update.is_none()
-            && self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))?
-        {
-            self.heard(device);
-            if let Some(t) = &report.telemetry {
-                self.note_telemetry(device, t);
-            }
-            return Ok(Vec::new());
-        }
-        // Heard (and back online, if it was not) at the next presence flush.
+            && self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))?;
+        // Heard (and back online, if it was not) at the next presence
+        // flush, with its telemetry. The steady state, a report that says
+        // what is stored already, writes nothing else.
         self.heard(device);
         if let Some(t) = &report.telemetry {
             self.note_telemetry(device, t);
+        }
+        if steady {
+            return Ok(Vec::new());
         }
         let heard = self.presence_snapshot();
         self.write(|tx| {
