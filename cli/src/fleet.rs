@@ -145,6 +145,11 @@ pub enum SwarmCommand {
         /// period; 0: only `swarm recover`).
         #[arg(long, value_name = "DURATION")]
         auto_recover: Option<String>,
+        /// What an enrolled device enrolling again with another key gets:
+        /// approve (held until `device approve`, the default) or auto
+        /// (taken as a re-image at once).
+        #[arg(long, value_name = "approve|auto")]
+        reimage: Option<String>,
     },
     /// Have the swarm's raft leader rotate both join tokens, so an old one
     /// can no longer join (done on every decommission too).
@@ -330,6 +335,15 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                 println!("initializing: {holder} holds the leader lease");
             }
             println!("{}", managers_kept(&s));
+            println!(
+                "re-image:    {}",
+                match s.reimage {
+                    Reimage::Approve =>
+                        "another key for an enrolled device waits for `device approve`",
+                    Reimage::Auto =>
+                        "another key for an enrolled device is taken as a re-image at once",
+                }
+            );
             if let Some(r) = &s.recovery {
                 println!(
                     "recovering:  recovery {} by {} (asked {})",
@@ -351,7 +365,14 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
             manager_grace,
             spread_label,
             auto_recover,
+            reimage,
         } => {
+            let reimage = reimage
+                .map(|r| {
+                    Reimage::parse(&r)
+                        .ok_or_else(|| bad(format!("--reimage {r:?}: give approve or auto")))
+                })
+                .transpose()?;
             let seconds = |flag: &str, d: Option<String>| {
                 d.map(|d| {
                     fogswarm_protocol::service::parse_duration(&d)
@@ -398,9 +419,10 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                 && manager_grace_secs.is_none()
                 && spread_label.is_none()
                 && auto_recover_secs.is_none()
+                && reimage.is_none()
             {
                 return Err(bad(
-                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm, --allow-privileged, --managers, --manager-grace, --spread-label or --auto-recover",
+                    "nothing to change: give --auto-enrol, --require-signed, --allow-unsigned, --allow-device, --allow-device-rm, --allow-privileged, --managers, --manager-grace, --spread-label, --auto-recover or --reimage",
                 ));
             }
             let view = client
@@ -415,6 +437,7 @@ pub async fn swarm(conn: &Connection, command: SwarmCommand) -> Result<()> {
                         manager_grace_secs,
                         spread_label,
                         auto_recover_secs,
+                        reimage,
                     },
                 )
                 .await?;
@@ -810,6 +833,23 @@ fn print_device(d: &DeviceView) {
         );
     }
     println!("enrolled:    {}", yes_no(d.enrolled));
+    if let Some(key) = &d.key {
+        println!(
+            "key:         {key}{}",
+            d.endorsement_key
+                .as_ref()
+                .map(|ek| format!(" (in a TPM, endorsement key {ek})"))
+                .unwrap_or_else(|| " (file)".into())
+        );
+    }
+    if let Some(p) = &d.reenrol_pending {
+        println!(
+            "RE-ENROLMENT: another key ({}) asked {} to be this device; `fogswarm device approve {}` accepts it as a re-image",
+            p.key,
+            ago(p.since),
+            d.id
+        );
+    }
     println!("node id:     {}", d.node_id.as_deref().unwrap_or("-"));
     println!("cluster id:  {}", d.cluster_id.as_deref().unwrap_or("-"));
     println!(

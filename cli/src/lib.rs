@@ -15,3 +15,4 @@ pub mod logs;
 pub mod service;
 pub mod supply;
 pub mod table;
+pub mod trust;

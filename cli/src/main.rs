@@ -89,6 +89,20 @@ enum Command {
         #[command(subcommand)]
         command: fogswarm::files::RegistryCommand,
     },
+    /// Tokens that admit new devices into a swarm, with labels.
+    EnrolToken {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::trust::EnrolTokenCommand,
+    },
+    /// The fleet-wide provisioning key that admits new devices.
+    ProvisioningKey {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::trust::ProvisioningKeyCommand,
+    },
     /// The fleet at a glance: devices per swarm and state, and problems.
     Status {
         #[command(flatten)]
@@ -386,6 +400,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Status { conn } => fleet::status(&conn).await.map(|_| ExitCode::SUCCESS),
+        Command::EnrolToken { conn, command } => fogswarm::trust::enrol_token(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::ProvisioningKey { conn, command } => {
+            fogswarm::trust::provisioning_key(&conn, command)
+                .await
+                .map(|_| ExitCode::SUCCESS)
+        }
         Command::Events {
             conn,
             since,

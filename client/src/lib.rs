@@ -7,6 +7,7 @@
 //! access, shared by the lab and the agent.
 
 pub mod engine;
+pub mod identity;
 pub mod pin;
 
 use fogswarm_protocol::api::*;
@@ -16,7 +17,7 @@ use fogswarm_protocol::service::*;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +121,12 @@ pub struct Client {
     /// The replica that answered last: calls start there.
     preferred: Arc<AtomicUsize>,
     token: Option<Secret>,
+    /// A device's key: every request is signed with it.
+    signer: Option<Arc<dyn identity::DeviceSigner>>,
+    /// Seconds to add to this machine's clock to get the server's, learnt
+    /// from a refusal for skew (devices without a real-time clock boot in
+    /// 1970 until NTP answers).
+    clock_offset: Arc<AtomicI64>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -166,15 +173,26 @@ impl Client {
             bases: endpoint.urls.clone().into(),
             preferred: Arc::new(AtomicUsize::new(0)),
             token,
+            signer: None,
+            clock_offset: Arc::new(AtomicI64::new(0)),
         })
     }
 
     pub fn with_token(&self, token: Secret) -> Client {
         Client {
-            http: self.http.clone(),
-            bases: self.bases.clone(),
-            preferred: self.preferred.clone(),
             token: Some(token),
+            signer: None,
+            ..self.clone()
+        }
+    }
+
+    /// This client as the device whose key `signer` holds: every request
+    /// signed, no bearer token.
+    pub fn with_device(&self, signer: Arc<dyn identity::DeviceSigner>) -> Client {
+        Client {
+            token: None,
+            signer: Some(signer),
+            ..self.clone()
         }
     }
 
@@ -184,6 +202,25 @@ impl Client {
     /// server takes is safe to repeat: a repeated enrolment issues a new
     /// credential that replaces the first, a repeated report reports again.
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body<'_>>,
+    ) -> Result<(StatusCode, Vec<u8>)> {
+        match self.send_any(method.clone(), path, body.clone()).await {
+            // A device whose clock was off now signs with the server's
+            // time: once more.
+            Err(ClientError::Api {
+                status: 401,
+                body: refusal,
+            }) if refusal.error == "clock_skew" && self.signer.is_some() => {
+                self.send_any(method, path, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_any(
         &self,
         method: Method,
         path: &str,
@@ -220,9 +257,32 @@ impl Client {
     ) -> Result<(StatusCode, Vec<u8>)> {
         let base = &self.bases[index];
         let url = format!("{base}{path}");
-        let mut request = self.http.request(method, &url);
+        let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
+        }
+        if let Some(signer) = &self.signer {
+            let bytes: &[u8] = match &body {
+                Some(Body::Json(json)) => json,
+                Some(Body::Raw { bytes, .. }) => bytes,
+                None => &[],
+            };
+            let now =
+                fogswarm_protocol::time::unix_now() + self.clock_offset.load(Ordering::Relaxed);
+            let input = fogswarm_protocol::identity::signing_input(
+                signer.device_id(),
+                method.as_str(),
+                path,
+                now,
+                bytes,
+            );
+            let signature = signer
+                .sign(&input)
+                .map_err(|e| ClientError::Config(format!("signing the request: {e}")))?;
+            request = request.header(
+                "authorization",
+                fogswarm_protocol::identity::authorization(signer.device_id(), now, &signature),
+            );
         }
         request = match body {
             Some(Body::Json(json)) => request
@@ -239,6 +299,10 @@ impl Client {
             reason: describe(&e),
         })?;
         let status = response.status();
+        let server_time = response
+            .headers()
+            .get(fogswarm_protocol::identity::TIME_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
         let bytes = response
             .bytes()
             .await
@@ -248,6 +312,13 @@ impl Client {
             })?;
         if status.is_success() {
             return Ok((status, bytes.to_vec()));
+        }
+        if let (Some(server_time), Some(_)) = (server_time, &self.signer) {
+            // Refused for the clock: sign with the server's time from now on.
+            self.clock_offset.store(
+                server_time - fogswarm_protocol::time::unix_now(),
+                Ordering::Relaxed,
+            );
         }
         match serde_json::from_slice::<ApiError>(&bytes) {
             Ok(body) => Err(ClientError::Api {
@@ -528,6 +599,43 @@ impl Client {
     pub async fn rotate_provisioning_key(&self) -> Result<ProvisioningKeyRotated> {
         self.call(Method::POST, "/v1/provisioning-key/rotate", None::<&()>)
             .await
+    }
+
+    pub async fn create_enrol_token(&self, req: &EnrolTokenCreate) -> Result<EnrolTokenCreated> {
+        self.call(Method::POST, "/v1/enrol-tokens", Some(req)).await
+    }
+
+    pub async fn list_enrol_tokens(&self, swarm: Option<&str>) -> Result<Vec<EnrolTokenView>> {
+        let path = match swarm {
+            Some(s) => format!("/v1/enrol-tokens?swarm={}", seg(s)),
+            None => "/v1/enrol-tokens".into(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn remove_enrol_token(&self, id: &str) -> Result<EnrolTokenView> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/enrol-tokens/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// A device replaces its key with `new` (this client signs with the
+    /// current one).
+    pub async fn rotate_device_key(
+        &self,
+        new: &fogswarm_protocol::identity::PublicKey,
+    ) -> Result<()> {
+        self.call_empty(
+            Method::POST,
+            "/v1/device/key",
+            Some(&KeyRotation {
+                public_key: new.clone(),
+            }),
+        )
+        .await
     }
 
     pub async fn status(&self) -> Result<FleetStatus> {

@@ -61,6 +61,10 @@ pub struct ServerOptions {
     pub insecure_registries: Vec<String>,
     /// Devices with per-device series on /metrics, at most.
     pub metrics_device_limit: usize,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<http::Cidr>,
+    /// A file with the bearer token /metrics requires (open without).
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -162,6 +166,21 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     };
     let fingerprint = identity.as_ref().map(|i| i.fingerprint.clone());
 
+    let metrics_hash = match &opts.metrics_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the metrics token from {}", path.display()))?;
+            let token = token.trim();
+            if token.len() < 16 {
+                anyhow::bail!(
+                    "the metrics token in {} is shorter than 16 characters",
+                    path.display()
+                );
+            }
+            Some(secrets::hash(token))
+        }
+        None => None,
+    };
     let state = Arc::new(http::AppState {
         store,
         admin_hash,
@@ -174,6 +193,8 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         metrics_device_limit: opts.metrics_device_limit,
         live: dashboard::live_channel(),
         secure_cookies: identity.is_some(),
+        trusted_proxies: opts.trusted_proxies.clone(),
+        metrics_hash,
     });
     dashboard::spawn_live(state.clone());
     // Changes made through other replicas wake this one's long polls.

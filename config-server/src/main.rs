@@ -141,12 +141,26 @@ struct Serve {
     /// first by id; 8 series each). Fleet-wide counts are always there.
     #[arg(long, default_value_t = 1000)]
     metrics_device_limit: usize,
+    /// A proxy or load balancer (address or CIDR) whose X-Forwarded-For
+    /// names the client, for the failed-authentication limits; repeatable.
+    /// Without it, the connection's address is the client's.
+    #[arg(long = "trusted-proxy", value_parser = parse_cidr)]
+    trusted_proxies: Vec<fogswarm_server::http::Cidr>,
+    /// A file holding a token /metrics then requires as a bearer token
+    /// (Prometheus's `authorization` setting sends it). Without it,
+    /// /metrics is open.
+    #[arg(long, env = "FOGSWARM_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+fn parse_cidr(s: &str) -> Result<fogswarm_server::http::Cidr, String> {
+    fogswarm_server::http::Cidr::parse(s)
 }
 
 fn main() -> ExitCode {
@@ -197,6 +211,8 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         secrets_key: args.secrets_key_file,
         insecure_registries: args.insecure_registries,
         metrics_device_limit: args.metrics_device_limit,
+        trusted_proxies: args.trusted_proxies,
+        metrics_token_file: args.metrics_token_file,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

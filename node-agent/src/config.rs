@@ -19,10 +19,14 @@ pub struct Flags {
     /// File holding the fleet's provisioning key (needed to enrol once).
     #[arg(long, env = "FOGSWARM_PROVISIONING_KEY_FILE")]
     pub provisioning_key_file: Option<PathBuf>,
+    /// File holding an enrolment token (`fogswarm enrol-token create`),
+    /// used instead of the provisioning key to enrol once.
+    #[arg(long, env = "FOGSWARM_ENROL_TOKEN_FILE")]
+    pub enrol_token_file: Option<PathBuf>,
     /// Device identity [default: MAC of the default-route interface].
     #[arg(long, env = "FOGSWARM_DEVICE_ID")]
     pub device_id: Option<String>,
-    /// Where the agent keeps its credential and status.
+    /// Where the agent keeps its key and status.
     #[arg(long, env = "FOGSWARM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Address (IP or interface) to advertise to the swarm.
@@ -45,6 +49,7 @@ struct File {
     server: Option<ServerUrls>,
     ca_fingerprint: Option<String>,
     provisioning_key_file: Option<PathBuf>,
+    enrol_token_file: Option<PathBuf>,
     device_id: Option<String>,
     state_dir: Option<PathBuf>,
     advertise_addr: Option<String>,
@@ -77,6 +82,7 @@ pub struct AgentConfig {
     pub server: Option<String>,
     pub ca_fingerprint: Option<String>,
     pub provisioning_key_file: Option<PathBuf>,
+    pub enrol_token_file: Option<PathBuf>,
     pub device_id: Option<String>,
     pub state_dir: PathBuf,
     pub advertise_addr: Option<String>,
@@ -117,6 +123,7 @@ impl AgentConfig {
                 .provisioning_key_file
                 .clone()
                 .or(file.provisioning_key_file),
+            enrol_token_file: flags.enrol_token_file.clone().or(file.enrol_token_file),
             device_id: flags.device_id.clone().or(file.device_id),
             state_dir: flags
                 .state_dir

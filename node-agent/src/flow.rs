@@ -1,7 +1,7 @@
 //! The bootstrap flow of DESIGN.md as one loop, run at every boot:
 //!
 //! ```text
-//! find server -> enrol once (credential kept 0600) -> loop {
+//! find server -> enrol once (key made on the device, 0600) -> loop {
 //!     look at the local node; ask the server for config:
 //!       init  -> swarm init (drained), post cluster id and tokens
 //!       join  -> already in that cluster? nothing : swarm join (drained)
@@ -69,6 +69,8 @@ pub struct Agent {
     telemetry: crate::telemetry::Sampler,
     /// Log requests being answered, by id (see `journal`).
     log_requests: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
+    /// The device's identity key: every request is signed with it.
+    signer: std::sync::Arc<dyn fogswarm_client::identity::DeviceSigner>,
 }
 
 impl Agent {
@@ -98,6 +100,7 @@ impl Agent {
             ..state.status().unwrap_or_default()
         };
         let version = crate::agent_version();
+        let signer = std::sync::Arc::new(state.device_key(device_id.as_str())?);
         tracing::info!(device = %device_id, %version, facts = ?facts, "agent starting");
         Ok(Agent {
             config,
@@ -110,6 +113,7 @@ impl Agent {
             stuck_since: None,
             telemetry: Default::default(),
             log_requests: Default::default(),
+            signer,
         })
     }
 
@@ -129,11 +133,12 @@ impl Agent {
                     .downcast_ref::<ClientError>()
                     .and_then(ClientError::status)
                 {
-                    // The server no longer knows this credential (device
-                    // re-declared, or the database restored): enrol again.
+                    // The server no longer knows this key as this device
+                    // (re-declared, or another key approved in its place):
+                    // enrol again.
                     Some(401) => {
-                        tracing::warn!("the server refused our credential; enrolling again");
-                        self.state.forget_credential()?;
+                        tracing::warn!("the server refused our key; enrolling again");
+                        self.state.forget_enrolment()?;
                         device = self.enrolled(&anonymous).await;
                         continue;
                     }
@@ -203,17 +208,18 @@ impl Agent {
         }
     }
 
-    /// A client with this device's credential, enrolling first if there is
-    /// none. Retries until enrolled: a device not declared yet may be
-    /// declared later.
+    /// A client that signs as this device, enrolling first if the server
+    /// has not taken this device yet. Retries until enrolled: a device not
+    /// declared yet may be declared later.
     async fn enrolled(&mut self, anonymous: &Client) -> Client {
-        if let Some(credential) = self.state.credential() {
-            return anonymous.with_token(credential);
+        let device = anonymous.with_device(self.signer.clone());
+        if self.state.enrolled() {
+            return device;
         }
         let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
         loop {
-            match self.enrol(anonymous).await {
-                Ok(credential) => return anonymous.with_token(credential),
+            match self.enrol(&device).await {
+                Ok(()) => return device,
                 Err(e) => {
                     let message = format!("enrolment: {e:#}");
                     tracing::warn!(error = %message, "not enrolled yet");
@@ -224,22 +230,36 @@ impl Agent {
         }
     }
 
-    async fn enrol(&mut self, anonymous: &Client) -> Result<Secret> {
-        let path =
-            self.config.provisioning_key_file.clone().context(
-                "no credential and no provisioning key file: give --provisioning-key-file",
-            )?;
-        let key = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the provisioning key from {}", path.display()))?;
-        let response = anonymous
+    /// Enrols with the enrolment token if there is one, else the fleet's
+    /// provisioning key; the request is signed with the device's key.
+    async fn enrol(&mut self, device: &Client) -> Result<()> {
+        let read = |path: &std::path::Path, what: &str| -> Result<Secret> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the {what} from {}", path.display()))?;
+            Ok(Secret::new(text.trim()))
+        };
+        let (provisioning_key, token) = match (
+            &self.config.enrol_token_file,
+            &self.config.provisioning_key_file,
+        ) {
+            (Some(path), _) => (None, Some(read(path, "enrolment token")?)),
+            (None, Some(path)) => (Some(read(path, "provisioning key")?), None),
+            (None, None) => bail!(
+                "not enrolled, and neither an enrolment token nor a provisioning key file is given: give --enrol-token-file or --provisioning-key-file"
+            ),
+        };
+        let response = device
             .enrol(&EnrolRequest {
                 device_id: self.device_id.clone(),
-                provisioning_key: Secret::new(key.trim()),
+                public_key: self.signer.public_key().clone(),
+                provisioning_key,
+                token,
                 swarm: self.config.swarm.clone(),
                 facts: self.facts.clone(),
+                endorsement_key: None,
             })
             .await?;
-        self.state.save_credential(&response.credential)?;
+        self.state.save_enrolled()?;
         if let Some(url) = &self.status.server {
             self.state.save_server(&ServerRecord {
                 url: url.clone(),
@@ -252,8 +272,8 @@ impl Agent {
         }
         self.status.swarm = Some(response.swarm.clone());
         self.status.role = Some(response.role.to_string());
-        tracing::info!(swarm = %response.swarm, role = %response.role, pending = response.pending, "enrolled");
-        Ok(response.credential)
+        tracing::info!(swarm = %response.swarm, role = %response.role, pending = response.pending, key = %self.signer.public_key().fingerprint(), "enrolled");
+        Ok(())
     }
 
     /// One pass: look at the node, ask the server, act, report.
@@ -281,7 +301,7 @@ impl Agent {
                     swarm::leave(&self.engine, &node).await?;
                 }
                 self.report(device, DeviceState::Left, None).await?;
-                self.state.forget_credential()?;
+                self.state.forget_enrolment()?;
                 return Ok(Outcome::Left);
             }
             ConfigAnswer::Init { swarm, .. } => {

@@ -1,10 +1,10 @@
-//! What the agent keeps between boots, under its state dir: the device
-//! credential (0600, the only secret), the server it enrolled with (so a
+//! What the agent keeps between boots, under its state dir: the device's
+//! identity key (0600, the only secret; or none, when it lives in a TPM), the server it enrolled with (so a
 //! server found by mDNS stays pinned), and a status file for
 //! `fogswarm-agent status`.
 
 use anyhow::{Context, Result};
-use fogswarm_protocol::api::{GrantRefusal, Secret};
+use fogswarm_protocol::api::GrantRefusal;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -46,22 +46,31 @@ impl StateDir {
         })
     }
 
-    pub fn credential(&self) -> Option<Secret> {
-        std::fs::read_to_string(self.dir.join("credential"))
-            .ok()
-            .map(|s| Secret::new(s.trim()))
-            .filter(|s| !s.is_empty())
+    /// The device's identity key (0600), made on first use. Kept when
+    /// the device leaves: the same device enrolling again is itself.
+    pub fn device_key(&self, device_id: &str) -> Result<fogswarm_client::identity::FileKey> {
+        fogswarm_client::identity::FileKey::load_or_create(device_id, &self.dir.join("device.key"))
+            .map_err(anyhow::Error::msg)
     }
 
-    pub fn save_credential(&self, credential: &Secret) -> Result<()> {
-        write_private(&self.dir.join("credential"), credential.expose().as_bytes())
+    /// Whether the server took this device's enrolment.
+    pub fn enrolled(&self) -> bool {
+        self.dir.join("enrolled").exists()
     }
 
-    pub fn forget_credential(&self) -> Result<()> {
-        match std::fs::remove_file(self.dir.join("credential")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+    pub fn save_enrolled(&self) -> Result<()> {
+        write_private(&self.dir.join("enrolled"), b"")
+    }
+
+    /// Enrol again at the next start (decommissioned, or refused).
+    pub fn forget_enrolment(&self) -> Result<()> {
+        for name in ["enrolled", "credential"] {
+            match std::fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     pub fn server(&self) -> Option<ServerRecord> {
@@ -179,13 +188,14 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn credential_round_trip_is_private() {
+    fn the_key_is_private_and_survives_leaving() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::open(&dir.path().join("s")).expect("open");
-        assert!(state.credential().is_none());
-        state.save_credential(&Secret::new("fsd_x")).expect("save");
-        assert_eq!(state.credential(), Some(Secret::new("fsd_x")));
-        let mode = std::fs::metadata(dir.path().join("s/credential"))
+        assert!(!state.enrolled());
+        let key = state.device_key("dev1").expect("key");
+        state.save_enrolled().expect("save");
+        assert!(state.enrolled());
+        let mode = std::fs::metadata(dir.path().join("s/device.key"))
             .expect("meta")
             .permissions()
             .mode()
@@ -197,7 +207,10 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
-        state.forget_credential().expect("forget");
-        assert!(state.credential().is_none());
+        state.forget_enrolment().expect("forget");
+        assert!(!state.enrolled());
+        use fogswarm_client::identity::DeviceSigner;
+        let again = state.device_key("dev1").expect("key");
+        assert_eq!(key.public_key(), again.public_key());
     }
 }

@@ -70,12 +70,25 @@ pub struct ApiError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrolRequest {
     pub device_id: DeviceId,
-    pub provisioning_key: Secret,
+    /// The key the device made; the request is signed with its private
+    /// half (see `identity`), and every later request too.
+    pub public_key: crate::identity::PublicKey,
+    /// What admits the device: the fleet-wide provisioning key, or
+    #[serde(default)]
+    pub provisioning_key: Option<Secret>,
+    /// an enrolment token (`fogswarm enrol-token create`), which also
+    /// names the swarm and labels.
+    #[serde(default)]
+    pub token: Option<Secret>,
     /// The swarm to auto-enrol into, for a device the server does not know.
     #[serde(default)]
     pub swarm: Option<String>,
     #[serde(default)]
     pub facts: Facts,
+    /// The fingerprint of the device's TPM endorsement key, when its
+    /// identity key lives in a TPM: recorded, shown to operators.
+    #[serde(default)]
+    pub endorsement_key: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -84,10 +97,17 @@ pub struct EnrolResponse {
     pub device_id: DeviceId,
     pub swarm: String,
     pub role: Role,
-    /// The per-device credential: a bearer token for every later call.
-    pub credential: Secret,
-    /// Held until an operator approves the device.
+    /// Held until an operator approves the device (a new device of a
+    /// swarm that holds them, or another key for an enrolled device).
     pub pending: bool,
+}
+
+/// A device replaces its key, signing the request with the current one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotation {
+    pub public_key: crate::identity::PublicKey,
 }
 
 /// What the server tells a device to do next.
@@ -521,6 +541,41 @@ pub struct SwarmUpdate {
     /// leader for this many seconds (0: only `swarm recover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_recover_secs: Option<u64>,
+    /// What an enrolled device enrolling again with another key gets:
+    /// held for approval (the default), or taken as a re-image at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reimage: Option<Reimage>,
+}
+
+/// What an enrolled device enrolling again with another key gets.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Reimage {
+    /// Held as a pending re-enrolment until `device approve`; the
+    /// enrolled key keeps working meanwhile.
+    #[default]
+    Approve,
+    /// Accepted at once as a re-image (labs; a fleet that trusts its
+    /// provisioning secrets more than its devices' keys).
+    Auto,
+}
+
+impl Reimage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reimage::Approve => "approve",
+            Reimage::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reimage> {
+        match s {
+            "approve" => Some(Reimage::Approve),
+            "auto" => Some(Reimage::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// A swarm as operators see it: never its join tokens.
@@ -563,6 +618,9 @@ pub struct SwarmView {
     /// its keys did not sign, as the raft leader last reported them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsigned_services: Vec<crate::service::UnsignedService>,
+    /// What a re-enrolment with another key gets.
+    #[serde(default)]
+    pub reimage: Reimage,
     pub created_at: i64,
 }
 
@@ -651,6 +709,73 @@ pub struct DeviceView {
     /// How often its agent reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u64>,
+    /// The fingerprint of the key its identity is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Where the key lives: `file`, or `tpm` with the fingerprint of the
+    /// TPM's endorsement key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement_key: Option<String>,
+    /// Another key asked to enrol as this device and waits for `device
+    /// approve` (a re-image, or a copied card).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenrol_pending: Option<ReenrolPending>,
+}
+
+/// A re-enrolment waiting for an operator: the newcomer's key and when it
+/// asked. The enrolled key keeps working meanwhile.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReenrolPending {
+    pub key: String,
+    pub since: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement_key: Option<String>,
+}
+
+/// `POST /v1/enrol-tokens`: a token that admits new devices into one swarm.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolTokenCreate {
+    pub swarm: String,
+    /// Labels every device it admits gets.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Devices it may admit (none: unbounded until it expires).
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// Seconds until it expires (none: never).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// The role the devices it admits get (worker or manager).
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+/// An enrolment token as listed: never the token itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EnrolTokenView {
+    pub id: String,
+    pub swarm: String,
+    pub labels: Labels,
+    pub role: Role,
+    /// Devices admitted so far, and at most.
+    pub used: u32,
+    pub uses: Option<u32>,
+    pub expires_at: Option<i64>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// The answer to creating a token: shown once, never again.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolTokenCreated {
+    #[serde(flatten)]
+    pub view: EnrolTokenView,
+    pub token: Secret,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

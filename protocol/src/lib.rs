@@ -7,10 +7,12 @@ pub mod api;
 pub mod constraint;
 pub mod device_id;
 pub mod hardware;
+pub mod identity;
 pub mod logs;
 pub mod secret;
 pub mod service;
 pub mod telemetry;
+pub mod time;
 pub mod validate;
 
 pub use device_id::{DeviceId, DeviceIdError, MacAddress};

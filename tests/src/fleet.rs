@@ -10,6 +10,7 @@
 //! but not enrolled on the server at the end.
 
 use anyhow::{Context, Result};
+use fogswarm_client::identity::{DeviceSigner, FileKey};
 use fogswarm_client::{Client, Endpoint};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
@@ -342,30 +343,37 @@ async fn device(
     let at = plan.enrol_window.mul_f64(rng.next_f64());
     tokio::time::sleep_until((started + at).into()).await;
     // Enrol, retrying as an agent does until the run ends.
-    let credential = loop {
+    let signer = match FileKey::generate(id.as_str()) {
+        Ok(k) => Arc::new(k),
+        Err(_) => return None,
+    };
+    let client = pool.anonymous.with_device(signer.clone());
+    loop {
         let t = Instant::now();
         let outcome = pool
-            .call(pool.anonymous.enrol(&EnrolRequest {
+            .call(client.enrol(&EnrolRequest {
                 device_id: id.clone(),
-                provisioning_key: key.clone(),
+                public_key: signer.public_key().clone(),
+                provisioning_key: Some(key.clone()),
+                token: None,
                 swarm: None,
                 facts: Labels::from([("arch".to_string(), "amd64".to_string())]),
+                endorsement_key: None,
             }))
             .await;
         tally.record(&tally.enrol, t, &outcome);
         match outcome {
-            Ok(e) => break e.credential,
+            Ok(_) => break,
             Err(_) if Instant::now() + Duration::from_secs(1) < deadline => {
                 tokio::time::sleep(Duration::from_secs(1)).await
             }
             Err(_) => return None,
         }
-    };
+    }
     tally.enrolled.fetch_add(1, Ordering::SeqCst);
     tally
         .last_enrolled_micros
         .fetch_max(started.elapsed().as_micros() as usize, Ordering::SeqCst);
-    let client = pool.anonymous.with_token(credential);
     let mut joined = false;
     let mut first = true;
     while Instant::now() < deadline {

@@ -4,6 +4,7 @@
 
 use crate::workspace_binary;
 use anyhow::{bail, Context, Result};
+use fogswarm_client::identity::{DeviceSigner, FileKey};
 use fogswarm_client::{Client, Endpoint};
 use fogswarm_protocol::api::{EnrolRequest, EnrolResponse, Secret};
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The database the server tests run on: SQLite by default;
 /// `FOGSWARM_TEST_DATABASE=postgres` runs the same tests on PostgreSQL
@@ -182,25 +183,29 @@ impl ServerProcess {
         Client::new(&self.endpoint(), None).expect("client")
     }
 
-    /// Enrols a device with the fleet's provisioning key and these facts;
-    /// answers a client holding its credential, and the enrolment.
+    /// Enrols a device with the fleet's provisioning key and these facts,
+    /// with a key made for it here; answers a client that signs as the
+    /// device, and the enrolment.
     pub async fn enrol(&self, id: &str, facts: &[(&str, &str)]) -> Result<(Client, EnrolResponse)> {
+        let key = device_key(id)?;
         let response = self
-            .anonymous()
-            .enrol(&EnrolRequest {
-                device_id: DeviceId::parse(id)?,
-                provisioning_key: self.provisioning_key(),
-                swarm: None,
-                facts: facts
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            })
+            .enrol_with(&key, Admit::Key(self.provisioning_key()), facts)
             .await?;
-        Ok((
-            self.anonymous().with_token(response.credential.clone()),
-            response,
-        ))
+        Ok((self.anonymous().with_device(key), response))
+    }
+
+    /// Enrols the device `key` belongs to, admitted as `admit` says.
+    pub async fn enrol_with(
+        &self,
+        key: &Arc<FileKey>,
+        admit: Admit,
+        facts: &[(&str, &str)],
+    ) -> Result<EnrolResponse> {
+        Ok(self
+            .anonymous()
+            .with_device(key.clone())
+            .enrol(&enrol_request(key, admit, facts)?)
+            .await?)
     }
 
     /// Everything the server logged so far.
@@ -222,4 +227,55 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What admits a test device: the provisioning key or an enrolment token.
+pub enum Admit {
+    Key(Secret),
+    Token(Secret),
+}
+
+/// A new identity key for the device `id`, held in memory.
+pub fn device_key(id: &str) -> Result<Arc<FileKey>> {
+    Ok(Arc::new(FileKey::generate(id).map_err(anyhow::Error::msg)?))
+}
+
+/// The enrolment a device holding `key` sends.
+pub fn enrol_request(key: &FileKey, admit: Admit, facts: &[(&str, &str)]) -> Result<EnrolRequest> {
+    let (provisioning_key, token) = match admit {
+        Admit::Key(k) => (Some(k), None),
+        Admit::Token(t) => (None, Some(t)),
+    };
+    Ok(EnrolRequest {
+        device_id: DeviceId::parse(key.device_id())?,
+        public_key: key.public_key().clone(),
+        provisioning_key,
+        token,
+        swarm: None,
+        facts: facts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        endorsement_key: None,
+    })
+}
+
+/// The Authorization header a device holding `key` sends for a request
+/// (for tests that send raw HTTP).
+pub fn signed_authorization(
+    key: &FileKey,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> String {
+    let now = fogswarm_protocol::time::unix_now();
+    let input = fogswarm_protocol::identity::signing_input(
+        key.device_id(),
+        method,
+        path_and_query,
+        now,
+        body,
+    );
+    let signature = key.sign(&input).expect("signing with a key in memory");
+    fogswarm_protocol::identity::authorization(key.device_id(), now, &signature)
 }

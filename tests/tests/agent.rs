@@ -243,10 +243,35 @@ async fn zero_touch_then_reboot_reimage_and_relabel() -> Result<()> {
         "no second join"
     );
 
-    // Re-image (test 5): a new node id, and the stale node removed.
+    // Re-image (test 5; issue 23, test 1): the fresh root fs has a new
+    // key, so the device waits as a pending re-enrolment (the swarm
+    // holds re-images for approval by default) until an operator approves
+    // it; then a new node id, and the stale node removed.
     let dev5_before = live(&after, "dev5")?.id.clone();
+    let dev5 = lab.device("dev5")?.mac;
     let run = lab.fogswarm(&["lab", "reimage", "--name", "e2e-zt", "dev5"], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    eventually(60, || async {
+        let shown = lab.device_view(&dev5)?;
+        let pending = shown
+            .reenrol_pending
+            .context("no pending re-enrolment yet")?;
+        ensure!(shown.key.as_ref() != Some(&pending.key));
+        Ok(())
+    })
+    .await?;
+    let events = lab
+        .cli_ok(&["events", "--subject", &dev5, "--json"])?
+        .stdout;
+    assert!(events.contains("device.reenrol_requested"), "{events}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waiting = nodes(&leader).await?;
+    assert!(
+        waiting["dev5"].iter().all(|n| n.id == dev5_before),
+        "no new node joins before approval: {:?}",
+        waiting["dev5"]
+    );
+    lab.cli_ok(&["device", "approve", &dev5])?;
     eventually(90, || async {
         let all = nodes(&leader).await?;
         let views = all.get("dev5").cloned().unwrap_or_default();

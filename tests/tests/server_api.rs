@@ -3,11 +3,13 @@
 //! the leader lease under concurrency, restarts, secrets in logs, and TLS.
 
 use anyhow::{ensure, Context, Result};
+use fogswarm_client::identity::{DeviceSigner, FileKey};
 use fogswarm_client::{Client, ClientError, Endpoint};
-use fogswarm_e2e::server::{db_fingerprint, ServerProcess};
+use fogswarm_e2e::server::{
+    db_fingerprint, device_key, enrol_request, signed_authorization, Admit, ServerProcess,
+};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
-use fogswarm_protocol::DeviceId;
 use std::time::{Duration, Instant};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -285,19 +287,12 @@ async fn every_endpoint_happy_path() -> Result<()> {
 
     // Auto-enrolment held pending, then approved.
     let (pending_c, pending) = {
-        let response = server
-            .anonymous()
-            .enrol(&EnrolRequest {
-                device_id: DeviceId::parse("02:fb:00:00:00:99")?,
-                provisioning_key: server.provisioning_key(),
-                swarm: Some("yard".into()),
-                facts: Labels::new(),
-            })
-            .await?;
-        (
-            server.anonymous().with_token(response.credential.clone()),
-            response,
-        )
+        let key = device_key("02:fb:00:00:00:99")?;
+        let mut request = enrol_request(&key, Admit::Key(server.provisioning_key()), &[])?;
+        request.swarm = Some("yard".into());
+        let client = server.anonymous().with_device(key);
+        let response = client.enrol(&request).await?;
+        (client, response)
     };
     assert!(pending.pending);
     assert_eq!(pending.role, Role::Worker);
@@ -315,15 +310,15 @@ async fn every_endpoint_happy_path() -> Result<()> {
     assert_ne!(rotated.provisioning_key, old_key);
     assert_eq!(server.provisioning_key(), rotated.provisioning_key);
     let refused = server
-        .anonymous()
-        .enrol(&EnrolRequest {
-            device_id: DeviceId::parse("02:fb:00:00:00:04")?,
-            provisioning_key: old_key,
-            swarm: None,
-            facts: Labels::new(),
-        })
+        .enrol_with(&device_key("02:fb:00:00:00:04")?, Admit::Key(old_key), &[])
         .await;
-    assert_eq!(refused.err().and_then(|e| e.status()), Some(401));
+    assert_eq!(
+        refused
+            .err()
+            .and_then(|e| e.downcast::<fogswarm_client::ClientError>().ok())
+            .and_then(|e| e.status()),
+        Some(401)
+    );
     server.enrol("02:fb:00:00:00:04", &[]).await?;
 
     // Status, events, metrics, OpenAPI.
@@ -456,6 +451,9 @@ enum Auth {
     Manager,
     Worker,
     BogusDevice,
+    /// A new device: the body gets the public key of a key made for the
+    /// body's device id, and the request is signed with it.
+    Enrolling,
 }
 
 struct Bad {
@@ -556,9 +554,19 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
     admin
         .create_device(&device("02:fb:00:00:02:01", "s2", Role::Worker, &[]))
         .await?;
-    let (_, leader) = server.enrol("02:fb:00:00:01:01", &[]).await?;
-    let (_, manager) = server.enrol("02:fb:00:00:01:02", &[]).await?;
-    let (_, worker) = server.enrol("02:fb:00:00:01:03", &[]).await?;
+    let [leader, manager, worker, bogus] = [
+        "02:fb:00:00:01:01",
+        "02:fb:00:00:01:02",
+        "02:fb:00:00:01:03",
+        "02:fb:00:00:01:01",
+    ]
+    .map(device_key);
+    let (leader, manager, worker, bogus) = (leader?, manager?, worker?, bogus?);
+    for key in [&leader, &manager, &worker] {
+        server
+            .enrol_with(key, Admit::Key(server.provisioning_key()), &[])
+            .await?;
+    }
     let key = server.provisioning_key();
 
     let long = "x".repeat(300);
@@ -587,14 +595,14 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
             "not valid",
         ),
         bad(
-            "device credential on operator API",
+            "device signature on operator API",
             "GET",
             "/v1/swarms",
             Auth::Worker,
             json!(null),
             401,
             "unauthorized",
-            "not valid",
+            "admin token",
         ),
         bad(
             "swarm name with a space",
@@ -957,17 +965,67 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
             "enrol with a wrong provisioning key",
             "POST",
             "/v1/enrol",
-            Auth::None,
+            Auth::Enrolling,
             json!({"device_id": "02:fb:00:00:01:03", "provisioning_key": "fsp_wrong"}),
             401,
             "unauthorized",
             "provisioning key",
         ),
         bad(
-            "enrol of an unknown device",
+            "enrol without a signature",
             "POST",
             "/v1/enrol",
             Auth::None,
+            json!({"device_id": "02:fb:00:00:07:09", "provisioning_key": key.expose(), "public_key": "p256:BAAA"}),
+            422,
+            "invalid",
+            "public key",
+        ),
+        bad(
+            "enrol signed but without a key in the body",
+            "POST",
+            "/v1/enrol",
+            Auth::Worker,
+            json!({"device_id": "02:fb:00:00:01:03", "provisioning_key": key.expose()}),
+            422,
+            "invalid",
+            "public_key",
+        ),
+        bad(
+            "enrol with both a provisioning key and a token",
+            "POST",
+            "/v1/enrol",
+            Auth::Enrolling,
+            json!({"device_id": "02:fb:00:00:07:10", "provisioning_key": key.expose(), "token": "fset_x"}),
+            422,
+            "invalid",
+            "exactly one",
+        ),
+        bad(
+            "enrol with neither",
+            "POST",
+            "/v1/enrol",
+            Auth::Enrolling,
+            json!({"device_id": "02:fb:00:00:07:11"}),
+            422,
+            "invalid",
+            "exactly one",
+        ),
+        bad(
+            "enrol with a token that does not exist",
+            "POST",
+            "/v1/enrol",
+            Auth::Enrolling,
+            json!({"device_id": "02:fb:00:00:07:12", "token": "fset_not-a-token"}),
+            401,
+            "unauthorized",
+            "token",
+        ),
+        bad(
+            "enrol of an unknown device",
+            "POST",
+            "/v1/enrol",
+            Auth::Enrolling,
             json!({"device_id": "02:fb:00:00:07:07", "provisioning_key": key.expose()}),
             403,
             "forbidden",
@@ -977,7 +1035,7 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
             "enrol into a swarm without auto-enrolment",
             "POST",
             "/v1/enrol",
-            Auth::None,
+            Auth::Enrolling,
             json!({"device_id": "02:fb:00:00:07:08", "provisioning_key": key.expose(), "swarm": "s2"}),
             403,
             "forbidden",
@@ -987,7 +1045,7 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
             "enrol with a bad device id",
             "POST",
             "/v1/enrol",
-            Auth::None,
+            Auth::Enrolling,
             json!({"device_id": "bad id", "provisioning_key": key.expose()}),
             422,
             "invalid",
@@ -997,31 +1055,31 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
             "enrol with a bad fact key",
             "POST",
             "/v1/enrol",
-            Auth::None,
+            Auth::Enrolling,
             json!({"device_id": "02:fb:00:00:01:03", "provisioning_key": key.expose(), "facts": {"a b": "1"}}),
             422,
             "invalid",
             "facts.a b",
         ),
         bad(
-            "config without a credential",
+            "config without a signature",
             "GET",
             "/v1/config",
             Auth::None,
             json!(null),
             401,
             "unauthorized",
-            "credential",
+            "signed with the device's key",
         ),
         bad(
-            "config with a bogus credential",
+            "config signed with a key never enrolled",
             "GET",
             "/v1/config",
             Auth::BogusDevice,
             json!(null),
             401,
             "unauthorized",
-            "not valid",
+            "not signed by a key enrolled",
         ),
         bad(
             "worker posts join tokens",
@@ -1140,24 +1198,47 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() -> Result<()> {
     let before = db_fingerprint(&data)?;
     let events_before = admin.events(0, 1000, None).await?.len();
     for case in &cases {
-        let token = match case.auth {
-            Auth::None => None,
-            Auth::Admin => Some(server.admin_token().expose().to_string()),
-            Auth::WrongAdmin => Some("fsa_not-the-token".to_string()),
-            Auth::Leader => Some(leader.credential.expose().to_string()),
-            Auth::Manager => Some(manager.credential.expose().to_string()),
-            Auth::Worker => Some(worker.credential.expose().to_string()),
-            Auth::BogusDevice => Some("fsd_bogus".to_string()),
+        let mut body = case.body.clone();
+        let bearer = |t: &str| Some(format!("Bearer {t}"));
+        let signed = |key: &FileKey, body: &str| {
+            Some(signed_authorization(
+                key,
+                case.method,
+                case.path,
+                body.as_bytes(),
+            ))
         };
+        let authorization = match case.auth {
+            Auth::Enrolling => {
+                let mut json: serde_json::Value = serde_json::from_str(&body)?;
+                // An id the header can carry even when the body's is bad.
+                let id = json["device_id"].as_str().unwrap_or("x").replace(' ', "");
+                let key = device_key(&id)?;
+                json["public_key"] = key.public_key().as_str().into();
+                body = json.to_string();
+                signed(&key, &body)
+            }
+            _ => None,
+        };
+        let authorization = authorization.or(match case.auth {
+            Auth::None | Auth::Enrolling => None,
+            Auth::Admin => bearer(server.admin_token().expose()),
+            Auth::WrongAdmin => bearer("fsa_not-the-token"),
+            Auth::Leader => signed(&leader, &body),
+            Auth::Manager => signed(&manager, &body),
+            Auth::Worker => signed(&worker, &body),
+            // The leader's id, signed with a key it never enrolled.
+            Auth::BogusDevice => signed(&bogus, &body),
+        });
         let mut request =
             http.request(case.method.parse()?, format!("{}{}", server.url, case.path));
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
         }
-        if !case.body.is_empty() {
+        if !body.is_empty() {
             request = request
                 .header("content-type", case.content_type)
-                .body(case.body.clone());
+                .body(body.clone());
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
@@ -1313,7 +1394,7 @@ async fn restart_keeps_fleet_credentials_and_ca() -> Result<()> {
     let (leader, _) = server
         .enrol("02:fb:00:00:03:01", &[("arch", "amd64")])
         .await?;
-    let (worker, worker_enrolment) = server.enrol("02:fb:00:00:03:02", &[]).await?;
+    let (worker, _) = server.enrol("02:fb:00:00:03:02", &[]).await?;
     assert!(matches!(leader.config().await?, ConfigAnswer::Init { .. }));
     leader.post_swarm_tokens(&tokens("ckeep")).await?;
     let devices_before = admin.list_devices(None).await?;
@@ -1333,15 +1414,9 @@ async fn restart_keeps_fleet_credentials_and_ca() -> Result<()> {
     let swarm = admin.get_swarm("keep").await?;
     assert!(swarm.initialized);
     assert_eq!(swarm.auto_enrol, AutoEnrol::Pending);
-    // The worker's credential from before the restart still works.
-    let worker_again = again
-        .anonymous()
-        .with_token(worker_enrolment.credential.clone());
-    assert!(matches!(
-        worker_again.config().await?,
-        ConfigAnswer::Join { .. }
-    ));
-    drop(worker);
+    // The worker's key from before the restart still works (same
+    // address, same CA).
+    assert!(matches!(worker.config().await?, ConfigAnswer::Join { .. }));
     Ok(())
 }
 
@@ -1367,23 +1442,8 @@ async fn secrets_never_reach_logs_events_metrics_or_openapi() -> Result<()> {
     let (leader, l) = server
         .enrol("02:fb:00:00:04:01", &[("arch", "amd64")])
         .await?;
-    let (worker, w) = {
-        let response = server
-            .anonymous()
-            .enrol(&EnrolRequest {
-                device_id: DeviceId::parse("02:fb:00:00:04:02")?,
-                provisioning_key: server.provisioning_key(),
-                swarm: None,
-                facts: Labels::new(),
-            })
-            .await?;
-        (
-            server.anonymous().with_token(response.credential.clone()),
-            response,
-        )
-    };
-    secrets.push(l.credential.expose().to_string());
-    secrets.push(w.credential.expose().to_string());
+    let (worker, _) = server.enrol("02:fb:00:00:04:02", &[]).await?;
+    let _ = l;
     assert!(matches!(leader.config().await?, ConfigAnswer::Init { .. }));
     let t = tokens("cquiet");
     secrets.push(t.worker_token.expose().to_string());
@@ -1400,13 +1460,11 @@ async fn secrets_never_reach_logs_events_metrics_or_openapi() -> Result<()> {
     leader.desired(None, 0).await?;
     // Failures that carry secrets in their requests.
     let wrong = server
-        .anonymous()
-        .enrol(&EnrolRequest {
-            device_id: DeviceId::parse("02:fb:00:00:04:03")?,
-            provisioning_key: Secret::new("fsp_guess-that-is-secret"),
-            swarm: None,
-            facts: Labels::new(),
-        })
+        .enrol_with(
+            &device_key("02:fb:00:00:04:03")?,
+            Admit::Key(Secret::new("fsp_guess-that-is-secret")),
+            &[],
+        )
         .await;
     assert!(wrong.is_err());
     secrets.push("fsp_guess-that-is-secret".into());

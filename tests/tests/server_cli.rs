@@ -3,11 +3,9 @@
 //! status, events, removal; table output for people, JSON for scripts.
 
 use anyhow::Result;
-use fogswarm_e2e::server::ServerProcess;
+use fogswarm_e2e::server::{device_key, enrol_request, Admit, ServerProcess};
 use fogswarm_e2e::{fogswarm, Run};
 use fogswarm_protocol::api::*;
-use fogswarm_protocol::validate::Labels;
-use fogswarm_protocol::DeviceId;
 use std::path::Path;
 use std::process::Command;
 
@@ -154,15 +152,14 @@ async fn cli_sets_up_a_whole_fleet() -> Result<()> {
     assert!(text.contains("state:       declared"), "{text}");
 
     // A device auto-enrols into the pending swarm; the operator approves it.
-    server
-        .anonymous()
-        .enrol(&EnrolRequest {
-            device_id: DeviceId::parse("02:fb:0a:00:00:20")?,
-            provisioning_key: server.provisioning_key(),
-            swarm: Some("lab".into()),
-            facts: Labels::from([("arch".to_string(), "arm64".to_string())]),
-        })
-        .await?;
+    let key = device_key("02:fb:0a:00:00:20")?;
+    let mut request = enrol_request(
+        &key,
+        Admit::Key(server.provisioning_key()),
+        &[("arch", "arm64")],
+    )?;
+    request.swarm = Some("lab".into());
+    server.anonymous().with_device(key).enrol(&request).await?;
     assert_eq!(
         cli.json(&["device", "show", "02:fb:0a:00:00:20"])["state"],
         "pending"

@@ -5,7 +5,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use fogswarm_client::{Client, ClientError};
 use fogswarm_e2e::fleet::{self, FleetPlan};
-use fogswarm_e2e::server::{declare, server_binary, ServerProcess};
+use fogswarm_e2e::server::{declare, device_key, server_binary, Admit, ServerProcess};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
 use std::os::unix::fs::PermissionsExt;
@@ -277,7 +277,10 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
     let fingerprint = server.fingerprint.clone().context("fingerprint")?;
     let admin = server.admin();
     declare(&admin, "kept", &[("02:fe:00:00:00:01", Role::Leader)]).await?;
-    let credential = server.enrol("02:fe:00:00:00:01", &[]).await?.1.credential;
+    let identity = device_key("02:fe:00:00:00:01")?;
+    server
+        .enrol_with(&identity, Admit::Key(server.provisioning_key()), &[])
+        .await?;
     // Load while the backup is taken.
     let endpoints = [server.endpoint()];
     let (token, key) = (server.admin_token(), server.provisioning_key());
@@ -356,7 +359,7 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
         restored.fingerprint.as_deref() == Some(fingerprint.as_str()),
         "the CA changed"
     );
-    let device = restored.anonymous().with_token(credential);
+    let device = restored.anonymous().with_device(identity);
     ensure!(
         matches!(device.config().await?, ConfigAnswer::Init { .. }),
         "the restored server does not know the device"
@@ -371,27 +374,153 @@ fn raw_client(source: &str) -> Result<reqwest::Client> {
     fogswarm_client::ensure_crypto_provider();
     Ok(reqwest::Client::builder()
         .local_address(Some(source.parse()?))
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()?)
 }
 
+/// Issue 23, test 5: guesses are slowed per address and per what was
+/// guessed, and never lock out a valid credential from the same address
+/// (a site behind one NAT address); behind a trusted proxy the limit falls
+/// on the forwarded client address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_is_rate_limited_per_address() -> Result<()> {
+async fn guessing_is_slowed_without_locking_out_the_innocent() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(&dir.path().join("data"), &[])?;
     let admin = server.admin();
-    declare(&admin, "guarded", &[("02:ff:00:00:00:01", Role::Leader)]).await?;
+    declare(
+        &admin,
+        "guarded",
+        &[
+            ("02:ff:00:00:00:01", Role::Leader),
+            ("02:ff:00:00:00:03", Role::Worker),
+        ],
+    )
+    .await?;
+    let (device, _) = server.enrol("02:ff:00:00:00:01", &[]).await?;
+    let same_address = raw_client("127.0.0.1")?;
 
-    let enrol_body = |key: &str| serde_json::json!({"device_id": "02:ff:00:00:00:01", "provisioning_key": key, "facts": {}});
-    let attacker = raw_client("127.0.0.1")?;
+    // Twenty wrong admin tokens: refused, then slowed with Retry-After.
+    let statuses = guess_admin_tokens(&same_address, &server.url, 20, None).await?;
+    ensure!(statuses.0[..10].iter().all(|s| *s == 401), "{statuses:?}");
+    ensure!(statuses.0[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    ensure!(
+        statuses.1.is_some_and(|s| s > 0 && s <= 60),
+        "Retry-After: {statuses:?}"
+    );
+    // Twenty wrong provisioning keys, each enrolment signed with a key of
+    // its own: refused, then slowed.
+    let mut enrol_statuses = Vec::new();
+    for i in 0..20 {
+        let r = server
+            .enrol_with(
+                &device_key("02:ff:00:00:00:02")?,
+                Admit::Key(Secret::new(format!("fsp_guess{i}"))),
+                &[],
+            )
+            .await;
+        enrol_statuses.push(
+            r.err()
+                .and_then(|e| e.downcast::<ClientError>().ok())
+                .and_then(|e| e.status()),
+        );
+    }
+    ensure!(
+        enrol_statuses[..10].iter().all(|s| *s == Some(401))
+            && enrol_statuses[10..].iter().all(|s| *s == Some(429)),
+        "{enrol_statuses:?}"
+    );
+
+    // From the same address, everything valid still works: the device's
+    // signed requests, the admin token, a dashboard session signed in
+    // with it, and a new device with the right provisioning key.
+    ensure!(matches!(device.config().await?, ConfigAnswer::Init { .. }));
+    admin.status().await?;
+    let r = same_address
+        .post(format!("{}/login", server.url))
+        .header("origin", &server.url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", server.admin_token().expose()))
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 303,
+        "sign-in with the right token: {}",
+        r.status()
+    );
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("session cookie")?
+        .to_string();
+    let page = same_address
+        .get(format!("{}/devices", server.url))
+        .header("cookie", &cookie)
+        .send()
+        .await?;
+    ensure!(
+        page.status() == 200,
+        "the session's page: {}",
+        page.status()
+    );
+    server.enrol("02:ff:00:00:00:03", &[]).await?;
+    // The refusals leak no secret.
+    ensure!(!server
+        .log_text()
+        .contains(server.provisioning_key().expose()));
+    drop(server);
+
+    // Behind a trusted proxy (here the loopback), the limit falls on the
+    // address it forwards, not on the proxy.
+    let proxied = ServerProcess::start(
+        &dir.path().join("proxied"),
+        &["--trusted-proxy", "127.0.0.0/8"],
+    )?;
+    let (statuses, _) =
+        guess_admin_tokens(&same_address, &proxied.url, 12, Some("198.51.100.7")).await?;
+    ensure!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    let (statuses, _) =
+        guess_admin_tokens(&same_address, &proxied.url, 3, Some("198.51.100.8")).await?;
+    ensure!(
+        statuses.iter().all(|s| *s == 401),
+        "another client behind the same proxy is not slowed: {statuses:?}"
+    );
+    drop(proxied);
+    // Without --trusted-proxy, X-Forwarded-For is not believed.
+    let direct = ServerProcess::start(&dir.path().join("direct"), &[])?;
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let forwarded = format!("198.51.100.{i}");
+        statuses.extend(
+            guess_admin_tokens(&same_address, &direct.url, 1, Some(&forwarded))
+                .await?
+                .0,
+        );
+    }
+    ensure!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    Ok(())
+}
+
+/// Sends `n` wrong admin tokens; answers the statuses and the last
+/// Retry-After.
+async fn guess_admin_tokens(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+    forwarded_for: Option<&str>,
+) -> Result<(Vec<u16>, Option<u64>)> {
     let mut statuses = Vec::new();
     let mut retry_after = None;
-    for i in 0..50 {
-        let r = attacker
-            .post(format!("{}/v1/enrol", server.url))
-            .json(&enrol_body(&format!("fsp_guess{i}")))
-            .send()
-            .await?;
+    for i in 0..n {
+        let mut request = client
+            .get(format!("{url}/v1/status"))
+            .bearer_auth(format!("fsa_guess{i}"));
+        if let Some(f) = forwarded_for {
+            request = request.header("x-forwarded-for", f);
+        }
+        let r = request.send().await?;
         if r.status() == 429 {
             retry_after = r
                 .headers()
@@ -401,59 +530,7 @@ async fn guessing_is_rate_limited_per_address() -> Result<()> {
         }
         statuses.push(r.status().as_u16());
     }
-    ensure!(
-        statuses[..10].iter().all(|s| *s == 401),
-        "the first guesses are refused as wrong: {statuses:?}"
-    );
-    ensure!(
-        statuses[10..].iter().all(|s| *s == 429),
-        "then slowed: {statuses:?}"
-    );
-    ensure!(
-        retry_after.is_some_and(|s| s > 0 && s <= 60),
-        "Retry-After: {retry_after:?}"
-    );
-
-    // A device with the right key, from another address, is not slowed.
-    let device = raw_client("127.0.0.2")?;
-    let started = Instant::now();
-    let r = device
-        .post(format!("{}/v1/enrol", server.url))
-        .json(&enrol_body(server.provisioning_key().expose()))
-        .send()
-        .await?;
-    ensure!(
-        r.status() == 200,
-        "the right key from elsewhere: {}",
-        r.status()
-    );
-    ensure!(started.elapsed() < Duration::from_secs(2));
-    let credential = r.json::<EnrolResponse>().await?.credential;
-
-    // Wrong device credentials count the same way, per address.
-    let prober = raw_client("127.0.0.3")?;
-    let mut statuses = Vec::new();
-    for i in 0..15 {
-        let r = prober
-            .get(format!("{}/v1/config", server.url))
-            .bearer_auth(format!("fsd_guess{i}"))
-            .send()
-            .await?;
-        statuses.push(r.status().as_u16());
-    }
-    ensure!(statuses[..10].iter().all(|s| *s == 401), "{statuses:?}");
-    ensure!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
-    let r = device
-        .get(format!("{}/v1/config", server.url))
-        .bearer_auth(credential.expose())
-        .send()
-        .await?;
-    ensure!(r.status() == 200, "the real device: {}", r.status());
-    // The refusals leak no secret.
-    ensure!(!server
-        .log_text()
-        .contains(server.provisioning_key().expose()));
-    Ok(())
+    Ok((statuses, retry_after))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use fogswarm_client::{Client, ClientError, Endpoint};
 use fogswarm_e2e::fleet::{self, FleetPlan, FleetReport};
 use fogswarm_e2e::postgres::{self, PgCluster};
-use fogswarm_e2e::server::{declare, ServerProcess};
+use fogswarm_e2e::server::{declare, device_key, Admit, ServerProcess};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{Labels, Role};
 use std::path::Path;
@@ -287,7 +287,10 @@ async fn a_fleet_restored_from_pg_dump_keeps_credentials_and_ca() -> Result<()> 
     let server = replica(&dir.path().join("a"), &database)?;
     let admin = server.admin();
     declare(&admin, "kept", &[("02:fc:00:00:00:01", Role::Leader)]).await?;
-    let credential = server.enrol("02:fc:00:00:00:01", &[]).await?.1.credential;
+    let key = device_key("02:fc:00:00:00:01")?;
+    server
+        .enrol_with(&key, Admit::Key(server.provisioning_key()), &[])
+        .await?;
     let fingerprint = server.fingerprint.clone().context("fingerprint")?;
     let admin_token = server.admin_token();
 
@@ -342,10 +345,10 @@ async fn a_fleet_restored_from_pg_dump_keeps_credentials_and_ca() -> Result<()> 
         again.fingerprint.as_deref() == Some(fingerprint.as_str()),
         "the CA changed"
     );
-    let device = again.anonymous().with_token(credential);
+    let device = again.anonymous().with_device(key);
     ensure!(
         matches!(device.config().await?, ConfigAnswer::Init { .. }),
-        "the restored fleet does not know the device's credential"
+        "the restored fleet does not know the device's key"
     );
     let admin = Client::new(&again.endpoint(), Some(admin_token))?;
     ensure!(admin.get_swarm("kept").await?.devices == 1);

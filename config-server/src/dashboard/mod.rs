@@ -213,8 +213,11 @@ struct PeerIp(std::net::IpAddr);
 impl FromRequestParts<Shared> for PeerIp {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, Infallible> {
-        Ok(PeerIp(crate::http::peer_ip(parts)))
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Infallible> {
+        Ok(PeerIp(crate::http::client_ip(
+            parts,
+            &state.trusted_proxies,
+        )))
     }
 }
 
@@ -224,20 +227,23 @@ async fn login(
     PeerIp(ip): PeerIp,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if state.limiter.check(ip).is_err() {
-        return page_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            &pages::layout(
-                "Sign in",
-                &pages::login(Some(
-                    "Too many wrong tokens from this address; wait a minute.",
-                )),
-                false,
-            ),
-        );
-    }
     if !secrets::matches(form.token.trim(), &state.admin_hash) {
-        state.limiter.fail(ip);
+        if let Some(wait) = state.limiter.fail(ip, "admin-token") {
+            let mut response = page_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &pages::layout(
+                    "Sign in",
+                    &pages::login(Some(
+                        "Too many wrong tokens from this address; wait a minute.",
+                    )),
+                    false,
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+            return response;
+        }
         return page_response(
             StatusCode::UNAUTHORIZED,
             &pages::layout(

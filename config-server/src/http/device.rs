@@ -4,34 +4,77 @@
 
 use super::*;
 
-/// Enrol a device with the fleet's provisioning key; answers its credential.
+/// Enrol a device: it presents the key it made (the request is signed
+/// with it) and what admits it, the fleet's provisioning key or an
+/// enrolment token. An enrolled device enrolling with another key is held
+/// for approval; the enrolled key keeps working.
 #[utoipa::path(post, path = "/v1/enrol", tag = "device", request_body = EnrolRequest,
     responses((status = 200, body = EnrolResponse), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn enrol(
     State(state): State<Shared>,
     Peer(ip): Peer,
+    signed: Option<axum::Extension<SignedEnrolment>>,
     ApiJson(req): ApiJson<EnrolRequest>,
 ) -> ApiResult<Json<EnrolResponse>> {
-    state.admit(ip)?;
-    // Read each time: another replica may have rotated it.
-    let hash = state
-        .store
-        .credential(ServerCredentials::PROVISIONING_KEY_HASH)?
-        .unwrap_or_default();
-    if !secrets::matches(req.provisioning_key.expose(), &hash) {
-        state.limiter.fail(ip);
-        state.metrics.enrolment("refused_key");
-        return Err(ApiFailure::unauthorized(
-            "the provisioning key is not valid",
-        ));
+    match signed {
+        Some(axum::Extension(s)) if s.device == req.device_id.as_str() => {}
+        Some(_) => {
+            return Err(ApiFailure::unauthorized(
+                "the request is signed for another device id than it enrols",
+            ))
+        }
+        None => {
+            return Err(ApiFailure::unauthorized(
+                "sign the enrolment with the key it enrols (Authorization: Fogswarm-Device ...)",
+            ))
+        }
     }
+    let admission = match (&req.provisioning_key, &req.token) {
+        (Some(key), None) => {
+            // Read each time: another replica may have rotated it.
+            let hash = state
+                .store
+                .credential(ServerCredentials::PROVISIONING_KEY_HASH)?
+                .unwrap_or_default();
+            if !secrets::matches(key.expose(), &hash) {
+                state.metrics.enrolment("refused_key");
+                return Err(state.refuse(
+                    ip,
+                    "provisioning-key",
+                    "the provisioning key is not valid",
+                ));
+            }
+            Admission::ProvisioningKey
+        }
+        (None, Some(token)) => Admission::Token(token),
+        _ => {
+            return Err(ApiFailure::invalid(
+                "provisioning_key",
+                "give exactly one of provisioning_key and token",
+            ))
+        }
+    };
+    let by_token = matches!(admission, Admission::Token(_));
     let (enrolment, touched) = state
         .store
-        .enrol(&req.device_id, req.swarm.as_deref(), &req.facts)
-        .inspect_err(|e| {
-            if matches!(e, StoreError::Forbidden(_)) {
+        .enrol(EnrolInput {
+            id: &req.device_id,
+            public_key: &req.public_key,
+            admission,
+            requested_swarm: req.swarm.as_deref(),
+            facts: &req.facts,
+            endorsement_key: req.endorsement_key.as_deref(),
+        })
+        .map_err(|e| match e {
+            StoreError::Forbidden(_) => {
                 state.metrics.enrolment("refused_unknown");
+                ApiFailure::from(e)
             }
+            StoreError::Unauthorized(m) if by_token => {
+                state.metrics.enrolment("refused_token");
+                state.refuse(ip, "enrol-token", &m)
+            }
+            e => ApiFailure::from(e),
         })?;
     state.metrics.enrolment(if enrolment.pending {
         "pending"
@@ -43,9 +86,20 @@ pub(super) async fn enrol(
         device_id: req.device_id,
         swarm: enrolment.swarm,
         role: enrolment.role,
-        credential: enrolment.credential,
         pending: enrolment.pending,
     }))
+}
+
+/// A device replaces its key; the request is signed with the current one.
+#[utoipa::path(post, path = "/v1/device/key", tag = "device", security(("device" = [])), request_body = KeyRotation,
+    responses((status = 204), (status = 401, body = ApiError), (status = 422, body = ApiError)))]
+pub(super) async fn rotate_key(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<KeyRotation>,
+) -> ApiResult<StatusCode> {
+    state.store.rotate_device_key(&device, &req.public_key)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -63,10 +117,26 @@ pub(super) struct ConfigQuery {
     responses((status = 200, body = ConfigAnswer), (status = 401, body = ApiError)))]
 pub(super) async fn config(
     State(state): State<Shared>,
-    AuthDevice(device): AuthDevice,
+    AnyKeyDevice(caller): AnyKeyDevice,
     ApiQuery(q): ApiQuery<ConfigQuery>,
 ) -> ApiResult<Json<ConfigAnswer>> {
+    let device = caller.device.clone();
     let answer = |state: &Shared| -> ApiResult<ConfigAnswer> {
+        // A key waiting for approval is asked again at every wake-up, so
+        // the moment it is approved its held request answers as the device.
+        let reenrolling = caller.standing == Standing::Reenrolling
+            && state
+                .store
+                .device_keys(&device)?
+                .is_none_or(|keys| keys.enrolled.as_ref() != Some(&caller.key));
+        if reenrolling {
+            // Held until an operator approves this key, or another takes
+            // its place (then this key stops verifying at all).
+            return Ok(ConfigAnswer::Wait {
+                reason: format!("another key is enrolled as device {device}; an operator must approve this one (fogswarm device approve {device})"),
+                retry_after_secs: 30,
+            });
+        }
         let (answer, lease_granted) = state.store.config_for(&device)?;
         if lease_granted {
             state.metrics.lease_grant();
@@ -98,9 +168,14 @@ pub(super) async fn config(
     responses((status = 204), (status = 401, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn report(
     State(state): State<Shared>,
-    AuthDevice(device): AuthDevice,
+    AnyKeyDevice(caller): AnyKeyDevice,
     ApiJson(req): ApiJson<ReportRequest>,
 ) -> ApiResult<StatusCode> {
+    if caller.standing == Standing::Reenrolling {
+        // A key waiting for approval says nothing about the device.
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let device = caller.device;
     let touched = state.store.report(&device, &req)?;
     state.notify(&touched);
     Ok(StatusCode::NO_CONTENT)

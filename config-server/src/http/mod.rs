@@ -8,7 +8,9 @@ use crate::db::DbError;
 use crate::limit::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::secrets;
-use crate::store::{Actor, LogScope, ServerCredentials, Store, StoreError, Touched};
+use crate::store::{
+    Actor, Admission, EnrolInput, LogScope, ServerCredentials, Store, StoreError, Touched,
+};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query,
@@ -33,9 +35,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use utoipa::OpenApi;
 
+mod auth;
 mod device;
 mod files;
 mod operator;
+mod trust;
+pub(crate) use auth::client_ip;
+pub use auth::Cidr;
+use auth::{Admin, AnyKeyDevice, AuthDevice, Peer, SignedEnrolment, Standing};
 pub(crate) use operator::signed_only;
 
 /// Request bodies are small JSON documents; bulk import and a big swarm's
@@ -67,6 +74,10 @@ pub struct AppState {
     pub live: tokio::sync::broadcast::Sender<Event>,
     /// Session cookies only over TLS (the server serves TLS).
     pub secure_cookies: bool,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<Cidr>,
+    /// The hash of the bearer token /metrics requires, if one does.
+    pub metrics_hash: Option<String>,
 }
 
 impl AppState {
@@ -227,6 +238,7 @@ impl From<StoreError> for ApiFailure {
                 ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", m, None)
             }
             StoreError::Gone(m) => ApiFailure::new(StatusCode::GONE, "gone", m, None),
+            StoreError::Unauthorized(m) => ApiFailure::unauthorized(&m),
             StoreError::Database(DbError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "database unavailable");
                 ApiFailure {
@@ -332,100 +344,6 @@ fn too_large() -> ApiFailure {
     )
 }
 
-// ---- authentication ----
-
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// The address a request came from, for the brute-force limiter.
-pub struct Peer(pub IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = ApiFailure;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(peer_ip(parts)))
-    }
-}
-
-pub(crate) fn peer_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-impl AppState {
-    /// Refuses (429) an address that failed too often lately.
-    fn admit(&self, ip: IpAddr) -> ApiResult<()> {
-        self.limiter
-            .check(ip)
-            .map_err(ApiFailure::too_many_failures)
-    }
-}
-
-/// The caller presented the admin token.
-pub struct Admin;
-
-impl FromRequestParts<Shared> for Admin {
-    type Rejection = ApiFailure;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Shared,
-    ) -> Result<Self, Self::Rejection> {
-        let ip = peer_ip(parts);
-        state.admit(ip)?;
-        match bearer(parts) {
-            Some(token) if secrets::matches(token, &state.admin_hash) => Ok(Admin),
-            Some(_) => {
-                state.limiter.fail(ip);
-                Err(ApiFailure::unauthorized("the admin token is not valid"))
-            }
-            None => Err(ApiFailure::unauthorized(
-                "this endpoint needs the admin token as a bearer token",
-            )),
-        }
-    }
-}
-
-/// The caller presented a device credential; this is the device.
-pub struct AuthDevice(pub String);
-
-impl FromRequestParts<Shared> for AuthDevice {
-    type Rejection = ApiFailure;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Shared,
-    ) -> Result<Self, Self::Rejection> {
-        let ip = peer_ip(parts);
-        state.admit(ip)?;
-        let token = bearer(parts).ok_or_else(|| {
-            ApiFailure::unauthorized(
-                "this endpoint needs the device's credential as a bearer token",
-            )
-        })?;
-        match state.store.authenticate_device(token)? {
-            Some(id) => Ok(AuthDevice(id)),
-            None => {
-                state.limiter.fail(ip);
-                Err(ApiFailure::unauthorized(
-                    "the device credential is not valid",
-                ))
-            }
-        }
-    }
-}
-
 // ---- router ----
 
 pub fn router(state: Shared) -> Router {
@@ -436,6 +354,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/device/swarm", post(device::post_tokens))
         .route("/v1/device/manager-lost", post(device::manager_lost))
         .route("/v1/device/recovered", post(device::recovered))
+        .route("/v1/device/key", post(device::rotate_key))
         .route("/v1/desired", get(device::desired))
         .route(
             "/v1/swarms",
@@ -513,6 +432,14 @@ pub fn router(state: Shared) -> Router {
             "/v1/provisioning-key/rotate",
             post(operator::rotate_provisioning_key),
         )
+        .route(
+            "/v1/enrol-tokens",
+            get(trust::list_enrol_tokens).post(trust::create_enrol_token),
+        )
+        .route(
+            "/v1/enrol-tokens/{id}",
+            axum::routing::delete(trust::remove_enrol_token),
+        )
         .route("/v1/status", get(operator::status))
         .route("/v1/events", get(operator::events))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
@@ -553,6 +480,10 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::verify_signature,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -594,7 +525,31 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "api": API_VERSION}))
 }
 
-async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
+/// Prometheus metrics. With `--metrics-token-file`, only for a bearer of
+/// that token (a failure counts against the address like any other).
+async fn metrics(
+    State(state): State<Shared>,
+    Peer(ip): Peer,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if let Some(hash) = &state.metrics_hash {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            Some(token) if secrets::matches(token, hash) => {}
+            Some(_) => {
+                return Err(state.refuse(ip, "metrics-token", "the metrics token is not valid"))
+            }
+            None => {
+                return Err(ApiFailure::unauthorized(
+                    "/metrics needs the metrics token as a bearer token",
+                ))
+            }
+        }
+    }
     let by_state = state.store.devices_by_state()?;
     let devices = state.store.device_gauges(state.metrics_device_limit)?;
     Ok((
@@ -608,10 +563,11 @@ async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
 #[openapi(
     info(title = "fogswarm configuration server", description = "Device bootstrap and operator API."),
     paths(
-        device::enrol, device::config, device::report, device::post_tokens, device::desired, device::manager_lost, device::recovered,
+        device::enrol, device::rotate_key, device::config, device::report, device::post_tokens, device::desired, device::manager_lost, device::recovered,
         operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm, operator::rotate_tokens, operator::recover_swarm, operator::start_rollout, operator::show_rollout,
         operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::device_telemetry, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
         operator::rotate_provisioning_key, operator::status, operator::events,
+        trust::create_enrol_token, trust::list_enrol_tokens, trust::remove_enrol_token,
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,
         files::secrets::list, files::secrets::create, files::secrets::put, files::secrets::show, files::secrets::remove,
         files::configs::list, files::configs::create, files::configs::put, files::configs::show, files::configs::remove,

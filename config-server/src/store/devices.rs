@@ -1,17 +1,16 @@
-//! Devices: declared by the operator (one or in bulk), enrolled with the
-//! provisioning key, authenticated by their credential's hash, reporting
-//! their state and facts; and the fleet-wide views over them.
+//! Devices: declared by the operator (one or in bulk), reporting their
+//! state and facts; and the fleet-wide views over them. Enrolment and
+//! identity are in `enrolment`.
 
 use super::events::log_event;
 use super::swarms::require_swarm;
-use super::{bump, from_json, json_of, now, Actor, Enrolment, Result, Store, StoreError, Touched};
+use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Touched};
 use crate::db::{params, Row, Tx};
-use crate::secrets;
 use fogswarm_protocol::api::{
     DeviceCreate, DeviceProblem, DeviceState, DeviceUpdate, DeviceView, Facts, FleetStatus,
-    LabelChange, OfflineDevice, SwarmSummary,
+    LabelChange, OfflineDevice, ReenrolPending, SwarmSummary,
 };
-use fogswarm_protocol::validate::{self, AutoEnrol, Role, FACT_PREFIX};
+use fogswarm_protocol::validate::{self, Role, FACT_PREFIX};
 use fogswarm_protocol::DeviceId;
 use std::collections::BTreeMap;
 
@@ -237,9 +236,11 @@ impl Store {
         let id = DeviceId::parse(id)?;
         self.write(|tx| {
             let view = device_view(tx, id.as_str())?;
-            if view.state != DeviceState::Pending {
+            // Another key waiting to be this device: a re-image accepted.
+            let reenrolled = super::enrolment::accept_reenrolment(tx, actor, id.as_str())?;
+            if !reenrolled && view.state != DeviceState::Pending {
                 return Err(StoreError::Conflict(format!(
-                    "device {id} is {}, not pending",
+                    "device {id} is {}, not pending, and no other key waits to enrol as it",
                     view.state
                 )));
             }
@@ -290,112 +291,6 @@ impl Store {
                 "told to leave",
             )?;
             Ok((Some(device_view(tx, id.as_str())?), touched))
-        })
-    }
-
-    /// Enrols a device: a declared one, or an unknown one into a swarm that
-    /// auto-enrols. A new credential replaces any earlier one (a re-imaged
-    /// device has lost it).
-    pub fn enrol(
-        &self,
-        id: &DeviceId,
-        requested_swarm: Option<&str>,
-        facts: &Facts,
-    ) -> Result<(Enrolment, Touched)> {
-        validate_facts(facts)?;
-        if let Some(s) = requested_swarm {
-            validate::validate_swarm_name(s)?;
-        }
-        let credential = secrets::random_token("fsd");
-        let hash = secrets::hash(credential.expose());
-        self.write(|tx| {
-            let existing = tx.query_opt(
-                "SELECT swarm, role, state FROM devices WHERE id = $1",
-                params![id.as_str()],
-            )?;
-            let (swarm, role, pending) = match existing {
-                Some(row) => {
-                    let swarm: String = row.get(0)?;
-                    let role = Role::parse(&row.get::<String>(1)?)?;
-                    let state = row.get::<String>(2)?;
-                    let state = DeviceState::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
-                    let pending = state == DeviceState::Pending;
-                    let new_state = match state {
-                        DeviceState::Pending | DeviceState::Leaving => state,
-                        _ => DeviceState::Enrolled,
-                    };
-                    tx.execute(
-                        "UPDATE devices SET credential_hash = $2, facts = $3, state = $4, last_seen = $5 WHERE id = $1",
-                        params![id.as_str(), &hash, json_of(facts), new_state.as_str(), now()],
-                    )?;
-                    (swarm, role, pending)
-                }
-                None => {
-                    let (swarm, mode) =
-                        auto_enrol_swarm(tx, requested_swarm)?.ok_or_else(|| {
-                            StoreError::Forbidden(format!(
-                                "device {id} is not declared{}",
-                                match requested_swarm {
-                                    Some(s) => format!(" and swarm {s} does not auto-enrol"),
-                                    None => " and no swarm auto-enrols unknown devices".into(),
-                                }
-                            ))
-                        })?;
-                    let pending = mode == AutoEnrol::Pending;
-                    let state = if pending {
-                        DeviceState::Pending
-                    } else {
-                        DeviceState::Enrolled
-                    };
-                    tx.execute(
-                        "INSERT INTO devices (id, swarm, role, facts, state, credential_hash, last_seen, created_at)
-                         VALUES ($1, $2, 'worker', $3, $4, $5, $6, $6)",
-                        params![id.as_str(), &swarm, json_of(facts), state.as_str(), &hash, now()],
-                    )?;
-                    log_event(
-                        tx,
-                        &Actor::Server,
-                        "device.auto_enrol",
-                        id.as_str(),
-                        &format!("swarm={swarm} pending={pending}"),
-                    )?;
-                    (swarm, Role::Worker, pending)
-                }
-            };
-            log_event(
-                tx,
-                &Actor::Device(id.to_string()),
-                "device.enrol",
-                id.as_str(),
-                &format!("swarm={swarm}"),
-            )?;
-            bump(tx, &swarm)?;
-            Ok((
-                Enrolment {
-                    swarm: swarm.clone(),
-                    role,
-                    pending,
-                    credential: credential.clone(),
-                },
-                vec![swarm],
-            ))
-        })
-    }
-
-    /// The device whose credential this is, if any. Looked up by the
-    /// credential's hash: what the lookup's timing could tell is about the
-    /// hash, never the credential.
-    pub fn authenticate_device(&self, credential: &str) -> Result<Option<String>> {
-        let hash = secrets::hash(credential);
-        self.read(|tx| {
-            match tx.query_opt(
-                "SELECT id FROM devices WHERE credential_hash = $1",
-                params![hash],
-            )? {
-                Some(row) => Ok(Some(row.get(0)?)),
-                None => Ok(None),
-            }
         })
     }
 
@@ -480,7 +375,7 @@ impl Store {
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, credential_hash IS NOT NULL, node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, telemetry, heartbeat_secs";
+    "id, swarm, role, labels, facts, state, (public_key IS NOT NULL OR credential_hash IS NOT NULL), node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, telemetry, heartbeat_secs, public_key, endorsement_key, pending_key, pending_endorsement_key, pending_since";
 
 pub(super) struct DeviceRow {
     id: String,
@@ -505,6 +400,11 @@ pub(super) struct DeviceRow {
     offline_since: Option<i64>,
     telemetry: Option<String>,
     heartbeat_secs: Option<i64>,
+    public_key: Option<String>,
+    endorsement_key: Option<String>,
+    pending_key: Option<String>,
+    pending_endorsement_key: Option<String>,
+    pending_since: Option<i64>,
 }
 
 impl DeviceRow {
@@ -532,6 +432,11 @@ impl DeviceRow {
             offline_since: r.get(19)?,
             telemetry: r.get(20)?,
             heartbeat_secs: r.get(21)?,
+            public_key: r.get(22)?,
+            endorsement_key: r.get(23)?,
+            pending_key: r.get(24)?,
+            pending_endorsement_key: r.get(25)?,
+            pending_since: r.get(26)?,
         })
     }
 
@@ -559,8 +464,25 @@ impl DeviceRow {
             offline_since: self.offline_since,
             telemetry: self.telemetry.as_deref().map(from_json).transpose()?,
             heartbeat_secs: self.heartbeat_secs.map(|h| h as u64),
+            key: self.public_key.as_deref().map(key_fingerprint),
+            endorsement_key: self.endorsement_key,
+            reenrol_pending: match (self.pending_key, self.pending_since) {
+                (Some(key), Some(since)) => Some(ReenrolPending {
+                    key: key_fingerprint(&key),
+                    since,
+                    endorsement_key: self.pending_endorsement_key,
+                }),
+                _ => None,
+            },
         })
     }
+}
+
+/// A stored key's fingerprint, for people.
+fn key_fingerprint(key: &str) -> String {
+    fogswarm_protocol::identity::PublicKey::parse(key)
+        .map(|k| k.fingerprint())
+        .unwrap_or_else(|_| "unreadable".into())
 }
 
 /// Every device, or one swarm's, in a stable order.
@@ -673,21 +595,6 @@ fn set_state(tx: &Tx<'_>, id: &str, state: DeviceState) -> Result<()> {
         params![id, state.as_str()],
     )?;
     Ok(())
-}
-
-fn auto_enrol_swarm(tx: &Tx<'_>, requested: Option<&str>) -> Result<Option<(String, AutoEnrol)>> {
-    let rows = tx.query(
-        "SELECT name, auto_enrol FROM swarms WHERE auto_enrol != 'off' AND (CAST($1 AS TEXT) IS NULL OR name = $1)",
-        params![requested],
-    )?;
-    // Without a requested swarm, auto-enrolment must be unambiguous.
-    match rows.as_slice() {
-        [row] => Ok(Some((
-            row.get(0)?,
-            AutoEnrol::parse(&row.get::<String>(1)?)?,
-        ))),
-        _ => Ok(None),
-    }
 }
 
 pub(super) fn validate_facts(facts: &Facts) -> Result<()> {

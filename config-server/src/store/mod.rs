@@ -8,12 +8,13 @@
 
 use crate::db::{self, Database, DbError, Location, PostgresOptions, Tx};
 use crate::secrets;
-use fogswarm_protocol::api::Secret;
+
 use fogswarm_protocol::validate;
 use std::path::Path;
 
 mod credentials;
 mod devices;
+mod enrolment;
 mod events;
 mod files;
 mod hardware;
@@ -32,6 +33,7 @@ pub use sessions::SESSION_SECS;
 pub use telemetry::{DeviceGauge, DeviceGauges};
 
 pub use credentials::ServerCredentials;
+pub use enrolment::{Admission, DeviceKeys, EnrolInput, Enrolment};
 pub use hardware::HardwarePolicy;
 pub use quorum::RECOVERY_EXPIRES_SECS;
 pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
@@ -50,6 +52,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A secret presented inside a request (an enrolment token) is not
+    /// valid.
+    #[error("{0}")]
+    Unauthorized(String),
     /// What was asked for existed and is gone (an expired log request).
     #[error("{0}")]
     Gone(String),
@@ -95,14 +101,6 @@ impl Actor {
             Actor::Server => "server".into(),
         }
     }
-}
-
-/// What an enrolment decided.
-pub struct Enrolment {
-    pub swarm: String,
-    pub role: validate::Role,
-    pub pending: bool,
-    pub credential: Secret,
 }
 
 /// Swarms whose desired state changed in a call, so the server can wake

@@ -630,6 +630,9 @@ mod tests {
             offline_since: None,
             telemetry: None,
             heartbeat_secs: None,
+            key: None,
+            endorsement_key: None,
+            reenrol_pending: None,
         }
     }
 

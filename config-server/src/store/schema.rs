@@ -200,4 +200,30 @@ CREATE TABLE dashboard_sessions (
 );
 "#,
     ),
+    // Trust: each device's identity key (and its TPM's endorsement key,
+    // where it has one); another key waiting to re-enrol as the device
+    // until an operator approves it; what a swarm does with such a
+    // re-enrolment. Enrolment tokens, stored as hashes.
+    Migration(
+        r#"
+ALTER TABLE devices ADD COLUMN public_key TEXT;
+ALTER TABLE devices ADD COLUMN endorsement_key TEXT;
+ALTER TABLE devices ADD COLUMN pending_key TEXT;
+ALTER TABLE devices ADD COLUMN pending_endorsement_key TEXT;
+ALTER TABLE devices ADD COLUMN pending_since BIGINT;
+ALTER TABLE swarms ADD COLUMN reimage TEXT NOT NULL DEFAULT 'approve';
+CREATE TABLE enrol_tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    swarm TEXT NOT NULL REFERENCES swarms(name),
+    labels TEXT NOT NULL DEFAULT '{}',
+    role TEXT NOT NULL,
+    uses BIGINT,
+    used BIGINT NOT NULL DEFAULT 0,
+    expires_at BIGINT,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"#,
+    ),
 ];

@@ -7,8 +7,8 @@ use super::events::log_event;
 use super::{bump, from_json, json_of, now, services, Actor, Result, Store, StoreError, Touched};
 use crate::db::{params, Tx};
 use fogswarm_protocol::api::{
-    Availability, ConfigAnswer, DesiredNode, DesiredState, DeviceState, Secret, SwarmTokens,
-    SwarmUpdate, SwarmView,
+    Availability, ConfigAnswer, DesiredNode, DesiredState, DeviceState, Reimage, Secret,
+    SwarmTokens, SwarmUpdate, SwarmView,
 };
 use fogswarm_protocol::validate::{self, AutoEnrol, Role, FACT_PREFIX};
 
@@ -103,6 +103,19 @@ impl Store {
                     &format!("require_signed=[{}]", ids.join(",")),
                 )?;
             }
+            if let Some(r) = update.reimage {
+                tx.execute(
+                    "UPDATE swarms SET reimage = $2 WHERE name = $1",
+                    params![name, r.as_str()],
+                )?;
+                log_event(
+                    tx,
+                    actor,
+                    "swarm.update",
+                    name,
+                    &format!("reimage={}", r.as_str()),
+                )?;
+            }
             if let Some(a) = auto_enrol {
                 tx.execute(
                     "UPDATE swarms SET auto_enrol = $2 WHERE name = $1",
@@ -136,7 +149,7 @@ impl Store {
                 "DELETE FROM log_lines WHERE request IN (SELECT id FROM log_requests WHERE swarm = $1)",
                 params![name],
             )?;
-            for table in ["devices", "services", "observed", "swarm_files", "log_requests", "agent_rollouts"] {
+            for table in ["devices", "services", "observed", "swarm_files", "log_requests", "agent_rollouts", "enrol_tokens"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE swarm = $1"),
                     params![name],
@@ -535,7 +548,7 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
         .query_opt(
             "SELECT s.name, s.auto_enrol, s.worker_token IS NOT NULL, s.cluster_id, s.manager_addrs,
                     (SELECT COUNT(*) FROM devices d WHERE d.swarm = s.name), s.lease_holder, s.lease_expires, s.created_at,
-                    s.signing_keys, s.allowed_devices, s.allow_privileged
+                    s.signing_keys, s.allowed_devices, s.allow_privileged, s.reimage
              FROM swarms s WHERE s.name = $1",
             params![name],
         )?
@@ -566,6 +579,8 @@ fn swarm_view(tx: &Tx<'_>, name: &str) -> Result<SwarmView> {
         quorum_lost_at: managers.quorum_lost_at,
         recovery: super::quorum::recovery(tx, name)?,
         unsigned_services: services::unsigned_services(tx, name)?,
+        reimage: Reimage::parse(&row.get::<String>(12)?)
+            .ok_or_else(|| StoreError::Corrupt("swarm reimage setting".into()))?,
         created_at: row.get(8)?,
     })
 }

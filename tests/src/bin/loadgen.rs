@@ -15,6 +15,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use fogswarm_client::identity::{DeviceSigner, FileKey};
 use fogswarm_client::{Client, Endpoint};
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
@@ -240,20 +241,28 @@ async fn main() -> Result<()> {
                     let anonymous = anonymous.clone();
                     let key = key.clone();
                     async move {
-                        anonymous
+                        let signer = std::sync::Arc::new(
+                            FileKey::generate(&row.id).map_err(anyhow::Error::msg)?,
+                        );
+                        let client = anonymous.with_device(signer.clone());
+                        client
                             .enrol(&EnrolRequest {
                                 device_id: DeviceId::parse(&row.id)?,
-                                provisioning_key: key,
+                                public_key: signer.public_key().clone(),
+                                provisioning_key: Some(key),
+                                token: None,
                                 swarm: None,
                                 facts: Labels::new(),
+                                endorsement_key: None,
                             })
                             .await
-                            .map_err(anyhow::Error::from)
+                            .map_err(anyhow::Error::from)?;
+                        anyhow::Ok(client)
                     }
                 }))
                 .await;
-                for e in enrolments {
-                    clients.push(anonymous.with_token(e?.credential));
+                for client in enrolments {
+                    clients.push(client?);
                 }
             }
             let config = load("config", &clients, duration, |c| async move {
