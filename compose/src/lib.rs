@@ -97,6 +97,9 @@ impl Input {
     }
 }
 
+/// A pasted Compose file's size at most: a real stack is a few KiB.
+pub const MAX_PASTED_BYTES: usize = 256 * 1024;
+
 /// The refusal for a file read asked of a pasted Compose file.
 fn no_files(at: &str) -> String {
     format!("{at}: a pasted Compose file cannot read files; deploy it with `fogswarm stack deploy`")
@@ -110,6 +113,17 @@ pub fn parse(text: &str, stack: &str) -> Result<Vec<ServiceSpec>, String> {
 
 /// The whole stack: services, its secrets and configs, and warnings.
 pub fn load(input: &Input, stack: &str) -> Result<Project, String> {
+    if !input.reads_files {
+        for source in &input.sources {
+            if source.text.len() > MAX_PASTED_BYTES {
+                return Err(format!(
+                    "{}: {} bytes; a pasted Compose file may have at most {MAX_PASTED_BYTES}",
+                    source.path,
+                    source.text.len()
+                ));
+            }
+        }
+    }
     let (value, warnings) = yaml::load(&input.sources, &input.env)?;
     let file: ComposeFile = serde_norway::from_value(value).map_err(|e| {
         let message = e.to_string();

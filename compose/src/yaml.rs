@@ -87,6 +87,7 @@ pub fn load(
     let mut merged = Value::Null;
     let mut warnings = Vec::new();
     for source in sources {
+        within_budget(&source.text).map_err(|e| format!("{}: {e}", source.path))?;
         let mut value: Value =
             serde_norway::from_str(&source.text).map_err(|e| match e.location() {
                 Some(l) => format!("{}:{}:{}: {e}", source.path, l.line(), l.column()),
@@ -102,6 +103,91 @@ pub fn load(
     }
     drop_ignored(&mut merged, &mut warnings);
     Ok((merged, warnings))
+}
+
+/// Values a Compose file may expand to, aliases followed: far above any
+/// real stack, far below what hurts a server (a few MB).
+pub const MAX_NODES: usize = 100_000;
+
+/// Refuses a file whose aliases expand past [`MAX_NODES`] values (a
+/// "billion laughs" of nested anchors), counting as the parser expands
+/// and stopping there: nothing is built before the file is known small.
+fn within_budget(text: &str) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+
+    #[derive(Clone, Copy)]
+    struct Budget<'a>(&'a Cell<usize>);
+
+    impl Budget<'_> {
+        fn spend<E: Error>(self) -> Result<(), E> {
+            let used = self.0.get() + 1;
+            self.0.set(used);
+            if used > MAX_NODES {
+                return Err(E::custom(format!(
+                    "the file expands to more than {MAX_NODES} values (nested YAML aliases?)"
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Budget<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    macro_rules! leaf {
+        ($($name:ident: $t:ty),*) => {$(
+            fn $name<E: Error>(self, _: $t) -> Result<(), E> { self.spend() }
+        )*};
+    }
+
+    impl<'de> Visitor<'de> for Budget<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any YAML value")
+        }
+        leaf!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str, visit_bytes: &[u8]);
+        fn visit_unit<E: Error>(self) -> Result<(), E> {
+            self.spend()
+        }
+        fn visit_none<E: Error>(self) -> Result<(), E> {
+            self.spend()
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            self.deserialize(d)
+        }
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            self.deserialize(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            self.spend()?;
+            while seq.next_element_seed(self)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            self.spend()?;
+            while map.next_key_seed(self)?.is_some() {
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+        fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+            use serde::de::VariantAccess;
+            let (_, variant) = data.variant_seed(self)?;
+            variant.newtype_variant_seed(self)
+        }
+    }
+
+    let used = Cell::new(0);
+    match Budget(&used).deserialize(serde_norway::Deserializer::from_str(text)) {
+        // A syntax error is the real parse's to report, with its place.
+        Err(e) if used.get() > MAX_NODES => Err(e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 /// Removes `x-` keys from every mapping: extension fields are for YAML
@@ -417,6 +503,41 @@ pub fn read_dotenv(text: &str) -> BTreeMap<String, String> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Nested aliases that would expand to ten million values are refused
+    /// at once, having built nothing; ordinary anchors still work.
+    #[test]
+    fn an_alias_bomb_is_refused_and_anchors_still_work() {
+        // Within serde_norway's own limit on alias jumps (a few thousand
+        // here), but each jump copies a thousand values: ten million in all.
+        let leaf = vec!["lol"; 1000].join(",");
+        let mut bomb = format!("a: &a [{leaf}]\n");
+        let names = ["a", "b", "c", "d", "e"];
+        for w in names.windows(2) {
+            let refs = vec![format!("*{}", w[0]); 10].join(",");
+            bomb.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
+        }
+        bomb.push_str("services: {}\n");
+        let started = std::time::Instant::now();
+        let sources = [Source {
+            path: "bomb.yml".into(),
+            text: bomb,
+        }];
+        let err = load(&sources, &BTreeMap::new()).expect_err("refused");
+        assert!(
+            err.contains("bomb.yml") && err.contains("nested YAML aliases"),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let fine = [Source {
+            path: "fine.yml".into(),
+            text: "x-base: &base\n  image: a\n  environment: [A=1]\nservices:\n  one: *base\n  two:\n    <<: *base\n    image: b\n".into(),
+        }];
+        let (value, _) = load(&fine, &BTreeMap::new()).expect("anchors");
+        assert_eq!(value["services"]["two"]["image"].as_str(), Some("b"));
+        assert_eq!(value["services"]["one"]["image"].as_str(), Some("a"));
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

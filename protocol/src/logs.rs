@@ -13,6 +13,21 @@ use serde::{Deserialize, Serialize};
 pub const LOG_REQUEST_TTL_SECS: i64 = 30;
 /// Lines a request keeps at most (the oldest go first for a follow).
 pub const MAX_LOG_LINES: u64 = 20_000;
+/// A stored log line's length at most (bytes); longer lines are cut there
+/// and marked, so one runaway line cannot fill the database.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// `line`, cut to [`MAX_LINE_BYTES`] at a character boundary and marked.
+pub fn capped_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_LINE_BYTES {
+        return line.into();
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut: {} bytes in all]", &line[..end], line.len()).into()
+}
 
 /// `docker service logs`' options.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

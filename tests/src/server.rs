@@ -208,6 +208,33 @@ impl ServerProcess {
             .await?)
     }
 
+    /// One header of the answer to a GET of `path`, over TLS pinned to
+    /// this server's CA (or plain HTTP).
+    pub async fn raw_get_header(&self, path: &str, name: &str) -> Result<Option<String>> {
+        fogswarm_client::ensure_crypto_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(fp) = &self.fingerprint {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(
+                    fogswarm_client::pin::PinnedVerifier::new(fp.clone(), provider),
+                ))
+                .with_no_client_auth();
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        let r = builder
+            .build()?
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await?;
+        Ok(r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
     /// Everything the server logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

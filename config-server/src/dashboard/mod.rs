@@ -152,7 +152,24 @@ pub struct SameOrigin;
 impl FromRequestParts<Shared> for SameOrigin {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
+        // The scheme this server is reached by: its own, or what a trusted
+        // proxy in front of it says.
+        let scheme = {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-proto")
+                .and_then(|h| h.to_str().ok())
+                .map(str::trim);
+            let peer = crate::http::client_ip(parts, &[]);
+            match forwarded {
+                Some(proto) if state.trusted_proxies.iter().any(|c| c.contains(peer)) => {
+                    proto.to_ascii_lowercase()
+                }
+                _ if state.secure_cookies => "https".to_string(),
+                _ => "http".to_string(),
+            }
+        };
         let host = parts
             .headers
             .get(header::HOST)
@@ -168,7 +185,7 @@ impl FromRequestParts<Shared> for SameOrigin {
         let same = match (origin, host) {
             (Some(origin), Some(host)) => origin
                 .split_once("://")
-                .is_some_and(|(_, authority)| authority == host),
+                .is_some_and(|(s, authority)| s == scheme && authority == host),
             (None, _) => fetch_site == Some("same-origin"),
             _ => false,
         };
@@ -343,12 +360,30 @@ fn not_found(what: &str) -> Response {
     )
 }
 
-/// A store error as a page: not found, or the server's own trouble.
+/// A store error as a page with the status the API would answer: a bad
+/// name is the caller's (4xx), only the server's own trouble is a 500.
 fn store_failure(e: StoreError) -> Response {
-    match e {
-        StoreError::NotFound(what) => not_found(&what),
-        e => failure(&e.to_string()),
+    let failure = crate::http::ApiFailure::from(e);
+    let status = failure.status();
+    if status == StatusCode::NOT_FOUND {
+        return not_found(&failure.describe());
     }
+    page_response(
+        status,
+        &pages::layout(
+            "Error",
+            &format!(
+                "<h1>{}</h1><p>{}</p>",
+                if status.is_server_error() {
+                    "Something went wrong"
+                } else {
+                    "That cannot be done"
+                },
+                pages::esc(&failure.describe())
+            ),
+            true,
+        ),
+    )
 }
 
 async fn fleet(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> Response {
@@ -397,7 +432,7 @@ async fn devices(
     match state.store.device_page(
         Some(query.q.trim()),
         label_filter,
-        (page - 1) * PER_PAGE,
+        (page - 1).saturating_mul(PER_PAGE),
         PER_PAGE,
     ) {
         Ok((list, total)) => {

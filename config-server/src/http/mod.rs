@@ -196,6 +196,10 @@ impl ApiFailure {
         ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", message, None)
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The refusal as one line for a page: `field: message`.
     pub(crate) fn describe(&self) -> String {
         match &self.body.field {
@@ -498,12 +502,42 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
+    let api = request.uri().path().starts_with("/v1/");
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if api {
+        response = api_shaped(response).await;
+    }
+    if state.secure_cookies {
+        // Served over TLS: browsers keep to it.
+        response.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     let status = response.status().as_u16();
     state.metrics.request(method.as_str(), &route, status);
     tracing::debug!(%method, route, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
     response
+}
+
+/// An extractor's own rejection (a path segment that is not UTF-8, say)
+/// is plain text; the API answers every failure in its JSON shape.
+async fn api_shaped(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    ApiFailure::new(status, "bad_request", text.trim(), None).into_response()
 }
 
 async fn method_not_allowed() -> ApiFailure {

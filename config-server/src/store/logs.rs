@@ -190,9 +190,10 @@ impl Store {
             let mut seq: i64 = row.get(0)?;
             for line in &chunk.lines {
                 seq += 1;
+                let line = fogswarm_protocol::logs::capped_line(line);
                 tx.execute(
                     "INSERT INTO log_lines (request, seq, line) VALUES ($1, $2, $3)",
-                    params![id, seq, line],
+                    params![id, seq, line.as_ref()],
                 )?;
             }
             tx.execute(
