@@ -96,6 +96,20 @@ enum Command {
         #[command(subcommand)]
         command: fogswarm::trust::EnrolTokenCommand,
     },
+    /// Named users with roles: viewer, operator (of some swarms), admin.
+    User {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::trust::UserCommand,
+    },
+    /// Users' API tokens (the CLI reads one from FOGSWARM_TOKEN or --token-file).
+    Token {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::trust::TokenCommand,
+    },
     /// The fleet-wide provisioning key that admits new devices.
     ProvisioningKey {
         #[command(flatten)]
@@ -401,6 +415,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .map(|_| ExitCode::SUCCESS),
         Command::Status { conn } => fleet::status(&conn).await.map(|_| ExitCode::SUCCESS),
         Command::EnrolToken { conn, command } => fogswarm::trust::enrol_token(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::User { conn, command } => fogswarm::trust::user(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Token { conn, command } => fogswarm::trust::token(&conn, command)
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::ProvisioningKey { conn, command } => {

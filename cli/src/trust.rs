@@ -1,11 +1,13 @@
-//! Trust on the operator's side: enrolment tokens and the fleet's
-//! provisioning key.
+//! Trust on the operator's side: named users and their tokens,
+//! enrolment tokens and the fleet's provisioning key.
 
 use crate::fleet::{bad, print_json, Connection};
 use crate::table::Table;
 use anyhow::Result;
 use clap::Subcommand;
-use fogswarm_protocol::api::EnrolTokenCreate;
+use fogswarm_protocol::api::{
+    EnrolTokenCreate, Secret, UserCreate, UserRole, UserTokenCreate, UserUpdate,
+};
 use fogswarm_protocol::validate::{self, Role};
 
 #[derive(Subcommand, Debug)]
@@ -160,4 +162,239 @@ fn expires(at: Option<i64>) -> String {
         7200..=172_799 => format!("in {} hours", left / 3600),
         _ => format!("in {} days", left / 86_400),
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a named user. A password for the dashboard is read from
+    /// standard input with --password-stdin (never a flag: flags show in
+    /// process lists).
+    Add {
+        name: String,
+        /// viewer (reads everything, changes nothing), operator (changes
+        /// its swarms) or admin (users, keys and swarms too).
+        #[arg(long)]
+        role: String,
+        /// For operators: a swarm they may change (repeatable; none: all).
+        #[arg(long = "swarm")]
+        swarms: Vec<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's role, swarms or password.
+    Update {
+        name: String,
+        #[arg(long)]
+        role: Option<String>,
+        /// Replaces the user's swarms (repeatable).
+        #[arg(long = "swarm")]
+        swarms: Vec<String>,
+        /// Let an operator change every swarm again.
+        #[arg(long, conflicts_with = "swarms")]
+        all_swarms: bool,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    Ls,
+    /// Remove users: their tokens and sessions stop working at once.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Who the server takes you for.
+    Whoami,
+}
+
+fn role(s: &str) -> Result<UserRole> {
+    UserRole::parse(s).ok_or_else(|| bad(format!("--role {s:?}: give viewer, operator or admin")))
+}
+
+fn password_from_stdin() -> Result<Secret> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_line(&mut text)
+        .map_err(|e| bad(format!("--password-stdin: {e}")))?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
+pub async fn user(conn: &Connection, command: UserCommand) -> Result<()> {
+    let client = conn.client()?;
+    match command {
+        UserCommand::Add {
+            name,
+            role: r,
+            swarms,
+            password_stdin,
+        } => {
+            let role = role(&r)?;
+            for s in &swarms {
+                validate::validate_swarm_name(s).map_err(bad)?;
+            }
+            let password = password_stdin.then(password_from_stdin).transpose()?;
+            let view = client
+                .create_user(&UserCreate {
+                    name,
+                    role,
+                    swarms,
+                    password,
+                })
+                .await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!(
+                "user {} added ({})",
+                view.name,
+                describe_scope(view.role, &view.swarms)
+            );
+        }
+        UserCommand::Update {
+            name,
+            role: r,
+            swarms,
+            all_swarms,
+            password_stdin,
+        } => {
+            let update = UserUpdate {
+                role: r.as_deref().map(role).transpose()?,
+                swarms: if all_swarms {
+                    Some(Vec::new())
+                } else {
+                    (!swarms.is_empty()).then_some(swarms)
+                },
+                password: password_stdin.then(password_from_stdin).transpose()?,
+            };
+            let view = client.update_user(&name, &update).await?;
+            if conn.json {
+                return print_json(&view);
+            }
+            println!(
+                "user {} now {}",
+                view.name,
+                describe_scope(view.role, &view.swarms)
+            );
+        }
+        UserCommand::Ls => {
+            let users = client.list_users().await?;
+            if conn.json {
+                return print_json(&users);
+            }
+            let mut table = Table::new(&["NAME", "ROLE", "SWARMS", "PASSWORD"]);
+            for u in users {
+                table.row([
+                    u.name,
+                    u.role.to_string(),
+                    if u.swarms.is_empty() {
+                        "all".into()
+                    } else {
+                        u.swarms.join(",")
+                    },
+                    if u.has_password { "set" } else { "-" }.into(),
+                ]);
+            }
+            table.print();
+        }
+        UserCommand::Rm { names } => {
+            for name in names {
+                client.remove_user(&name).await?;
+                if !conn.json {
+                    println!("user {name} removed");
+                }
+            }
+        }
+        UserCommand::Whoami => {
+            let me = client.whoami().await?;
+            if conn.json {
+                return print_json(&me);
+            }
+            println!("{} ({})", me.name, describe_scope(me.role, &me.swarms));
+        }
+    }
+    Ok(())
+}
+
+fn describe_scope(role: UserRole, swarms: &[String]) -> String {
+    match role {
+        UserRole::Operator if !swarms.is_empty() => format!("operator of {}", swarms.join(", ")),
+        UserRole::Operator => "operator of every swarm".into(),
+        r => r.to_string(),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make an API token (yours; admins: --user for anyone's). It is
+    /// printed once and never again.
+    Create {
+        #[arg(long)]
+        user: Option<String>,
+        /// How long it is valid (Go-style duration: 720h) [default: 90 days].
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (yours; admins: everyone's, or --user's).
+    Ls {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke tokens at once.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+pub async fn token(conn: &Connection, command: TokenCommand) -> Result<()> {
+    let client = conn.client()?;
+    match command {
+        TokenCommand::Create { user, expires } => {
+            let expires_in_secs = expires
+                .map(|d| {
+                    fogswarm_protocol::service::parse_duration(&d)
+                        .map(|ns| ns / 1_000_000_000)
+                        .map_err(|m| bad(format!("--expires: {m}")))
+                })
+                .transpose()?;
+            let made = client
+                .create_token(&UserTokenCreate {
+                    user,
+                    expires_in_secs,
+                })
+                .await?;
+            if conn.json {
+                return print_json(&serde_json::json!({
+                    "id": made.view.id,
+                    "user": made.view.user,
+                    "expires_at": made.view.expires_at,
+                    "token": made.token.expose(),
+                }));
+            }
+            eprintln!(
+                "token {} for {} (shown once: keep it like a password)",
+                made.view.id, made.view.user
+            );
+            println!("{}", made.token.expose());
+        }
+        TokenCommand::Ls { user } => {
+            let tokens = client.list_tokens(user.as_deref()).await?;
+            if conn.json {
+                return print_json(&tokens);
+            }
+            let mut table = Table::new(&["ID", "USER", "EXPIRES"]);
+            for t in tokens {
+                table.row([t.id, t.user, expires(Some(t.expires_at))]);
+            }
+            table.print();
+        }
+        TokenCommand::Rm { ids } => {
+            for id in ids {
+                let t = client.remove_token(&id).await?;
+                if !conn.json {
+                    println!("token {} of {} revoked", t.id, t.user);
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -622,6 +622,57 @@ impl Client {
         .await
     }
 
+    pub async fn create_user(&self, req: &UserCreate) -> Result<UserView> {
+        self.call(Method::POST, "/v1/users", Some(req)).await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserView>> {
+        self.call(Method::GET, "/v1/users", None::<&()>).await
+    }
+
+    pub async fn update_user(&self, name: &str, req: &UserUpdate) -> Result<UserView> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/users/{}", seg(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn remove_user(&self, name: &str) -> Result<UserView> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/users/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI> {
+        self.call(Method::GET, "/v1/whoami", None::<&()>).await
+    }
+
+    pub async fn create_token(&self, req: &UserTokenCreate) -> Result<UserTokenCreated> {
+        self.call(Method::POST, "/v1/tokens", Some(req)).await
+    }
+
+    pub async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<UserTokenView>> {
+        let path = match user {
+            Some(u) => format!("/v1/tokens?user={}", seg(u)),
+            None => "/v1/tokens".into(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn remove_token(&self, id: &str) -> Result<UserTokenView> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/tokens/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// A device replaces its key with `new` (this client signs with the
     /// current one).
     pub async fn rotate_device_key(

@@ -892,3 +892,117 @@ mod tests {
         assert!(DeviceState::Joining.reportable());
     }
 }
+
+// ---- users ----
+
+/// What a named operator may do: viewers read everything and change
+/// nothing; operators change their swarms (all, when none are named);
+/// admins manage users, keys and swarms too.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl UserRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::Viewer => "viewer",
+            UserRole::Operator => "operator",
+            UserRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UserRole> {
+        match s {
+            "viewer" => Some(UserRole::Viewer),
+            "operator" => Some(UserRole::Operator),
+            "admin" => Some(UserRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for UserRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCreate {
+    pub name: String,
+    pub role: UserRole,
+    /// For operators: the swarms they may change (none: every swarm).
+    #[serde(default)]
+    pub swarms: Vec<String>,
+    /// For signing in to the dashboard (at least 12 characters).
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    #[serde(default)]
+    pub role: Option<UserRole>,
+    #[serde(default)]
+    pub swarms: Option<Vec<String>>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// A user as listed: never a password or token.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserView {
+    pub name: String,
+    pub role: UserRole,
+    pub swarms: Vec<String>,
+    pub has_password: bool,
+    pub created_at: i64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserTokenCreate {
+    /// Whose token (admins only; default: the caller's own).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Seconds until it expires (default 90 days; at most 10 years).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserTokenView {
+    pub id: String,
+    pub user: String,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserTokenCreated {
+    #[serde(flatten)]
+    pub view: UserTokenView,
+    pub token: Secret,
+}
+
+/// Who the caller is, as the server sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: UserRole,
+    pub swarms: Vec<String>,
+}

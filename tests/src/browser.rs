@@ -59,11 +59,20 @@ impl Browser {
         bail!("no WebDriver session: {}", last.unwrap_or_default())
     }
 
+    /// Opens `url`, again when Chromium aborted it for a network change
+    /// (Docker adding or removing a bridge meanwhile does that).
     pub async fn goto(&self, url: &str) -> Result<()> {
-        self.client
-            .goto(url)
-            .await
-            .with_context(|| format!("opening {url}"))
+        for _ in 0..5 {
+            self.client
+                .goto(url)
+                .await
+                .with_context(|| format!("opening {url}"))?;
+            if !self.html().await?.contains("ERR_NETWORK_CHANGED") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!("opening {url}: the network kept changing")
     }
 
     /// Waits up to 10 s for the browser to be at `path` (a click's

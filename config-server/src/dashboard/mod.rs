@@ -16,7 +16,7 @@ mod pages;
 
 use crate::http::{AppState, Shared};
 use crate::secrets;
-use crate::store::{Actor, StoreError};
+use crate::store::StoreError;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -113,9 +113,33 @@ pub fn live_channel() -> broadcast::Sender<fogswarm_protocol::api::Event> {
 
 // ---- sessions ----
 
-/// A signed-in browser.
+/// A signed-in browser, and who signed in.
 pub struct Viewer {
     id_hash: String,
+    who: crate::store::Operator,
+}
+
+impl Viewer {
+    /// The refusal (403 page) of an action on `swarm` this user may not
+    /// take; none when it may.
+    fn refusal(&self, swarm: &str) -> Option<Response> {
+        if self.who.may_change(swarm) {
+            return None;
+        }
+        Some(page_response(
+            StatusCode::FORBIDDEN,
+            &pages::layout(
+                "Refused",
+                &format!(
+                    "<h1>Refused</h1><p>{} {} may not change swarm {}.</p>",
+                    self.who.role,
+                    pages::esc(&self.who.name),
+                    pages::esc(swarm)
+                ),
+                true,
+            ),
+        ))
+    }
 }
 
 fn session_id(headers: &HeaderMap) -> Option<String> {
@@ -138,9 +162,9 @@ impl FromRequestParts<Shared> for Viewer {
             return Err(to_login());
         };
         let id_hash = secrets::hash(&id);
-        match state.store.session_open(&id_hash) {
-            Ok(true) => Ok(Viewer { id_hash }),
-            Ok(false) => Err(to_login()),
+        match state.store.session_operator(&id_hash) {
+            Ok(Some(who)) => Ok(Viewer { id_hash, who }),
+            Ok(None) => Err(to_login()),
             Err(e) => Err(failure(&e.to_string())),
         }
     }
@@ -214,6 +238,10 @@ fn cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
 
 #[derive(Deserialize)]
 struct LoginForm {
+    /// A user's name, with their password in `token`; empty: `token` is
+    /// the admin token or a user's API token.
+    #[serde(default)]
+    user: String,
     token: String,
 }
 
@@ -244,34 +272,63 @@ async fn login(
     PeerIp(ip): PeerIp,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !secrets::matches(form.token.trim(), &state.admin_hash) {
-        if let Some(wait) = state.limiter.fail(ip, "admin-token") {
-            let mut response = page_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                &pages::layout(
-                    "Sign in",
-                    &pages::login(Some(
-                        "Too many wrong tokens from this address; wait a minute.",
-                    )),
-                    false,
-                ),
-            );
+    let user = form.user.trim().to_string();
+    let secret = form.token.trim().to_string();
+    let sign_in_again = |status: StatusCode, message: &str, wait: Option<std::time::Duration>| {
+        let mut response = page_response(
+            status,
+            &pages::layout("Sign in", &pages::login(Some(message)), false),
+        );
+        if let Some(wait) = wait {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
-            return response;
         }
-        return page_response(
+        response
+    };
+    let too_many = "Too many failed sign-ins from this address; wait a minute.";
+    let (who, subject) = if user.is_empty() {
+        let who = if secrets::matches(&secret, &state.admin_hash) {
+            Some(crate::store::Operator::builtin_admin())
+        } else {
+            match state.store.authenticate_user_token(&secret) {
+                Ok(who) => who,
+                Err(e) => return store_failure(e),
+            }
+        };
+        (who, "operator-token".to_string())
+    } else {
+        // A password is a person's: while this address is locked out for
+        // this user, even the right one is refused.
+        let subject = format!("password:{user}");
+        if let Some(wait) = state.limiter.locked(ip, &subject) {
+            return sign_in_again(StatusCode::TOO_MANY_REQUESTS, too_many, Some(wait));
+        }
+        let store = state.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || store.store.check_password(&user, &secret)).await;
+        match checked {
+            Ok(Ok(who)) => (who, subject),
+            Ok(Err(e)) => return store_failure(e),
+            Err(e) => return failure(&e.to_string()),
+        }
+    };
+    let Some(who) = who else {
+        if let Some(wait) = state.limiter.fail(ip, &subject) {
+            return sign_in_again(StatusCode::TOO_MANY_REQUESTS, too_many, Some(wait));
+        }
+        return sign_in_again(
             StatusCode::UNAUTHORIZED,
-            &pages::layout(
-                "Sign in",
-                &pages::login(Some("That is not the admin token.")),
-                false,
-            ),
+            if form.user.trim().is_empty() {
+                "That is not the admin token, nor a user's token."
+            } else {
+                "That user name and password do not match."
+            },
+            None,
         );
-    }
+    };
     let id = secrets::random_token("fsd").expose().to_string();
-    if let Err(e) = state.store.create_session(&secrets::hash(&id)) {
+    if let Err(e) = state.store.create_session(&secrets::hash(&id), &who) {
         return failure(&e.to_string());
     }
     let mut response = Redirect::to("/").into_response();
@@ -386,7 +443,7 @@ fn store_failure(e: StoreError) -> Response {
     )
 }
 
-async fn fleet(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> Response {
+async fn fleet(State(state): State<Shared>, viewer: Viewer, headers: HeaderMap) -> Response {
     let page = || -> Result<String, StoreError> {
         let status = state.store.status()?;
         let swarms = state.store.list_swarms()?;
@@ -396,7 +453,9 @@ async fn fleet(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> Re
             .into_iter()
             .filter(|d| d.state == DeviceState::Pending)
             .collect();
-        Ok(pages::fleet(&status, &swarms, &pending))
+        Ok(pages::fleet(&status, &swarms, &pending, &|swarm| {
+            viewer.who.may_change(swarm)
+        }))
     };
     match page() {
         Ok(main) => render(&headers, "Fleet", &main),
@@ -461,20 +520,37 @@ async fn devices(
     }
 }
 
-fn device_main(state: &AppState, id: &str, problem: Option<&str>) -> Result<String, StoreError> {
+fn device_main(
+    state: &AppState,
+    id: &str,
+    problem: Option<&str>,
+    who: &crate::store::Operator,
+) -> Result<String, StoreError> {
     let view = state.store.get_device(id)?;
     let telemetry = state.store.telemetry(view.id.as_str())?;
     let events = state.store.events(0, 30, Some(view.id.as_str()))?;
-    Ok(pages::device(&view, &telemetry, &events, problem))
+    let can_change = who.may_change(&view.swarm);
+    Ok(pages::device(
+        &view, &telemetry, &events, problem, can_change,
+    ))
+}
+
+/// The refusal of an action on a device this user may not change (a 404
+/// page for a device that does not exist).
+fn device_refusal(state: &AppState, viewer: &Viewer, id: &str) -> Option<Response> {
+    match state.store.get_device(id) {
+        Ok(view) => viewer.refusal(&view.swarm),
+        Err(e) => Some(store_failure(e)),
+    }
 }
 
 async fn device(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    match device_main(&state, &id, None) {
+    match device_main(&state, &id, None, &viewer.who) {
         Ok(main) => render(&headers, &format!("Device {id}"), &main),
         Err(e) => store_failure(e),
     }
@@ -489,12 +565,15 @@ struct LabelsForm {
 /// line shows the page again with the problem, nothing changed.
 async fn set_labels(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     _: SameOrigin,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<LabelsForm>,
 ) -> Response {
+    if let Some(refused) = device_refusal(&state, &viewer, &id) {
+        return refused;
+    }
     let mut set = Labels::new();
     let mut problem = None;
     for (n, line) in form.labels.lines().enumerate() {
@@ -527,7 +606,7 @@ async fn set_labels(
                     .collect();
                 state
                     .store
-                    .change_labels(&Actor::Admin, &id, &LabelChange { set, unset })
+                    .change_labels(&viewer.who.actor(), &id, &LabelChange { set, unset })
                     .map_err(|e| e.to_string())
             }),
     };
@@ -539,18 +618,21 @@ async fn set_labels(
         Err(problem) => refused(
             &headers,
             &format!("Device {id}"),
-            device_main(&state, &id, Some(&problem)),
+            device_main(&state, &id, Some(&problem), &viewer.who),
         ),
     }
 }
 
 async fn approve(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     _: SameOrigin,
     Path(id): Path<String>,
 ) -> Response {
-    match state.store.approve_device(&Actor::Admin, &id) {
+    if let Some(refused) = device_refusal(&state, &viewer, &id) {
+        return refused;
+    }
+    match state.store.approve_device(&viewer.who.actor(), &id) {
         Ok(view) => {
             state.notify(&vec![view.swarm.clone()]);
             Redirect::to(&format!("/devices/{}", pages::url(&id))).into_response()
@@ -561,11 +643,14 @@ async fn approve(
 
 async fn decommission(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     _: SameOrigin,
     Path(id): Path<String>,
 ) -> Response {
-    match state.store.remove_device(&Actor::Admin, &id, false) {
+    if let Some(refused) = device_refusal(&state, &viewer, &id) {
+        return refused;
+    }
+    match state.store.remove_device(&viewer.who.actor(), &id, false) {
         Ok((_, touched)) => {
             state.notify(&touched);
             Redirect::to("/devices").into_response()
@@ -588,19 +673,29 @@ async fn events(State(state): State<Shared>, _: Viewer, headers: HeaderMap) -> R
     }
 }
 
-fn swarm_main(state: &AppState, name: &str, problem: Option<&str>) -> Result<String, StoreError> {
+fn swarm_main(
+    state: &AppState,
+    name: &str,
+    problem: Option<&str>,
+    who: &crate::store::Operator,
+) -> Result<String, StoreError> {
     let view = state.store.get_swarm(name)?;
     let services = state.store.list_services(name)?;
-    Ok(pages::swarm(&view, &services, problem))
+    Ok(pages::swarm(
+        &view,
+        &services,
+        problem,
+        who.may_change(name),
+    ))
 }
 
 async fn swarm(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    match swarm_main(&state, &name, None) {
+    match swarm_main(&state, &name, None, &viewer.who) {
         Ok(main) => render(&headers, &format!("Swarm {name}"), &main),
         Err(e) => store_failure(e),
     }
@@ -609,6 +704,7 @@ async fn swarm(
 /// The swarm page again with what went wrong (422), or the page it moved on to.
 fn after_swarm_action(
     state: &AppState,
+    viewer: &Viewer,
     headers: &HeaderMap,
     name: &str,
     result: Result<(), String>,
@@ -618,7 +714,7 @@ fn after_swarm_action(
         Err(problem) => refused(
             headers,
             &format!("Swarm {name}"),
-            swarm_main(state, name, Some(&problem)),
+            swarm_main(state, name, Some(&problem), &viewer.who),
         ),
     }
 }
@@ -635,12 +731,15 @@ struct StackForm {
 /// beside it: a stack that defines secrets or configs is refused here.
 async fn deploy_stack(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     _: SameOrigin,
     headers: HeaderMap,
     Path(name): Path<String>,
     Form(form): Form<StackForm>,
 ) -> Response {
+    if let Some(refused) = viewer.refusal(&name) {
+        return refused;
+    }
     let stack = form.stack.trim();
     let result = async {
         let project =
@@ -657,29 +756,32 @@ async fn deploy_stack(
             .map_err(|e| e.describe())?;
         let (_, touched) = state
             .store
-            .deploy_stack(&Actor::Admin, &name, stack, &request)
+            .deploy_stack(&viewer.who.actor(), &name, stack, &request)
             .map_err(|e| e.to_string())?;
         state.notify(&touched);
         Ok(())
     }
     .await;
-    after_swarm_action(&state, &headers, &name, result)
+    after_swarm_action(&state, &viewer, &headers, &name, result)
 }
 
 async fn remove_stack(
     State(state): State<Shared>,
-    _: Viewer,
+    viewer: Viewer,
     _: SameOrigin,
     headers: HeaderMap,
     Path(name): Path<String>,
     Form(form): Form<StackForm>,
 ) -> Response {
+    if let Some(refused) = viewer.refusal(&name) {
+        return refused;
+    }
     let result = state
         .store
-        .remove_stack(&Actor::Admin, &name, form.stack.trim())
+        .remove_stack(&viewer.who.actor(), &name, form.stack.trim())
         .map(|(_, touched)| state.notify(&touched))
         .map_err(|e| e.to_string());
-    after_swarm_action(&state, &headers, &name, result)
+    after_swarm_action(&state, &viewer, &headers, &name, result)
 }
 
 /// Waits for an agent to answer a log request (it posts all it has at

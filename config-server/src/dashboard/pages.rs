@@ -90,11 +90,13 @@ pub fn login(problem: Option<&str>) -> String {
         r#"<h1>Sign in</h1>
 {flash}
 <form method="post" action="/login">
-<p><label for="token">Admin token</label><br>
+<p><label for="user">User</label> <span class="muted">(empty for a token)</span><br>
+<input type="text" id="user" name="user" autocomplete="username" size="40"></p>
+<p><label for="token">Password, or a token</label><br>
 <input type="password" id="token" name="token" autocomplete="current-password" required autofocus size="40"></p>
 <p><button type="submit">Sign in</button></p>
 </form>
-<p class="muted">The token the server wrote to its data directory (<code>admin.token</code>) at first start.</p>"#
+<p class="muted">A user signs in with their name and password. Without a name: the admin token the server wrote to its data directory (<code>admin.token</code>) at first start, or a user's API token (<code>fogswarm token create</code>).</p>"#
     )
 }
 
@@ -128,7 +130,14 @@ fn fact<'a>(d: &'a DeviceView, key: &str) -> &'a str {
 }
 
 /// The fleet at a glance: problems first.
-pub fn fleet(status: &FleetStatus, swarms: &[SwarmView], pending: &[DeviceView]) -> String {
+/// `may_change` says of a swarm whether the signed-in user may change it:
+/// no action is offered where it would be refused.
+pub fn fleet(
+    status: &FleetStatus,
+    swarms: &[SwarmView],
+    pending: &[DeviceView],
+    may_change: &dyn Fn(&str) -> bool,
+) -> String {
     let mut out = String::from("<h1>Fleet</h1>");
     let _ = write!(
         out,
@@ -178,10 +187,18 @@ pub fn fleet(status: &FleetStatus, swarms: &[SwarmView], pending: &[DeviceView])
         for d in pending {
             let _ = write!(
                 out,
-                r#"<tr><td><a href="/devices/{id}">{}</a></td><td>{}</td><td>{}</td><td><form class="inline" method="post" action="/devices/{id}/approve"><button type="submit">Approve</button></form></td></tr>"#,
+                r#"<tr><td><a href="/devices/{id}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
                 esc(d.id.as_str()),
                 esc(&d.swarm),
                 esc(fact(d, "arch")),
+                if may_change(&d.swarm) {
+                    format!(
+                        r#"<form class="inline" method="post" action="/devices/{}/approve"><button type="submit">Approve</button></form>"#,
+                        url(d.id.as_str())
+                    )
+                } else {
+                    String::new()
+                },
                 id = url(d.id.as_str()),
             );
         }
@@ -340,6 +357,7 @@ pub fn device(
     telemetry: &TelemetryView,
     events: &[Event],
     problem: Option<&str>,
+    can_change: bool,
 ) -> String {
     let id = esc(d.id.as_str());
     let link = url(d.id.as_str());
@@ -439,6 +457,23 @@ pub fn device(
         }
     }
     let labels: String = d.labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    if !can_change {
+        let _ = write!(
+            out,
+            r#"<p class="muted">Read only: your role does not let you change swarm {}.</p>
+<h2>Labels</h2><p class="wrap">{}</p><h2>Facts</h2><p class="wrap">{}</p>
+<p><a href="/devices/{link}/log">Agent log</a></p>"#,
+            esc(&d.swarm),
+            esc(&labels),
+            d.facts
+                .iter()
+                .map(|(k, v)| format!("fog.{}={}", esc(k), esc(v)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        out.push_str(&events_table(events, "Events"));
+        return out;
+    }
     let _ = write!(
         out,
         r#"<h2>Labels</h2>
@@ -512,7 +547,12 @@ pub fn events_table(events: &[Event], title: &str) -> String {
 
 /// A swarm's services, each with its tasks per device, and the forms to
 /// deploy or remove a stack.
-pub fn swarm(view: &SwarmView, services: &[ServiceView], problem: Option<&str>) -> String {
+pub fn swarm(
+    view: &SwarmView,
+    services: &[ServiceView],
+    problem: Option<&str>,
+    can_change: bool,
+) -> String {
     let mut out = format!(
         r#"<h1>Swarm {}</h1><p>{} devices; managers: {}</p>"#,
         esc(&view.name),
@@ -562,6 +602,14 @@ pub fn swarm(view: &SwarmView, services: &[ServiceView], problem: Option<&str>) 
             }
             out.push_str("</tbody></table></div>");
         }
+    }
+    if !can_change {
+        let _ = write!(
+            out,
+            r#"<p class="muted">Read only: your role does not let you change swarm {}.</p>"#,
+            esc(&view.name)
+        );
+        return out;
     }
     let link = url(&view.name);
     let _ = write!(

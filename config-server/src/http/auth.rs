@@ -7,6 +7,7 @@
 //! someone else's failures.
 
 use super::*;
+use crate::store::Operator;
 use axum::body::Body;
 use fogswarm_protocol::identity::{self, PublicKey};
 use std::net::Ipv4Addr;
@@ -125,26 +126,164 @@ pub(super) fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The caller presented the admin token.
-pub struct Admin;
+/// An operator-API caller: the built-in admin (the server's admin token)
+/// or a named user (one of their tokens). What each may do is decided
+/// here, once, by route ([`need`]), before any handler runs: a viewer is
+/// refused every write, an operator every swarm but theirs.
+pub struct Caller(pub Operator);
 
-impl FromRequestParts<Shared> for Admin {
+impl Caller {
+    /// How events name the caller.
+    pub fn actor(&self) -> Actor {
+        self.0.actor()
+    }
+
+    /// Refuses (403) a caller who may not change `swarm`: for writes whose
+    /// swarm is in the body.
+    pub fn may_change(&self, swarm: &str) -> ApiResult<()> {
+        if self.0.may_change(swarm) {
+            Ok(())
+        } else {
+            Err(forbidden(&self.0, &format!("change swarm {swarm}")))
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.0.role == UserRole::Admin
+    }
+}
+
+impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        match bearer(parts) {
-            Some(token) if secrets::matches(token, &state.admin_hash) => Ok(Admin),
-            Some(_) => Err(state.refuse(
-                client_ip(parts, &state.trusted_proxies),
-                "admin-token",
-                "the admin token is not valid",
-            )),
-            None => Err(ApiFailure::unauthorized(
-                "this endpoint needs the admin token as a bearer token",
-            )),
+        let who = match bearer(parts) {
+            Some(token) if secrets::matches(token, &state.admin_hash) => Operator::builtin_admin(),
+            Some(token) => {
+                match state.store.authenticate_user_token(token)? {
+                    Some(who) => who,
+                    None => return Err(state.refuse(
+                        client_ip(parts, &state.trusted_proxies),
+                        "operator-token",
+                        "the token is not valid (neither the admin token nor a live user token)",
+                    )),
+                }
+            }
+            None => {
+                return Err(ApiFailure::unauthorized(
+                    "this endpoint needs the admin token or a user's token as a bearer token",
+                ))
+            }
+        };
+        authorize(state, parts, &who).await?;
+        Ok(Caller(who))
+    }
+}
+
+fn forbidden(who: &Operator, what: &str) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{} {} may not {what}", who.role, who.name),
+        None,
+    )
+}
+
+/// What an operator-API request needs of its caller.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Need {
+    /// Any user: reads (and opening or closing a log read).
+    Read,
+    /// The right to change the swarm named in the path.
+    Swarm,
+    /// The right to change the swarm of the device named in the path.
+    Device,
+    /// The right to change the swarm of the enrolment token in the path.
+    EnrolToken,
+    /// An operator at least; the handler checks the swarm in the body.
+    OperatorBody,
+    /// Any user; the handler checks that a token is the caller's own.
+    Own,
+    Admin,
+}
+
+/// The one table of who may do what, by method and route template.
+/// Writes not named here need an admin.
+pub(crate) fn need(method: &axum::http::Method, route: &str) -> Need {
+    use axum::http::Method;
+    let reading_logs = route.ends_with("/logs") && *method == Method::POST
+        || route.contains("/logs/{") && *method == Method::DELETE;
+    if *method == Method::GET || reading_logs {
+        return Need::Read;
+    }
+    match route {
+        "/v1/swarms"
+        | "/v1/swarms/{name}"
+        | "/v1/provisioning-key/rotate"
+        | "/v1/users"
+        | "/v1/users/{name}" => Need::Admin,
+        r if r.starts_with("/v1/swarms/{name}/") => Need::Swarm,
+        "/v1/devices/{id}" | "/v1/devices/{id}/labels" | "/v1/devices/{id}/approve" => Need::Device,
+        "/v1/enrol-tokens/{id}" => Need::EnrolToken,
+        "/v1/devices" | "/v1/devices/import" | "/v1/enrol-tokens" => Need::OperatorBody,
+        "/v1/tokens" | "/v1/tokens/{id}" => Need::Own,
+        _ => Need::Admin,
+    }
+}
+
+async fn authorize(state: &Shared, parts: &mut Parts, who: &Operator) -> ApiResult<()> {
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let need = need(&parts.method, &route);
+    let what = format!("{} {}", parts.method, route);
+    match need {
+        Need::Read | Need::Own => Ok(()),
+        Need::Admin if who.role == UserRole::Admin => Ok(()),
+        Need::Admin => Err(forbidden(who, &format!("do {what} (admins only)"))),
+        _ if who.role == UserRole::Viewer => Err(forbidden(
+            who,
+            &format!("do {what} (viewers change nothing)"),
+        )),
+        Need::OperatorBody => Ok(()),
+        Need::Swarm | Need::Device | Need::EnrolToken => {
+            let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+                .await
+                .map_err(|e| {
+                    ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text(), None)
+                })?;
+            let value = |key: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default()
+            };
+            let swarm = match need {
+                Need::Swarm => value("name"),
+                Need::Device => match DeviceId::parse(&value("id"))
+                    .ok()
+                    .map(|id| state.store.get_device(id.as_str()))
+                {
+                    Some(Ok(device)) => device.swarm,
+                    // The handler answers for a bad or unknown id.
+                    _ => return Ok(()),
+                },
+                _ => match state.store.enrol_token_swarm(&value("id")) {
+                    Ok(swarm) => swarm,
+                    Err(_) => return Ok(()),
+                },
+            };
+            if who.may_change(&swarm) {
+                Ok(())
+            } else {
+                Err(forbidden(who, &format!("change swarm {swarm}")))
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ async fn list(state: Shared, swarm: String, kind: FileKind) -> ApiResult<Json<Ve
 
 async fn write(
     state: Shared,
+    actor: Actor,
     swarm: String,
     kind: FileKind,
     name: &str,
@@ -32,7 +33,7 @@ async fn write(
     }
     let data = decode(&req.data)?;
     let (written, touched) = state.store.write_file(
-        &Actor::Admin,
+        &actor,
         &swarm,
         kind,
         name,
@@ -73,13 +74,12 @@ async fn show(
 
 async fn remove(
     state: Shared,
+    actor: Actor,
     swarm: String,
     kind: FileKind,
     name: String,
 ) -> ApiResult<StatusCode> {
-    state
-        .store
-        .remove_file(&Actor::Admin, &swarm, kind, &name)?;
+    state.store.remove_file(&actor, &swarm, kind, &name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -96,7 +96,7 @@ macro_rules! file_endpoints {
                 responses((status = 200, body = Vec<FileView>), (status = 404, body = ApiError)))]
             pub(in crate::http) async fn list(
                 State(s): State<Shared>,
-                _: Admin,
+                _: Caller,
                 Path(swarm): Path<String>,
             ) -> ApiResult<Json<Vec<FileView>>> {
                 super::list(s, swarm, $kind).await
@@ -106,30 +106,30 @@ macro_rules! file_endpoints {
                 responses((status = 201, body = FileWritten), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
             pub(in crate::http) async fn create(
                 State(s): State<Shared>,
-                _: Admin,
+                caller: Caller,
                 Path(swarm): Path<String>,
                 ApiJson(req): ApiJson<FileWrite>,
             ) -> ApiResult<(StatusCode, Json<FileWritten>)> {
                 let name = req.name.clone();
-                write(s, swarm, $kind, &name, req, true).await
+                write(s, caller.actor(), swarm, $kind, &name, req, true).await
             }
 
             #[utoipa::path(put, path = $one, operation_id = $put_op, tag = "operator", security(("admin" = [])), request_body = FileWrite,
                 responses((status = 200, body = FileWritten), (status = 201, body = FileWritten), (status = 422, body = ApiError)))]
             pub(in crate::http) async fn put(
                 State(s): State<Shared>,
-                _: Admin,
+                caller: Caller,
                 Path((swarm, name)): Path<(String, String)>,
                 ApiJson(req): ApiJson<FileWrite>,
             ) -> ApiResult<(StatusCode, Json<FileWritten>)> {
-                write(s, swarm, $kind, &name, req, false).await
+                write(s, caller.actor(), swarm, $kind, &name, req, false).await
             }
 
             #[utoipa::path(get, path = $one, operation_id = $show_op, tag = "operator", security(("admin" = [])),
                 responses((status = 200, body = FileShown), (status = 404, body = ApiError)))]
             pub(in crate::http) async fn show(
                 State(s): State<Shared>,
-                _: Admin,
+                _: Caller,
                 Path((swarm, name)): Path<(String, String)>,
             ) -> ApiResult<Json<FileShown>> {
                 super::show(s, swarm, $kind, name).await
@@ -139,10 +139,10 @@ macro_rules! file_endpoints {
                 responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
             pub(in crate::http) async fn remove(
                 State(s): State<Shared>,
-                _: Admin,
+                caller: Caller,
                 Path((swarm, name)): Path<(String, String)>,
             ) -> ApiResult<StatusCode> {
-                super::remove(s, swarm, $kind, name).await
+                super::remove(s, caller.actor(), swarm, $kind, name).await
             }
         }
     };
@@ -176,7 +176,7 @@ file_endpoints!(
     responses((status = 200, body = Vec<RegistryView>), (status = 404, body = ApiError)))]
 pub(super) async fn list_registries(
     State(s): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(swarm): Path<String>,
 ) -> ApiResult<Json<Vec<RegistryView>>> {
     Ok(Json(s.store.list_registries(&swarm)?))
@@ -188,13 +188,13 @@ pub(super) async fn list_registries(
     responses((status = 200, body = RegistryView), (status = 422, body = ApiError)))]
 pub(super) async fn put_registry(
     State(s): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, host)): Path<(String, String)>,
     ApiJson(req): ApiJson<RegistryLogin>,
 ) -> ApiResult<Json<RegistryView>> {
     let (view, touched) = s
         .store
-        .put_registry(&Actor::Admin, &swarm, &host, &req, &s.sealer)?;
+        .put_registry(&caller.actor(), &swarm, &host, &req, &s.sealer)?;
     s.notify(&touched);
     Ok(Json(view))
 }
@@ -204,10 +204,10 @@ pub(super) async fn put_registry(
     responses((status = 204), (status = 404, body = ApiError)))]
 pub(super) async fn remove_registry(
     State(s): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, host)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    s.store.remove_registry(&Actor::Admin, &swarm, &host)?;
+    s.store.remove_registry(&caller.actor(), &swarm, &host)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -21,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use fogswarm_protocol::api::UserRole;
 use fogswarm_protocol::api::*;
 use fogswarm_protocol::service::*;
 use fogswarm_protocol::telemetry::TelemetryView;
@@ -42,7 +43,7 @@ mod operator;
 mod trust;
 pub(crate) use auth::client_ip;
 pub use auth::Cidr;
-use auth::{Admin, AnyKeyDevice, AuthDevice, Peer, SignedEnrolment, Standing};
+use auth::{AnyKeyDevice, AuthDevice, Caller, Peer, SignedEnrolment, Standing};
 pub(crate) use operator::signed_only;
 
 /// Request bodies are small JSON documents; bulk import and a big swarm's
@@ -444,6 +445,20 @@ pub fn router(state: Shared) -> Router {
             "/v1/enrol-tokens/{id}",
             axum::routing::delete(trust::remove_enrol_token),
         )
+        .route("/v1/users", get(trust::list_users).post(trust::create_user))
+        .route(
+            "/v1/users/{name}",
+            axum::routing::patch(trust::update_user).delete(trust::remove_user),
+        )
+        .route(
+            "/v1/tokens",
+            get(trust::list_tokens).post(trust::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(trust::remove_token),
+        )
+        .route("/v1/whoami", get(trust::whoami))
         .route("/v1/status", get(operator::status))
         .route("/v1/events", get(operator::events))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
@@ -602,6 +617,8 @@ async fn metrics(
         operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::device_telemetry, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
         operator::rotate_provisioning_key, operator::status, operator::events,
         trust::create_enrol_token, trust::list_enrol_tokens, trust::remove_enrol_token,
+        trust::create_user, trust::list_users, trust::update_user, trust::remove_user, trust::whoami,
+        trust::create_token, trust::list_tokens, trust::remove_token,
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,
         files::secrets::list, files::secrets::create, files::secrets::put, files::secrets::show, files::secrets::remove,
         files::configs::list, files::configs::create, files::configs::put, files::configs::show, files::configs::remove,

@@ -8,7 +8,7 @@ use super::*;
 #[utoipa::path(get, path = "/v1/swarms", tag = "operator", security(("admin" = [])), responses((status = 200, body = Vec<SwarmView>)))]
 pub(super) async fn list_swarms(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
 ) -> ApiResult<Json<Vec<SwarmView>>> {
     Ok(Json(state.store.list_swarms()?))
 }
@@ -18,12 +18,12 @@ pub(super) async fn list_swarms(
     responses((status = 201, body = SwarmView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn create_swarm(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<SwarmCreate>,
 ) -> ApiResult<(StatusCode, Json<SwarmView>)> {
     let view = state
         .store
-        .create_swarm(&Actor::Admin, &req.name, req.auto_enrol)?;
+        .create_swarm(&caller.actor(), &req.name, req.auto_enrol)?;
     state.notify(&vec![view.name.clone()]);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -33,7 +33,7 @@ pub(super) async fn create_swarm(
     responses((status = 200, body = SwarmView), (status = 404, body = ApiError)))]
 pub(super) async fn show_swarm(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<SwarmView>> {
     Ok(Json(state.store.get_swarm(&name)?))
@@ -44,7 +44,7 @@ pub(super) async fn show_swarm(
     responses((status = 200, body = SwarmView), (status = 404, body = ApiError)))]
 pub(super) async fn update_swarm(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SwarmUpdate>,
 ) -> ApiResult<Json<SwarmView>> {
@@ -55,7 +55,7 @@ pub(super) async fn update_swarm(
         .transpose()?;
     let view = state
         .store
-        .update_swarm(&Actor::Admin, &name, &req, keys.as_deref())?;
+        .update_swarm(&caller.actor(), &name, &req, keys.as_deref())?;
     if req.managers.is_some()
         || req.manager_grace_secs.is_some()
         || req.spread_label.is_some()
@@ -79,10 +79,10 @@ pub(super) async fn update_swarm(
     responses((status = 202), (status = 404, body = ApiError)))]
 pub(super) async fn rotate_tokens(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let touched = state.store.rotate_tokens(&Actor::Admin, &name)?;
+    let touched = state.store.rotate_tokens(&caller.actor(), &name)?;
     state.notify(&touched);
     Ok(StatusCode::ACCEPTED)
 }
@@ -94,10 +94,10 @@ pub(super) async fn rotate_tokens(
     responses((status = 202, body = Recovery), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(super) async fn recover_swarm(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Recovery>)> {
-    let (recovery, touched) = state.store.recover(&Actor::Admin, &name)?;
+    let (recovery, touched) = state.store.recover(&caller.actor(), &name)?;
     state.notify(&touched);
     Ok((StatusCode::ACCEPTED, Json(recovery)))
 }
@@ -107,11 +107,11 @@ pub(super) async fn recover_swarm(
     responses((status = 201, body = AgentRolloutView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn start_rollout(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<AgentRolloutCreate>,
 ) -> ApiResult<(StatusCode, Json<AgentRolloutView>)> {
-    let view = state.store.start_rollout(&Actor::Admin, &name, &req)?;
+    let view = state.store.start_rollout(&caller.actor(), &name, &req)?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -120,7 +120,7 @@ pub(super) async fn start_rollout(
     responses((status = 200, body = AgentRolloutView), (status = 404, body = ApiError)))]
 pub(super) async fn show_rollout(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<AgentRolloutView>> {
     Ok(Json(state.store.rollout(&name)?))
@@ -139,11 +139,11 @@ pub(super) struct ForceQuery {
     responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(super) async fn remove_swarm(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<StatusCode> {
-    state.store.remove_swarm(&Actor::Admin, &name, q.force)?;
+    state.store.remove_swarm(&caller.actor(), &name, q.force)?;
     state
         .revisions
         .lock()
@@ -173,7 +173,7 @@ pub(crate) async fn signed_only(
     responses((status = 200, body = Vec<ServiceView>), (status = 404, body = ApiError)))]
 pub(super) async fn list_services(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(swarm): Path<String>,
 ) -> ApiResult<Json<Vec<ServiceView>>> {
     Ok(Json(state.store.list_services(&swarm)?))
@@ -184,12 +184,12 @@ pub(super) async fn list_services(
     responses((status = 201, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn create_service(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(swarm): Path<String>,
     ApiJson(mut spec): ApiJson<ServiceSpec>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
     signed_only(&state, &swarm, std::slice::from_mut(&mut spec)).await?;
-    let (view, touched) = state.store.create_service(&Actor::Admin, &swarm, &spec)?;
+    let (view, touched) = state.store.create_service(&caller.actor(), &swarm, &spec)?;
     state.notify(&touched);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -199,7 +199,7 @@ pub(super) async fn create_service(
     responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
 pub(super) async fn show_service(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path((swarm, name)): Path<(String, String)>,
 ) -> ApiResult<Json<ServiceView>> {
     Ok(Json(state.store.get_service(&swarm, &name)?))
@@ -212,7 +212,7 @@ pub(super) async fn show_service(
         (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn deploy_service(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, name)): Path<(String, String)>,
     ApiJson(mut spec): ApiJson<ServiceSpec>,
 ) -> ApiResult<(StatusCode, Json<ServiceDeployed>)> {
@@ -226,7 +226,7 @@ pub(super) async fn deploy_service(
         ));
     }
     signed_only(&state, &swarm, std::slice::from_mut(&mut spec)).await?;
-    let (service, outcome, touched) = state.store.deploy_service(&Actor::Admin, &swarm, &spec)?;
+    let (service, outcome, touched) = state.store.deploy_service(&caller.actor(), &swarm, &spec)?;
     state.notify(&touched);
     let status = if outcome == DeployOutcome::Created {
         StatusCode::CREATED
@@ -241,10 +241,10 @@ pub(super) async fn deploy_service(
     responses((status = 204), (status = 404, body = ApiError)))]
 pub(super) async fn remove_service(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let touched = state.store.remove_service(&Actor::Admin, &swarm, &name)?;
+    let touched = state.store.remove_service(&caller.actor(), &swarm, &name)?;
     state.notify(&touched);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -255,14 +255,14 @@ pub(super) async fn remove_service(
     responses((status = 200, body = Vec<StackServiceOutcome>), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn deploy_stack(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, stack)): Path<(String, String)>,
     ApiJson(mut request): ApiJson<StackDeploy>,
 ) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
     signed_only(&state, &swarm, &mut request.services).await?;
     let (outcome, touched) = state
         .store
-        .deploy_stack(&Actor::Admin, &swarm, &stack, &request)?;
+        .deploy_stack(&caller.actor(), &swarm, &stack, &request)?;
     state.notify(&touched);
     Ok(Json(outcome))
 }
@@ -272,10 +272,10 @@ pub(super) async fn deploy_stack(
     responses((status = 200, body = Vec<StackServiceOutcome>), (status = 404, body = ApiError)))]
 pub(super) async fn remove_stack(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, stack)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<StackServiceOutcome>>> {
-    let (names, touched) = state.store.remove_stack(&Actor::Admin, &swarm, &stack)?;
+    let (names, touched) = state.store.remove_stack(&caller.actor(), &swarm, &stack)?;
     state.notify(&touched);
     Ok(Json(
         names
@@ -298,7 +298,7 @@ pub(super) struct DeviceListQuery {
     responses((status = 200, body = Vec<DeviceView>)))]
 pub(super) async fn list_devices(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     ApiQuery(q): ApiQuery<DeviceListQuery>,
 ) -> ApiResult<Json<Vec<DeviceView>>> {
     Ok(Json(state.store.list_devices(q.swarm.as_deref())?))
@@ -309,10 +309,11 @@ pub(super) async fn list_devices(
     responses((status = 201, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn create_device(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<DeviceCreate>,
 ) -> ApiResult<(StatusCode, Json<DeviceView>)> {
-    let (view, touched) = state.store.create_device(&Actor::Admin, &req)?;
+    caller.may_change(&req.swarm)?;
+    let (view, touched) = state.store.create_device(&caller.actor(), &req)?;
     state.notify(&touched);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -324,7 +325,7 @@ pub(super) async fn create_device(
     responses((status = 201, body = ImportResult), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn import_devices(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<ImportResult>)> {
@@ -354,7 +355,10 @@ pub(super) async fn import_devices(
     if rows.is_empty() {
         return Err(ApiFailure::invalid("rows", "the import has no rows"));
     }
-    let (created, touched) = state.store.import_devices(&Actor::Admin, &rows)?;
+    for row in &rows {
+        caller.may_change(&row.swarm)?;
+    }
+    let (created, touched) = state.store.import_devices(&caller.actor(), &rows)?;
     state.notify(&touched);
     Ok((StatusCode::CREATED, Json(ImportResult { created })))
 }
@@ -419,7 +423,7 @@ pub fn parse_csv(body: &[u8]) -> ApiResult<Vec<DeviceCreate>> {
     responses((status = 200, body = DeviceView), (status = 404, body = ApiError)))]
 pub(super) async fn show_device(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
     Ok(Json(state.store.get_device(&id)?))
@@ -430,7 +434,7 @@ pub(super) async fn show_device(
     responses((status = 200, body = TelemetryView), (status = 404, body = ApiError)))]
 pub(super) async fn device_telemetry(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TelemetryView>> {
     Ok(Json(state.store.telemetry(&id)?))
@@ -441,11 +445,14 @@ pub(super) async fn device_telemetry(
     responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn update_device(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DeviceUpdate>,
 ) -> ApiResult<Json<DeviceView>> {
-    let (view, touched) = state.store.update_device(&Actor::Admin, &id, &req)?;
+    if let Some(to) = &req.swarm {
+        caller.may_change(to)?;
+    }
+    let (view, touched) = state.store.update_device(&caller.actor(), &id, &req)?;
     state.notify(&touched);
     Ok(Json(view))
 }
@@ -455,11 +462,11 @@ pub(super) async fn update_device(
     responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn change_labels(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<LabelChange>,
 ) -> ApiResult<Json<DeviceView>> {
-    let (view, touched) = state.store.change_labels(&Actor::Admin, &id, &req)?;
+    let (view, touched) = state.store.change_labels(&caller.actor(), &id, &req)?;
     state.notify(&touched);
     Ok(Json(view))
 }
@@ -469,10 +476,10 @@ pub(super) async fn change_labels(
     responses((status = 200, body = DeviceView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(super) async fn approve_device(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
-    let view = state.store.approve_device(&Actor::Admin, &id)?;
+    let view = state.store.approve_device(&caller.actor(), &id)?;
     state.notify(&vec![view.swarm.clone()]);
     Ok(Json(view))
 }
@@ -483,11 +490,11 @@ pub(super) async fn approve_device(
     responses((status = 202, body = DeviceView), (status = 204), (status = 404, body = ApiError)))]
 pub(super) async fn remove_device(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<Response> {
-    let (view, touched) = state.store.remove_device(&Actor::Admin, &id, q.force)?;
+    let (view, touched) = state.store.remove_device(&caller.actor(), &id, q.force)?;
     state.notify(&touched);
     Ok(match view {
         Some(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
@@ -500,7 +507,7 @@ pub(super) async fn remove_device(
     responses((status = 200, body = ProvisioningKeyRotated)))]
 pub(super) async fn rotate_provisioning_key(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
 ) -> ApiResult<Json<ProvisioningKeyRotated>> {
     let key = secrets::random_token("fsp");
     secrets::write_secret_file(&state.provisioning_file, key.expose()).map_err(|e| {
@@ -518,7 +525,7 @@ pub(super) async fn rotate_provisioning_key(
     )?;
     state
         .store
-        .log(&Actor::Admin, "provisioning_key.rotate", "fleet", "")?;
+        .log(&caller.actor(), "provisioning_key.rotate", "fleet", "")?;
     Ok(Json(ProvisioningKeyRotated {
         provisioning_key: key,
         file: state.provisioning_file.display().to_string(),
@@ -527,7 +534,7 @@ pub(super) async fn rotate_provisioning_key(
 
 /// The fleet at a glance: devices per swarm and state, and problems.
 #[utoipa::path(get, path = "/v1/status", tag = "operator", security(("admin" = [])), responses((status = 200, body = FleetStatus)))]
-pub(super) async fn status(State(state): State<Shared>, _: Admin) -> ApiResult<Json<FleetStatus>> {
+pub(super) async fn status(State(state): State<Shared>, _: Caller) -> ApiResult<Json<FleetStatus>> {
     Ok(Json(state.store.status()?))
 }
 
@@ -547,7 +554,7 @@ pub(super) struct EventQuery {
     responses((status = 200, body = Vec<Event>)))]
 pub(super) async fn events(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<Vec<Event>>> {
     let subject = q
@@ -566,10 +573,12 @@ pub(super) async fn events(
     responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(super) async fn rollback_service(
     State(state): State<Shared>,
-    _: Admin,
+    caller: Caller,
     Path((swarm, name)): Path<(String, String)>,
 ) -> ApiResult<Json<ServiceView>> {
-    let (view, touched) = state.store.rollback_service(&Actor::Admin, &swarm, &name)?;
+    let (view, touched) = state
+        .store
+        .rollback_service(&caller.actor(), &swarm, &name)?;
     state.notify(&touched);
     Ok(Json(view))
 }
@@ -583,7 +592,7 @@ pub(super) async fn rollback_service(
     responses((status = 201, body = fogswarm_protocol::logs::LogsOpened), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn open_logs(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path((swarm, service)): Path<(String, String)>,
     ApiJson(options): ApiJson<fogswarm_protocol::logs::LogOptions>,
 ) -> ApiResult<(StatusCode, Json<fogswarm_protocol::logs::LogsOpened>)> {
@@ -604,7 +613,7 @@ pub(super) struct AfterQuery {
     responses((status = 200, body = fogswarm_protocol::logs::LogsPage), (status = 410, body = ApiError)))]
 pub(super) async fn read_logs(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path((swarm, id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> ApiResult<Json<fogswarm_protocol::logs::LogsPage>> {
@@ -620,7 +629,7 @@ pub(super) async fn read_logs(
     responses((status = 204)))]
 pub(super) async fn close_logs(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path((swarm, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     state.store.close_logs(LogScope::Swarm(&swarm), &id)?;
@@ -636,7 +645,7 @@ pub(super) async fn close_logs(
     responses((status = 201, body = fogswarm_protocol::logs::LogsOpened), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub(super) async fn open_agent_logs(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path(device): Path<String>,
     ApiJson(options): ApiJson<fogswarm_protocol::logs::LogOptions>,
 ) -> ApiResult<(StatusCode, Json<fogswarm_protocol::logs::LogsOpened>)> {
@@ -649,7 +658,7 @@ pub(super) async fn open_agent_logs(
     responses((status = 200, body = fogswarm_protocol::logs::LogsPage), (status = 410, body = ApiError)))]
 pub(super) async fn read_agent_logs(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path((device, id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<AfterQuery>,
 ) -> ApiResult<Json<fogswarm_protocol::logs::LogsPage>> {
@@ -665,7 +674,7 @@ pub(super) async fn read_agent_logs(
     responses((status = 204)))]
 pub(super) async fn close_agent_logs(
     State(state): State<Shared>,
-    _: Admin,
+    _: Caller,
     Path((device, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     state.store.close_logs(LogScope::Device(&device), &id)?;

@@ -28,6 +28,7 @@ mod services;
 mod sessions;
 mod swarms;
 mod telemetry;
+mod users;
 pub use logs::LogScope;
 pub use sessions::SESSION_SECS;
 pub use telemetry::{DeviceGauge, DeviceGauges};
@@ -37,6 +38,7 @@ pub use enrolment::{Admission, DeviceKeys, EnrolInput, Enrolment};
 pub use hardware::HardwarePolicy;
 pub use quorum::RECOVERY_EXPIRES_SECS;
 pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
+pub use users::{Operator, BUILTIN_ADMIN};
 
 /// Why a store operation was refused. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// Who did something, for the event log.
 #[derive(Debug, Clone)]
 pub enum Actor {
+    /// The built-in admin (the server's admin token).
     Admin,
+    /// A named user.
+    User(String),
     Device(String),
     Server,
 }
@@ -97,6 +102,7 @@ impl Actor {
     fn as_string(&self) -> String {
         match self {
             Actor::Admin => "admin".into(),
+            Actor::User(name) => format!("user:{name}"),
             Actor::Device(id) => format!("device:{id}"),
             Actor::Server => "server".into(),
         }

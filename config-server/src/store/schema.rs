@@ -226,4 +226,26 @@ CREATE TABLE enrol_tokens (
 );
 "#,
     ),
+    // Named operators with roles (viewer, operator, admin), optionally per
+    // swarm; their API tokens (hashed, expiring) and dashboard sessions
+    // per user. The admin token stays the built-in first admin.
+    Migration(
+        r#"
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    swarms TEXT NOT NULL DEFAULT '[]',
+    password_hash TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE user_tokens (
+    id TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL REFERENCES users(name),
+    hash TEXT NOT NULL UNIQUE,
+    expires_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+ALTER TABLE dashboard_sessions ADD COLUMN user_name TEXT;
+"#,
+    ),
 ];
