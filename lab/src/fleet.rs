@@ -55,6 +55,10 @@ pub struct FleetDevice {
     /// `[PATH, MAJOR, MINOR]` (a sensor on /dev/ttyACM0, say).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_nodes: Vec<(String, u32, u32)>,
+    /// Give the device a TPM 2.0 (a software one, swtpm) that keeps its
+    /// identity key across re-images; others keep theirs in a file.
+    #[serde(default)]
+    pub tpm: bool,
 }
 
 fn yes() -> bool {
@@ -97,6 +101,7 @@ impl Fleet {
                         hold: false,
                         runtime: true,
                         device_nodes: vec![],
+                        tpm: false,
                     },
                 )
             })

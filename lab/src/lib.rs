@@ -21,6 +21,7 @@ pub mod state;
 mod status;
 pub mod supervisor;
 pub mod tools;
+pub mod tpm;
 
 use status::status_of;
 pub use status::{status, DeviceEngine, DeviceStatus, LabStatus, RegistryStatus, ServerStatus};
@@ -395,6 +396,7 @@ async fn bring_up(
             DevicePlatform::Amd64
         };
         let fleet_entry = services.and_then(|s| s.fleet.devices.get(&name));
+        let with_tpm = fleet_entry.is_some_and(|d| d.tpm);
         let agent = match (services, &agent_base) {
             (Some(services), Some((record, key))) => Some(AgentSetup {
                 binary: services.agents[platform.docker_name()].clone(),
@@ -403,6 +405,7 @@ async fn bring_up(
                     &services.fleet.other_servers,
                     fleet_entry.is_some_and(|d| d.discover),
                     opts.heartbeat_secs,
+                    with_tpm,
                 ),
                 provisioning_key: key.clone(),
                 hold: fleet_entry.is_some_and(|d| d.hold),
@@ -432,6 +435,14 @@ async fn bring_up(
     let mut containers = Vec::new();
     for spec in &specs {
         start_step.message(&spec.name);
+        let with_tpm = services
+            .and_then(|s| s.fleet.devices.get(&spec.name))
+            .is_some_and(|d| d.tpm);
+        let tpm_supervisor = if with_tpm {
+            Some(tpm::start(&opts.fogswarm_exe, &opts.name, &spec.host_dir)?)
+        } else {
+            None
+        };
         let (id, mode) = device::create_and_start(engine, spec, state.run_mode).await?;
         state.run_mode = Some(mode);
         state.devices.push(DeviceRecord {
@@ -443,6 +454,7 @@ async fn bring_up(
             image: spec.image.clone(),
             socket: spec.socket(),
             agent: spec.agent.is_some(),
+            tpm_supervisor,
         });
         paths.save(state)?;
         containers.push(id);
@@ -480,12 +492,19 @@ fn agent_flags(
     others: &[String],
     discover: bool,
     heartbeat_secs: u64,
+    with_tpm: bool,
 ) -> Vec<String> {
     let mut flags = vec![
         format!("--ca-fingerprint={}", server.ca_fingerprint),
         "--provisioning-key-file=/lab/provisioning.key".into(),
         "--state-dir=/var/lib/fogswarm-agent".into(),
         format!("--heartbeat-secs={heartbeat_secs}"),
+        // Explicit either way: a lab device must never use a TPM the host
+        // machine may have (privileged containers see the host's /dev).
+        format!(
+            "--tpm={}",
+            if with_tpm { tpm::DEVICE_SOCKET } else { "none" }
+        ),
     ];
     if !discover {
         let urls: Vec<&str> = others
@@ -667,6 +686,13 @@ async fn teardown(
     if let Some(record) = state.and_then(|s| s.server.as_ref()) {
         report.server_stopped = supervisor::is_our_supervisor(record.supervisor_pid, name);
         supervisor::stop(record.supervisor_pid, name)?;
+    }
+    for pid in state
+        .iter()
+        .flat_map(|s| &s.devices)
+        .filter_map(|d| d.tpm_supervisor)
+    {
+        supervisor::stop(pid, name)?;
     }
     if paths.dir.exists() {
         std::fs::remove_dir_all(&paths.dir)

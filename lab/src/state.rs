@@ -35,6 +35,9 @@ pub struct DeviceRecord {
     /// Whether the device boots the agent.
     #[serde(default)]
     pub agent: bool,
+    /// The supervisor of its software TPM, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_supervisor: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

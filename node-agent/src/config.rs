@@ -23,6 +23,11 @@ pub struct Flags {
     /// used instead of the provisioning key to enrol once.
     #[arg(long, env = "FOGSWARM_ENROL_TOKEN_FILE")]
     pub enrol_token_file: Option<PathBuf>,
+    /// The TPM holding the device's identity key: a device path or a
+    /// software TPM's socket; `none` keeps the key in a 0600 file
+    /// [default: /dev/tpmrm0 where it exists, else the file].
+    #[arg(long, env = "FOGSWARM_TPM")]
+    pub tpm: Option<String>,
     /// Device identity [default: MAC of the default-route interface].
     #[arg(long, env = "FOGSWARM_DEVICE_ID")]
     pub device_id: Option<String>,
@@ -50,6 +55,7 @@ struct File {
     ca_fingerprint: Option<String>,
     provisioning_key_file: Option<PathBuf>,
     enrol_token_file: Option<PathBuf>,
+    tpm: Option<String>,
     device_id: Option<String>,
     state_dir: Option<PathBuf>,
     advertise_addr: Option<String>,
@@ -83,6 +89,8 @@ pub struct AgentConfig {
     pub ca_fingerprint: Option<String>,
     pub provisioning_key_file: Option<PathBuf>,
     pub enrol_token_file: Option<PathBuf>,
+    /// The TPM setting as given (see [`crate::tpm::configured`]).
+    pub tpm: Option<String>,
     pub device_id: Option<String>,
     pub state_dir: PathBuf,
     pub advertise_addr: Option<String>,
@@ -124,6 +132,7 @@ impl AgentConfig {
                 .clone()
                 .or(file.provisioning_key_file),
             enrol_token_file: flags.enrol_token_file.clone().or(file.enrol_token_file),
+            tpm: flags.tpm.clone().or(file.tpm),
             device_id: flags.device_id.clone().or(file.device_id),
             state_dir: flags
                 .state_dir

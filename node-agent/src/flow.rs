@@ -23,6 +23,7 @@ use crate::state::{GrantKey, ServerRecord, StateDir, Status};
 use crate::{discovery, facts, identity, manager, swarm, update};
 use anyhow::{bail, Context, Result};
 use fogswarm_client::engine::{Engine, EngineAddr};
+use fogswarm_client::identity::DeviceSigner;
 use fogswarm_client::{Client, ClientError, Endpoint};
 use fogswarm_protocol::api::{
     ConfigAnswer, DeviceState, EnrolRequest, Facts, ReportRequest, Secret, SwarmTokens,
@@ -70,7 +71,9 @@ pub struct Agent {
     /// Log requests being answered, by id (see `journal`).
     log_requests: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
     /// The device's identity key: every request is signed with it.
-    signer: std::sync::Arc<dyn fogswarm_client::identity::DeviceSigner>,
+    signer: std::sync::Arc<dyn DeviceSigner>,
+    /// Its TPM's endorsement key fingerprint, when the key is in a TPM.
+    endorsement_key: Option<String>,
 }
 
 impl Agent {
@@ -100,7 +103,19 @@ impl Agent {
             ..state.status().unwrap_or_default()
         };
         let version = crate::agent_version();
-        let signer = std::sync::Arc::new(state.device_key(device_id.as_str())?);
+        let (signer, endorsement_key): (std::sync::Arc<dyn DeviceSigner>, _) =
+            match crate::tpm::configured(config.tpm.as_deref()) {
+                Some(path) => {
+                    let key = crate::tpm::TpmKey::open(device_id.as_str(), &path)?;
+                    tracing::info!(tpm = %path.display(), key = %key.public_key().fingerprint(), endorsement_key = key.endorsement(), "identity key in the TPM");
+                    let ek = key.endorsement().to_string();
+                    (std::sync::Arc::new(key), Some(ek))
+                }
+                None => (
+                    std::sync::Arc::new(state.device_key(device_id.as_str())?),
+                    None,
+                ),
+            };
         tracing::info!(device = %device_id, %version, facts = ?facts, "agent starting");
         Ok(Agent {
             config,
@@ -114,6 +129,7 @@ impl Agent {
             telemetry: Default::default(),
             log_requests: Default::default(),
             signer,
+            endorsement_key,
         })
     }
 
@@ -256,7 +272,7 @@ impl Agent {
                 token,
                 swarm: self.config.swarm.clone(),
                 facts: self.facts.clone(),
-                endorsement_key: None,
+                endorsement_key: self.endorsement_key.clone(),
             })
             .await?;
         self.state.save_enrolled()?;

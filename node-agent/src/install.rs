@@ -182,6 +182,8 @@ fn agent_config(flags: &Flags, heartbeat_secs: Option<u64>) -> Result<Vec<u8>> {
         flags.ca_fingerprint.clone().map(Value::from),
     );
     put("provisioning_key_file", path(&flags.provisioning_key_file));
+    put("enrol_token_file", path(&flags.enrol_token_file));
+    put("tpm", flags.tpm.clone().map(Value::from));
     put("device_id", flags.device_id.clone().map(Value::from));
     put("state_dir", path(&flags.state_dir));
     put(

@@ -17,6 +17,7 @@ pub mod services;
 pub mod state;
 pub mod swarm;
 pub mod telemetry;
+pub mod tpm;
 pub mod update;
 
 /// This agent's version and the SHA-256 of its own binary (first 12 hex

@@ -819,18 +819,25 @@ async fn a_second_leader_is_refused_and_reported_never_two_inits() -> Result<()>
 }
 
 /// Test 9: a device started without a server URL finds the server by mDNS.
+/// And (issue 23, test 3) a device whose key lives in its TPM, re-imaged,
+/// comes back as itself without an operator (the file-key device's
+/// re-image waits for approval: zero_touch_then_reboot_reimage_and_relabel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_finds_the_server_by_mdns() -> Result<()> {
+async fn a_device_finds_the_server_by_mdns_and_a_tpm_device_survives_a_reimage() -> Result<()> {
     let _serial = serial().await;
     let dir = tempfile::tempdir()?;
     let fleet = fleet_file(
         &dir,
-        serde_json::json!({"devices": {"dev1": {"role": "leader"}, "dev2": {"discover": true, "labels": {"zone": "mdns"}}}}),
+        serde_json::json!({"devices": {
+            "dev1": {"role": "leader"},
+            "dev2": {"discover": true, "labels": {"zone": "mdns"}},
+            "dev3": {"tpm": true, "labels": {"zone": "tpm"}},
+        }}),
     )?;
     let mut lab = Lab::up(
         "e2e-mdns",
         "10.213.225.0/24",
-        &["--devices", "2", "--fleet", &fleet],
+        &["--devices", "3", "--fleet", &fleet],
     )?;
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lab.device_dir("dev2").join("agent.json"))?)?;
@@ -848,6 +855,51 @@ async fn a_device_finds_the_server_by_mdns() -> Result<()> {
         .devices
         .iter()
         .all(|d| d.fleet_state.as_deref() == Some("active")));
+
+    // The TPM device: its key is the TPM's, recorded with the TPM's
+    // endorsement key; re-imaged, it enrols with the same key and joins
+    // again as a new node, with no approval and no re-enrolment asked.
+    let dev3 = lab.device("dev3")?.mac;
+    let before = lab.device_view(&dev3)?;
+    let key = before.key.clone().context("dev3's key")?;
+    let ek = before
+        .endorsement_key
+        .clone()
+        .context("dev3 reports no TPM endorsement key")?;
+    assert_eq!(
+        lab.device_view(&lab.device("dev1")?.mac)?.endorsement_key,
+        None
+    );
+    let leader = lab.engine("dev1").await?;
+    let node_before = live(&nodes(&leader).await?, "dev3")?.id.clone();
+    let run = lab.fogswarm(&["lab", "reimage", "--name", "e2e-mdns", "dev3"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    eventually(120, || async {
+        let all = nodes(&leader).await?;
+        let views = all.get("dev3").cloned().unwrap_or_default();
+        ensure!(views.len() == 1, "dev3 has {} nodes", views.len());
+        ensure!(views[0].id != node_before, "still the old node");
+        ensure!(views[0].ready && views[0].active, "new node not active yet");
+        Ok(())
+    })
+    .await?;
+    let after = lab.device_view(&dev3)?;
+    assert_eq!(
+        after.key.as_ref(),
+        Some(&key),
+        "the same key from the same TPM"
+    );
+    assert_eq!(after.endorsement_key.as_ref(), Some(&ek));
+    assert!(after.reenrol_pending.is_none());
+    let events = lab
+        .cli_ok(&["events", "--subject", &dev3, "--json"])?
+        .stdout;
+    assert!(!events.contains("device.reenrol_requested"), "{events}");
+    assert!(
+        lab.agent_log("dev3").contains("identity key in the TPM"),
+        "{}",
+        lab.agent_log("dev3")
+    );
     lab.down();
     Ok(())
 }
