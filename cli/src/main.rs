@@ -110,6 +110,14 @@ enum Command {
         #[command(subcommand)]
         command: fogswarm::trust::TokenCommand,
     },
+    /// Users' client certificates from the fleet's CA (for Docker contexts
+    /// and other TLS clients).
+    Cert {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::trust::CertCommand,
+    },
     /// The fleet-wide provisioning key that admits new devices.
     ProvisioningKey {
         #[command(flatten)]
@@ -421,6 +429,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Token { conn, command } => fogswarm::trust::token(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Cert { conn, command } => fogswarm::trust::cert(&conn, command)
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::ProvisioningKey { conn, command } => {

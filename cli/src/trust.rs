@@ -6,7 +6,8 @@ use crate::table::Table;
 use anyhow::Result;
 use clap::Subcommand;
 use fogswarm_protocol::api::{
-    EnrolTokenCreate, Secret, UserCreate, UserRole, UserTokenCreate, UserUpdate,
+    EnrolTokenCreate, Secret, UserCertificateCreate, UserCreate, UserRole, UserTokenCreate,
+    UserUpdate,
 };
 use fogswarm_protocol::validate::{self, Role};
 
@@ -397,4 +398,110 @@ pub async fn token(conn: &Connection, command: TokenCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Issue a client certificate from the fleet's CA (yours; admins:
+    /// --user for anyone's) into DIR as Docker's TLS files: ca.pem,
+    /// cert.pem, key.pem (0600). The key is shown this once.
+    Create {
+        #[arg(long)]
+        user: Option<String>,
+        /// Days it is valid [default: 365].
+        #[arg(long)]
+        days: Option<u32>,
+        /// Where to write the three files (created 0700 if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// List certificates (yours; admins: everyone's, or --user's).
+    Ls {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke certificates at once.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+pub async fn cert(conn: &Connection, command: CertCommand) -> Result<()> {
+    let client = conn.client()?;
+    match command {
+        CertCommand::Create { user, days, out } => {
+            for name in ["cert.pem", "key.pem"] {
+                if out.join(name).exists() {
+                    return Err(bad(format!(
+                        "--out {}: {name} exists already; choose another directory",
+                        out.display()
+                    )));
+                }
+            }
+            let issued = client
+                .create_certificate(&UserCertificateCreate { user, days })
+                .await?;
+            write_tls_files(&out, &issued.ca, &issued.certificate, issued.key.expose())?;
+            if conn.json {
+                return print_json(&issued.view);
+            }
+            println!(
+                "certificate {} for {} (until {}) in {}: ca.pem, cert.pem, key.pem",
+                issued.view.id,
+                issued.view.user,
+                expires(Some(issued.view.expires_at)),
+                out.display()
+            );
+        }
+        CertCommand::Ls { user } => {
+            let certs = client.list_certificates(user.as_deref()).await?;
+            if conn.json {
+                return print_json(&certs);
+            }
+            let mut table = Table::new(&["ID", "USER", "EXPIRES", "FINGERPRINT"]);
+            for c in certs {
+                table.row([c.id, c.user, expires(Some(c.expires_at)), c.fingerprint]);
+            }
+            table.print();
+        }
+        CertCommand::Rm { ids } => {
+            for id in ids {
+                let c = client.remove_certificate(&id).await?;
+                if !conn.json {
+                    println!("certificate {} of {} revoked", c.id, c.user);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes ca.pem and cert.pem (0644) and key.pem (0600, written whole or
+/// not at all) into `dir`.
+fn write_tls_files(dir: &std::path::Path, ca: &str, cert: &str, key: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| bad(format!("--out {}: {e}", dir.display())))?;
+    let write = |name: &str, text: &str, mode: u32| -> Result<()> {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    };
+    write("key.pem", key, 0o600)?;
+    write("cert.pem", cert, 0o644)?;
+    write("ca.pem", ca, 0o644)
 }

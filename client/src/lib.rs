@@ -65,6 +65,8 @@ pub struct Endpoint {
     /// SHA-256 of the server's CA (or certificate): trust only it.
     pub ca_fingerprint: Option<String>,
     pub timeout: Duration,
+    /// A user's client certificate and key (PEM), presented over TLS.
+    pub client_identity: Option<(String, Secret)>,
 }
 
 impl Endpoint {
@@ -104,7 +106,15 @@ impl Endpoint {
             urls,
             ca_fingerprint,
             timeout: Duration::from_secs(70),
+            client_identity: None,
         })
+    }
+
+    /// This endpoint, presenting a user's client certificate (PEM, from
+    /// `fogswarm cert create`) instead of a bearer token.
+    pub fn with_client_certificate(mut self, cert_pem: &str, key_pem: Secret) -> Endpoint {
+        self.client_identity = Some((cert_pem.to_string(), key_pem));
+        self
     }
 
     /// The URLs as given, for messages and status files.
@@ -153,10 +163,28 @@ impl Client {
                 .with_safe_default_protocol_versions()
                 .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
             let config = match &endpoint.ca_fingerprint {
-                Some(fp) => config_builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(pin::PinnedVerifier::new(fp.clone(), provider())))
-                    .with_no_client_auth(),
+                Some(fp) => {
+                    let verified = config_builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(pin::PinnedVerifier::new(
+                            fp.clone(),
+                            provider(),
+                        )));
+                    match &endpoint.client_identity {
+                        None => verified.with_no_client_auth(),
+                        Some((cert, key)) => {
+                            use rustls::pki_types::pem::PemObject;
+                            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                                .collect::<std::result::Result<Vec<_>, _>>()
+                                .map_err(|e| ClientError::Config(format!("the client certificate: {e}")))?;
+                            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+                                .map_err(|_| ClientError::Config("the client certificate's key is not a PEM private key".into()))?;
+                            verified
+                                .with_client_auth_cert(chain, key)
+                                .map_err(|e| ClientError::Config(format!("the client certificate: {e}")))?
+                        }
+                    }
+                }
                 None => {
                     return Err(ClientError::Config(
                         "an https:// server needs its CA fingerprint (--ca-fingerprint or FOGSWARM_CA_FINGERPRINT)".into(),
@@ -643,6 +671,30 @@ impl Client {
         self.call(
             Method::DELETE,
             &format!("/v1/users/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn create_certificate(
+        &self,
+        req: &UserCertificateCreate,
+    ) -> Result<UserCertificateIssued> {
+        self.call(Method::POST, "/v1/certificates", Some(req)).await
+    }
+
+    pub async fn list_certificates(&self, user: Option<&str>) -> Result<Vec<UserCertificateView>> {
+        let path = match user {
+            Some(u) => format!("/v1/certificates?user={}", seg(u)),
+            None => "/v1/certificates".into(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn remove_certificate(&self, id: &str) -> Result<UserCertificateView> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/certificates/{}", seg(id)),
             None::<&()>,
         )
         .await

@@ -142,9 +142,17 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
 
+    // The fleet's CA: it signs the server's certificate (self-signed mode)
+    // and users' client certificates (every mode).
+    let tls_dir = opts.data.join("tls");
+    let ca =
+        store.credential_or_insert(ServerCredentials::CA, || tls::existing_or_new_ca(&tls_dir))?;
+    let ca_pem = serde_json::from_str::<tls::StoredCa>(&ca)
+        .context("the stored CA is not valid")?
+        .cert;
     let identity = match &opts.tls {
         TlsMode::Off => None,
-        TlsMode::Files { cert, key } => Some(tls::load(cert, key)?),
+        TlsMode::Files { cert, key } => Some(tls::load(cert, key, &ca_pem)?),
         TlsMode::SelfSigned { names } => {
             let mut all = vec![
                 "localhost".to_string(),
@@ -157,10 +165,6 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             all.extend(names.iter().cloned());
             all.sort();
             all.dedup();
-            let tls_dir = opts.data.join("tls");
-            let ca = store.credential_or_insert(ServerCredentials::CA, || {
-                tls::existing_or_new_ca(&tls_dir)
-            })?;
             Some(tls::self_signed(&ca, &tls_dir, &all)?)
         }
     };
@@ -333,6 +337,14 @@ async fn serve_tls(
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+            };
+            // A client certificate the handshake verified against the
+            // fleet's CA: who it names is the store's to say.
+            let app = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => app.layer(axum::Extension(http::ClientCertificate(
+                    tls::fingerprint(cert),
+                ))),
+                None => app,
             };
             let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))

@@ -29,23 +29,72 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
 }
 
+/// The server's TLS: its chain and key, and client certificates asked for
+/// but not required: one signed by the fleet's CA (`client_ca`, PEM)
+/// names a user (see [`issue_client_certificate`]); without one, callers
+/// use bearer tokens and device signatures as ever.
 fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_ca: &str,
 ) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(client_ca.as_bytes()).context("parsing the fleet CA")?)
+        .context("the fleet CA as a trust anchor for client certificates")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("the client certificate verifier")?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .context("TLS certificate and key do not match")?;
     Ok(Arc::new(config))
 }
 
+/// A client certificate for user `name`, signed by the fleet's CA
+/// (`stored`), valid `days`: its PEM, its key's PEM (made here, shown
+/// once) and the certificate's SHA-256 fingerprint, by which the server
+/// recognises and revokes it.
+pub fn issue_client_certificate(
+    stored: &str,
+    name: &str,
+    days: u32,
+) -> Result<(String, String, String)> {
+    let ca: StoredCa = serde_json::from_str(stored).context("the stored CA is not valid")?;
+    let issuer = Issuer::new(
+        ca_params()?,
+        KeyPair::from_pem(&ca.key).context("parsing the CA key")?,
+    );
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).context("client certificate parameters")?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| anyhow::anyhow!("the OS random source: {e}"))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let key = KeyPair::generate().context("generating the client key")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("signing the client certificate")?;
+    Ok((cert.pem(), key.serialize_pem(), fingerprint(cert.der())))
+}
+
 /// Loads a PEM chain and key given by the operator. The fingerprint is of
 /// the chain's last certificate: include the CA in the file to pin the CA.
-pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
+pub fn load(cert: &Path, key: &Path, client_ca: &str) -> Result<Identity> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading {}", cert.display()))?
         .collect::<std::result::Result<_, _>>()
@@ -57,7 +106,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading a private key from {}", key.display()))?;
     Ok(Identity {
-        config: server_config(chain, key)?,
+        config: server_config(chain, key, client_ca)?,
         fingerprint,
     })
 }
@@ -156,7 +205,7 @@ pub fn self_signed(stored: &str, dir: &Path, names: &[String]) -> Result<Identit
     let key = PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
     Ok(Identity {
-        config: server_config(chain, key)?,
+        config: server_config(chain, key, &ca.cert)?,
         fingerprint: fingerprint(&ca_der),
     })
 }

@@ -1006,3 +1006,40 @@ pub struct WhoAmI {
     pub role: UserRole,
     pub swarms: Vec<String>,
 }
+
+/// `POST /v1/certificates`: a client certificate for a user, from the
+/// fleet's CA (what a Docker context presents).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserCertificateCreate {
+    /// Whose (admins only; default: the caller's own).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Days it is valid (default 365, at most 3650).
+    #[serde(default)]
+    pub days: Option<u32>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserCertificateView {
+    pub id: String,
+    pub user: String,
+    /// SHA-256 of the certificate (DER), hex.
+    pub fingerprint: String,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
+/// A new client certificate with its private key (shown once) and the
+/// fleet's CA certificate (to trust the server by).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserCertificateIssued {
+    #[serde(flatten)]
+    pub view: UserCertificateView,
+    pub certificate: String,
+    pub key: Secret,
+    pub ca: String,
+}

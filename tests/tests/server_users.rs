@@ -325,3 +325,108 @@ async fn roles_decide_every_write() -> Result<()> {
     }
     Ok(())
 }
+
+/// Users' client certificates from the fleet's CA: written by the CLI as
+/// Docker's TLS files, presented instead of a token, scoped by the user's
+/// role, revoked at once; another fleet's certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_present_client_certificates_from_the_fleet_ca() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &["--tls-self-signed"])?;
+    let fingerprint = server.fingerprint.clone().context("fingerprint")?;
+    let admin = server.admin();
+    declare(&admin, "a", &[("02:f7:00:00:00:0a", Role::Leader)]).await?;
+    declare(&admin, "b", &[("02:f7:00:00:00:0b", Role::Leader)]).await?;
+    admin
+        .create_user(&UserCreate {
+            name: "cora".into(),
+            role: UserRole::Operator,
+            swarms: vec!["a".into()],
+            password: None,
+        })
+        .await?;
+    let out = dir.path().join("cora-tls");
+    let run: Run = Command::new(fogswarm())
+        .args(["cert", "create", "--user", "cora", "--days", "30", "--out"])
+        .arg(&out)
+        .env("FOGSWARM_SERVER", &server.url)
+        .env("FOGSWARM_CA_FINGERPRINT", &fingerprint)
+        .env("FOGSWARM_TOKEN", server.admin_token().expose())
+        .env_remove("FOGSWARM_TOKEN_FILE")
+        .output()?
+        .into();
+    ensure!(run.code == 0, "{}", run.stderr);
+    for name in ["ca.pem", "cert.pem", "key.pem"] {
+        ensure!(out.join(name).exists(), "{name} missing");
+    }
+    ensure!(std::fs::metadata(out.join("key.pem"))?.permissions().mode() & 0o777 == 0o600);
+    let cert = std::fs::read_to_string(out.join("cert.pem"))?;
+    let key = std::fs::read_to_string(out.join("key.pem"))?;
+    let endpoint = server
+        .endpoint()
+        .with_client_certificate(&cert, Secret::new(key.clone()));
+    let cora = Client::new(&endpoint, None)?;
+    let me = cora.whoami().await?;
+    assert_eq!((me.name.as_str(), me.role), ("cora", UserRole::Operator));
+    cora.change_labels(
+        "02:f7:00:00:00:0a",
+        &LabelChange {
+            set: Labels::from([("room".to_string(), "7".to_string())]),
+            unset: vec![],
+        },
+    )
+    .await?;
+    let elsewhere = cora
+        .change_labels(
+            "02:f7:00:00:00:0b",
+            &LabelChange {
+                set: Labels::from([("room".to_string(), "7".to_string())]),
+                unset: vec![],
+            },
+        )
+        .await;
+    assert_eq!(status_of(elsewhere), Some(403));
+    assert!(admin
+        .events(0, 100, Some("02:f7:00:00:00:0a"))
+        .await?
+        .iter()
+        .any(|e| e.actor == "user:cora"));
+    // No key is kept by the server: only the certificate's fingerprint.
+    let listed = admin.list_certificates(Some("cora")).await?;
+    assert_eq!(listed.len(), 1);
+    ensure!(!server.log_text().contains(key.trim()));
+
+    // Another fleet's CA signed this one: refused.
+    let other = ServerProcess::start(&dir.path().join("other"), &["--tls-self-signed"])?;
+    let other_admin = other.admin();
+    other_admin
+        .create_user(&UserCreate {
+            name: "cora".into(),
+            role: UserRole::Admin,
+            swarms: vec![],
+            password: None,
+        })
+        .await?;
+    let foreign = other_admin
+        .create_certificate(&UserCertificateCreate {
+            user: Some("cora".into()),
+            days: None,
+        })
+        .await?;
+    let impostor = Client::new(
+        &server
+            .endpoint()
+            .with_client_certificate(&foreign.certificate, foreign.key.clone()),
+        None,
+    )?;
+    ensure!(
+        impostor.whoami().await.is_err(),
+        "another fleet's certificate got in"
+    );
+
+    // Revoked: the next request with it is nobody's.
+    admin.remove_certificate(&listed[0].id).await?;
+    assert_eq!(status_of(cora.whoami().await), Some(401));
+    Ok(())
+}

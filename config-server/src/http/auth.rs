@@ -126,6 +126,11 @@ pub(super) fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The fingerprint of the client certificate a TLS connection presented,
+/// verified against the fleet's CA in the handshake.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub String);
+
 /// An operator-API caller: the built-in admin (the server's admin token)
 /// or a named user (one of their tokens). What each may do is decided
 /// here, once, by route ([`need`]), before any handler runs: a viewer is
@@ -172,11 +177,25 @@ impl FromRequestParts<Shared> for Caller {
                     )),
                 }
             }
-            None => {
-                return Err(ApiFailure::unauthorized(
-                    "this endpoint needs the admin token or a user's token as a bearer token",
-                ))
-            }
+            None => match parts.extensions.get::<ClientCertificate>() {
+                Some(ClientCertificate(fingerprint)) => {
+                    match state.store.authenticate_certificate(fingerprint)? {
+                        Some(who) => who,
+                        None => {
+                            return Err(state.refuse(
+                                client_ip(parts, &state.trusted_proxies),
+                                "client-certificate",
+                                "the client certificate is not (or no longer) a user's",
+                            ))
+                        }
+                    }
+                }
+                None => {
+                    return Err(ApiFailure::unauthorized(
+                        "this endpoint needs the admin token, a user's token as a bearer token, or a user's client certificate",
+                    ))
+                }
+            },
         };
         authorize(state, parts, &who).await?;
         Ok(Caller(who))
@@ -229,7 +248,9 @@ pub(crate) fn need(method: &axum::http::Method, route: &str) -> Need {
         "/v1/devices/{id}" | "/v1/devices/{id}/labels" | "/v1/devices/{id}/approve" => Need::Device,
         "/v1/enrol-tokens/{id}" => Need::EnrolToken,
         "/v1/devices" | "/v1/devices/import" | "/v1/enrol-tokens" => Need::OperatorBody,
-        "/v1/tokens" | "/v1/tokens/{id}" => Need::Own,
+        "/v1/tokens" | "/v1/tokens/{id}" | "/v1/certificates" | "/v1/certificates/{id}" => {
+            Need::Own
+        }
         _ => Need::Admin,
     }
 }

@@ -42,8 +42,8 @@ mod files;
 mod operator;
 mod trust;
 pub(crate) use auth::client_ip;
-pub use auth::Cidr;
 use auth::{AnyKeyDevice, AuthDevice, Caller, Peer, SignedEnrolment, Standing};
+pub use auth::{Cidr, ClientCertificate};
 pub(crate) use operator::signed_only;
 
 /// Request bodies are small JSON documents; bulk import and a big swarm's
@@ -459,6 +459,14 @@ pub fn router(state: Shared) -> Router {
             axum::routing::delete(trust::remove_token),
         )
         .route("/v1/whoami", get(trust::whoami))
+        .route(
+            "/v1/certificates",
+            get(trust::list_certificates).post(trust::create_certificate),
+        )
+        .route(
+            "/v1/certificates/{id}",
+            axum::routing::delete(trust::remove_certificate),
+        )
         .route("/v1/status", get(operator::status))
         .route("/v1/events", get(operator::events))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
@@ -619,6 +627,7 @@ async fn metrics(
         trust::create_enrol_token, trust::list_enrol_tokens, trust::remove_enrol_token,
         trust::create_user, trust::list_users, trust::update_user, trust::remove_user, trust::whoami,
         trust::create_token, trust::list_tokens, trust::remove_token,
+        trust::create_certificate, trust::list_certificates, trust::remove_certificate,
         operator::list_services, operator::create_service, operator::show_service, operator::deploy_service, operator::remove_service, operator::deploy_stack, operator::remove_stack, operator::rollback_service, device::post_observed,
         files::secrets::list, files::secrets::create, files::secrets::put, files::secrets::show, files::secrets::remove,
         files::configs::list, files::configs::create, files::configs::put, files::configs::show, files::configs::remove,

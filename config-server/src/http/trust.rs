@@ -176,3 +176,81 @@ fn owner(caller: &Caller, user: Option<&str>) -> ApiResult<String> {
         )),
     }
 }
+
+// ---- users' client certificates ----
+
+/// Issue a client certificate from the fleet's CA for the caller (or, for
+/// admins, any user): the certificate, its key (shown once) and the CA.
+#[utoipa::path(post, path = "/v1/certificates", tag = "operator", security(("admin" = [])), request_body = UserCertificateCreate,
+    responses((status = 200, body = UserCertificateIssued), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub(super) async fn create_certificate(
+    State(state): State<Shared>,
+    caller: Caller,
+    ApiJson(req): ApiJson<UserCertificateCreate>,
+) -> ApiResult<Json<UserCertificateIssued>> {
+    let user = owner(&caller, req.user.as_deref())?;
+    let days = req.days.unwrap_or(365);
+    if !(1..=3650).contains(&days) {
+        return Err(ApiFailure::invalid(
+            "days",
+            "a certificate is valid 1 to 3650 days",
+        ));
+    }
+    state.store.operator(&user)?;
+    let stored = state
+        .store
+        .credential(ServerCredentials::CA)?
+        .ok_or_else(|| ApiFailure::invalid("user", "this fleet has no CA yet"))?;
+    let (certificate, key, fingerprint) =
+        crate::tls::issue_client_certificate(&stored, &user, days).map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "issuing a client certificate");
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not issue the certificate; see the server log",
+                None,
+            )
+        })?;
+    let view = state
+        .store
+        .record_user_certificate(&caller.actor(), &user, &fingerprint, days)?;
+    let ca = serde_json::from_str::<crate::tls::StoredCa>(&stored)
+        .map(|ca| ca.cert)
+        .unwrap_or_default();
+    Ok(Json(UserCertificateIssued {
+        view,
+        certificate,
+        key: Secret::new(key),
+        ca,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/certificates", tag = "operator", security(("admin" = [])), params(TokensQuery),
+    responses((status = 200, body = [UserCertificateView])))]
+pub(super) async fn list_certificates(
+    State(state): State<Shared>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<TokensQuery>,
+) -> ApiResult<Json<Vec<UserCertificateView>>> {
+    let user = if caller.is_admin() {
+        q.user
+    } else {
+        Some(owner(&caller, q.user.as_deref())?)
+    };
+    Ok(Json(state.store.list_user_certificates(user.as_deref())?))
+}
+
+/// Revoke a client certificate at once (one's own; admins any).
+#[utoipa::path(delete, path = "/v1/certificates/{id}", tag = "operator", security(("admin" = [])),
+    responses((status = 200, body = UserCertificateView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+pub(super) async fn remove_certificate(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserCertificateView>> {
+    let cert = state.store.user_certificate(&id)?;
+    owner(&caller, Some(&cert.user))?;
+    Ok(Json(
+        state.store.remove_user_certificate(&caller.actor(), &id)?,
+    ))
+}

@@ -248,4 +248,17 @@ CREATE TABLE user_tokens (
 ALTER TABLE dashboard_sessions ADD COLUMN user_name TEXT;
 "#,
     ),
+    // Users' client certificates from the fleet CA, by fingerprint (to
+    // recognise and to revoke them).
+    Migration(
+        r#"
+CREATE TABLE user_certificates (
+    fingerprint TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    user_name TEXT NOT NULL REFERENCES users(name),
+    expires_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"#,
+    ),
 ];

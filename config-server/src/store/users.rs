@@ -11,7 +11,8 @@ use crate::secrets;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use fogswarm_protocol::api::{
-    Secret, UserCreate, UserRole, UserTokenCreated, UserTokenView, UserUpdate, UserView,
+    Secret, UserCertificateView, UserCreate, UserRole, UserTokenCreated, UserTokenView, UserUpdate,
+    UserView,
 };
 use fogswarm_protocol::validate;
 
@@ -263,6 +264,75 @@ impl Store {
         self.read(|tx| operator(tx, name)).map(Some)
     }
 
+    /// Records a client certificate issued to `user` (its fingerprint: the
+    /// certificate itself is the user's).
+    pub fn record_user_certificate(
+        &self,
+        actor: &Actor,
+        user: &str,
+        fingerprint: &str,
+        days: u32,
+    ) -> Result<UserCertificateView> {
+        let id = fingerprint[..12].to_string();
+        self.write(|tx| {
+            user_view(tx, user)?;
+            tx.execute(
+                "INSERT INTO user_certificates (fingerprint, id, user_name, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+                params![fingerprint, &id, user, now() + i64::from(days) * 86_400, now()],
+            )?;
+            log_event(tx, actor, "certificate.create", &id, &format!("user={user}"))?;
+            certificate_view(tx, &id)
+        })
+    }
+
+    pub fn list_user_certificates(&self, user: Option<&str>) -> Result<Vec<UserCertificateView>> {
+        self.read(|tx| {
+            tx.query(
+                &format!("SELECT {CERT_COLUMNS} FROM user_certificates WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY created_at, id"),
+                params![user],
+            )?
+            .iter()
+            .map(certificate_of)
+            .collect()
+        })
+    }
+
+    pub fn user_certificate(&self, id: &str) -> Result<UserCertificateView> {
+        self.read(|tx| certificate_view(tx, id))
+    }
+
+    /// Revokes a certificate at once: the next connection presenting it
+    /// is nobody.
+    pub fn remove_user_certificate(&self, actor: &Actor, id: &str) -> Result<UserCertificateView> {
+        self.write(|tx| {
+            let view = certificate_view(tx, id)?;
+            tx.execute("DELETE FROM user_certificates WHERE id = $1", params![id])?;
+            log_event(
+                tx,
+                actor,
+                "certificate.remove",
+                id,
+                &format!("user={}", view.user),
+            )?;
+            Ok(view)
+        })
+    }
+
+    /// The user a verified client certificate (by fingerprint) names, if
+    /// it is recorded and not expired.
+    pub fn authenticate_certificate(&self, fingerprint: &str) -> Result<Option<Operator>> {
+        self.read(|tx| {
+            let Some(row) = tx.query_opt(
+                "SELECT user_name FROM user_certificates WHERE fingerprint = $1 AND expires_at > $2",
+                params![fingerprint, now()],
+            )?
+            else {
+                return Ok(None);
+            };
+            operator(tx, &row.get::<String>(0)?).map(Some)
+        })
+    }
+
     /// The operator a stored user is now (role and swarms as of now).
     pub fn operator(&self, name: &str) -> Result<Operator> {
         self.read(|tx| operator(tx, name))
@@ -368,4 +438,26 @@ fn token_view(tx: &Tx<'_>, id: &str) -> Result<UserTokenView> {
         )?
         .ok_or_else(|| StoreError::NotFound(format!("token {id} does not exist")))?;
     token_of(&row)
+}
+
+const CERT_COLUMNS: &str = "id, user_name, fingerprint, expires_at, created_at";
+
+fn certificate_of(r: &Row) -> Result<UserCertificateView> {
+    Ok(UserCertificateView {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        fingerprint: r.get(2)?,
+        expires_at: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+fn certificate_view(tx: &Tx<'_>, id: &str) -> Result<UserCertificateView> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT {CERT_COLUMNS} FROM user_certificates WHERE id = $1"),
+            params![id],
+        )?
+        .ok_or_else(|| StoreError::NotFound(format!("certificate {id} does not exist")))?;
+    certificate_of(&row)
 }
