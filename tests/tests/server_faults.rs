@@ -432,10 +432,31 @@ async fn guessing_is_slowed_without_locking_out_the_innocent() -> Result<()> {
     );
 
     // From the same address, everything valid still works: the device's
-    // signed requests, the admin token, a dashboard session signed in
-    // with it, and a new device with the right provisioning key.
+    // signed requests, the admin token, a user's token, a dashboard
+    // session signed in with it, and a new device with the right
+    // provisioning key.
     ensure!(matches!(device.config().await?, ConfigAnswer::Init { .. }));
     admin.status().await?;
+    admin
+        .create_user(&UserCreate {
+            name: "nat".into(),
+            role: UserRole::Viewer,
+            swarms: vec![],
+            password: None,
+        })
+        .await?;
+    let nat = admin
+        .create_token(&UserTokenCreate {
+            user: Some("nat".into()),
+            expires_in_secs: None,
+        })
+        .await?;
+    let r = same_address
+        .get(format!("{}/v1/status", server.url))
+        .bearer_auth(nat.token.expose())
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "a user's token from the same address: {}", r.status());
     let r = same_address
         .post(format!("{}/login", server.url))
         .header("origin", &server.url)
