@@ -59,13 +59,7 @@ pub async fn enrol_token(conn: &Connection, command: EnrolTokenCommand) -> Resul
                 .map(|a| validate::parse_label_assignment(a).map_err(bad))
                 .collect::<Result<_>>()?;
             let role = Role::parse(&role).map_err(bad)?;
-            let expires_in_secs = expires
-                .map(|d| {
-                    fogswarm_protocol::service::parse_duration(&d)
-                        .map(|ns| ns / 1_000_000_000)
-                        .map_err(|m| bad(format!("--expires: {m}")))
-                })
-                .transpose()?;
+            let expires_in_secs = seconds("expires", expires)?;
             let created = client
                 .create_enrol_token(&EnrolTokenCreate {
                     swarm,
@@ -75,18 +69,15 @@ pub async fn enrol_token(conn: &Connection, command: EnrolTokenCommand) -> Resul
                     role,
                 })
                 .await?;
-            if conn.json {
-                return print_json(&serde_json::json!({
-                    "id": created.view.id,
-                    "swarm": created.view.swarm,
-                    "token": created.token.expose(),
-                }));
-            }
-            eprintln!(
-                "enrolment token {} for swarm {} (shown once: keep it like a password)",
-                created.view.id, created.view.swarm
-            );
-            println!("{}", created.token.expose());
+            show_once(
+                conn,
+                serde_json::json!({"id": created.view.id, "swarm": created.view.swarm}),
+                &format!(
+                    "enrolment token {} for swarm {}",
+                    created.view.id, created.view.swarm
+                ),
+                &created.token,
+            )?;
         }
         EnrolTokenCommand::Ls { swarm } => {
             let tokens = client.list_enrol_tokens(swarm.as_deref()).await?;
@@ -350,32 +341,19 @@ pub async fn token(conn: &Connection, command: TokenCommand) -> Result<()> {
     let client = conn.client()?;
     match command {
         TokenCommand::Create { user, expires } => {
-            let expires_in_secs = expires
-                .map(|d| {
-                    fogswarm_protocol::service::parse_duration(&d)
-                        .map(|ns| ns / 1_000_000_000)
-                        .map_err(|m| bad(format!("--expires: {m}")))
-                })
-                .transpose()?;
+            let expires_in_secs = seconds("expires", expires)?;
             let made = client
                 .create_token(&UserTokenCreate {
                     user,
                     expires_in_secs,
                 })
                 .await?;
-            if conn.json {
-                return print_json(&serde_json::json!({
-                    "id": made.view.id,
-                    "user": made.view.user,
-                    "expires_at": made.view.expires_at,
-                    "token": made.token.expose(),
-                }));
-            }
-            eprintln!(
-                "token {} for {} (shown once: keep it like a password)",
-                made.view.id, made.view.user
-            );
-            println!("{}", made.token.expose());
+            show_once(
+                conn,
+                serde_json::json!({"id": made.view.id, "user": made.view.user, "expires_at": made.view.expires_at}),
+                &format!("token {} for {}", made.view.id, made.view.user),
+                &made.token,
+            )?;
         }
         TokenCommand::Ls { user } => {
             let tokens = client.list_tokens(user.as_deref()).await?;
@@ -504,4 +482,33 @@ fn write_tls_files(dir: &std::path::Path, ca: &str, cert: &str, key: &str) -> Re
     write("key.pem", key, 0o600)?;
     write("cert.pem", cert, 0o644)?;
     write("ca.pem", ca, 0o644)
+}
+
+/// A Go-style duration flag (`24h`) in whole seconds.
+fn seconds(flag: &str, value: Option<String>) -> Result<Option<u64>> {
+    value
+        .map(|d| {
+            fogswarm_protocol::service::parse_duration(&d)
+                .map(|ns| ns / 1_000_000_000)
+                .map_err(|m| bad(format!("--{flag}: {m}")))
+        })
+        .transpose()
+}
+
+/// A secret the server shows this once: alone on standard output for
+/// scripts (`$(fogswarm token create)`), what it is on standard error; in
+/// JSON with `about`.
+fn show_once(
+    conn: &Connection,
+    mut about: serde_json::Value,
+    what: &str,
+    secret: &Secret,
+) -> Result<()> {
+    if conn.json {
+        about["token"] = secret.expose().into();
+        return print_json(&about);
+    }
+    eprintln!("{what} (shown once: keep it like a password)");
+    println!("{}", secret.expose());
+    Ok(())
 }

@@ -456,7 +456,11 @@ async fn guessing_is_slowed_without_locking_out_the_innocent() -> Result<()> {
         .bearer_auth(nat.token.expose())
         .send()
         .await?;
-    ensure!(r.status() == 200, "a user's token from the same address: {}", r.status());
+    ensure!(
+        r.status() == 200,
+        "a user's token from the same address: {}",
+        r.status()
+    );
     let r = same_address
         .post(format!("{}/login", server.url))
         .header("origin", &server.url)
