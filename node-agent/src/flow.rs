@@ -103,19 +103,7 @@ impl Agent {
             ..state.status().unwrap_or_default()
         };
         let version = crate::agent_version();
-        let (signer, endorsement_key): (std::sync::Arc<dyn DeviceSigner>, _) =
-            match crate::tpm::configured(config.tpm.as_deref()) {
-                Some(path) => {
-                    let key = crate::tpm::TpmKey::open(device_id.as_str(), &path)?;
-                    tracing::info!(tpm = %path.display(), key = %key.public_key().fingerprint(), endorsement_key = key.endorsement(), "identity key in the TPM");
-                    let ek = key.endorsement().to_string();
-                    (std::sync::Arc::new(key), Some(ek))
-                }
-                None => (
-                    std::sync::Arc::new(state.device_key(device_id.as_str())?),
-                    None,
-                ),
-            };
+        let (signer, endorsement_key) = crate::keys::signer(&config, &state, device_id.as_str())?;
         tracing::info!(device = %device_id, %version, facts = ?facts, "agent starting");
         Ok(Agent {
             config,

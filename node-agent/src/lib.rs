@@ -9,6 +9,7 @@ pub mod flow;
 pub mod identity;
 pub mod install;
 pub mod journal;
+pub mod keys;
 pub mod logs;
 pub mod manager;
 pub mod quorum;

@@ -49,6 +49,13 @@ enum Command {
         #[arg(last = true, allow_hyphen_values = true)]
         runc_args: Vec<std::ffi::OsString>,
     },
+    /// Replace the device's key file with a new key, told to the server
+    /// with a request signed by the old one (no enrolment, no approval).
+    /// A key in a TPM does not rotate.
+    RotateKey {
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// Print what the agent knows: server, device, role, swarm, node, last
     /// error (never a secret).
     Status {
@@ -106,6 +113,38 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::RotateKey { flags } => {
+            let rotated = async {
+                let config = AgentConfig::load(&flags)?;
+                let id = fogswarm_agent::identity::device_id(
+                    Path::new("/"),
+                    config.device_id.as_deref(),
+                )?;
+                fogswarm_agent::keys::rotate(&config, id.as_str()).await
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(rotated) {
+                Ok(fingerprint) => {
+                    println!(
+                        "the device's key is now {fingerprint}; restart the agent to sign with it"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Status { flags, json } => match AgentConfig::load(&flags) {
             Ok(config) => {

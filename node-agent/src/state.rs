@@ -53,6 +53,18 @@ impl StateDir {
             .map_err(anyhow::Error::msg)
     }
 
+    /// Where a rotation keeps the next key until the server has it.
+    pub fn next_key_path(&self) -> PathBuf {
+        self.dir.join("device.key.next")
+    }
+
+    /// The next key takes the current one's place (a rename: the state
+    /// dir holds one or the other whole).
+    pub fn promote_next_key(&self) -> Result<()> {
+        std::fs::rename(self.next_key_path(), self.dir.join("device.key"))
+            .context("putting the next key in place")
+    }
+
     /// Whether the server took this device's enrolment.
     pub fn enrolled(&self) -> bool {
         self.dir.join("enrolled").exists()

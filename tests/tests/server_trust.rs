@@ -490,3 +490,94 @@ async fn enrolment_tokens_admit_counted_devices_with_their_labels() -> Result<()
     ensure!(events.contains("enrol_token.use"), "{events}");
     Ok(())
 }
+
+/// Credentials rotate without enrolling again: `fogswarm-agent rotate-key`
+/// makes a new key, tells the server with the old one, and puts it in
+/// place; the old key stops working, the new one is the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rotates_its_key_without_enrolling_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    declare(&server.admin(), "turn", &[("rot-1", Role::Leader)]).await?;
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state)?;
+    let old = Arc::new(
+        FileKey::load_or_create("rot-1", &state.join("device.key")).map_err(anyhow::Error::msg)?,
+    );
+    server
+        .enrol_with(&old, Admit::Key(server.provisioning_key()), &[])
+        .await?;
+    std::fs::write(state.join("enrolled"), b"")?;
+    let agent = fogswarm_e2e::workspace_binary("fogswarm-agent", "fogswarm-agent");
+    let rotate = || -> Result<Run> {
+        Ok(Command::new(&agent)
+            .args([
+                "rotate-key",
+                "--server",
+                &server.url,
+                "--device-id",
+                "rot-1",
+                "--tpm",
+                "none",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--config")
+            .arg(dir.path().join("agent.json"))
+            .output()?
+            .into())
+    };
+    std::fs::write(dir.path().join("agent.json"), b"{}")?;
+    let run = rotate()?;
+    ensure!(run.code == 0, "{}", run.stderr);
+    let new =
+        FileKey::load_or_create("rot-1", &state.join("device.key")).map_err(anyhow::Error::msg)?;
+    ensure!(new.public_key() != old.public_key());
+    ensure!(
+        run.stdout.contains(&new.public_key().fingerprint()),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        status_of(server.anonymous().with_device(old).config().await),
+        Some(401)
+    );
+    server
+        .anonymous()
+        .with_device(Arc::new(new))
+        .config()
+        .await?;
+    let shown = server.admin().get_device("rot-1").await?;
+    assert!(shown.reenrol_pending.is_none());
+    assert!(server
+        .admin()
+        .events(0, 100, Some("rot-1"))
+        .await?
+        .iter()
+        .any(|e| e.action == "device.key_rotated"));
+    // A key in a TPM does not rotate; a device not enrolled has nothing to.
+    let tpm = Command::new(&agent)
+        .args([
+            "rotate-key",
+            "--server",
+            &server.url,
+            "--device-id",
+            "rot-1",
+            "--tpm",
+            "/dev/null",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--config")
+        .arg(dir.path().join("agent.json"))
+        .output()?;
+    ensure!(!tpm.status.success() && String::from_utf8_lossy(&tpm.stderr).contains("TPM"));
+    std::fs::remove_file(state.join("enrolled"))?;
+    let run = rotate()?;
+    ensure!(
+        run.code != 0 && run.stderr.contains("not enrolled"),
+        "{}",
+        run.stderr
+    );
+    Ok(())
+}
