@@ -32,6 +32,9 @@ const TPM_ST_HASHCHECK: u16 = 0x8024;
 const TPM_CC_CREATE_PRIMARY: u32 = 0x0000_0131;
 const TPM_CC_SIGN: u32 = 0x0000_015D;
 const TPM_CC_FLUSH_CONTEXT: u32 = 0x0000_0165;
+const TPM_CC_GET_CAPABILITY: u32 = 0x0000_017A;
+const TPM_CAP_HANDLES: u32 = 0x0000_0001;
+const TRANSIENT_FIRST: u32 = 0x8000_0000;
 const TPM_RH_OWNER: u32 = 0x4000_0001;
 const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
 const TPM_RH_NULL: u32 = 0x4000_0007;
@@ -279,6 +282,28 @@ fn flush(tpm: &mut Transport, handle: u32) -> Result<()> {
     tpm.execute(&c.finish()).map(|_| ())
 }
 
+/// Flushes transient objects an earlier agent left loaded: one killed (a
+/// power cut, a reboot) never flushed its key, and a TPM without a
+/// resource manager (swtpm) keeps it, with room for only a few. Under the
+/// kernel's resource manager the list holds only this connection's own.
+fn flush_leftovers(tpm: &mut Transport) -> Result<()> {
+    let mut c = Command::new(TPM_ST_NO_SESSIONS, TPM_CC_GET_CAPABILITY);
+    c.u32(TPM_CAP_HANDLES).u32(TRANSIENT_FIRST).u32(16);
+    let body = tpm.execute(&c.finish())?;
+    let mut r = Reader(&body);
+    r.take(1)?; // moreData
+    ensure!(
+        r.u32()? == TPM_CAP_HANDLES,
+        "the TPM answered another capability"
+    );
+    let count = r.u32()?;
+    for _ in 0..count.min(16) {
+        let handle = r.u32()?;
+        flush(tpm, handle).with_context(|| format!("flushing the leftover object {handle:#x}"))?;
+    }
+    Ok(())
+}
+
 /// The device's identity key, held in its TPM.
 pub struct TpmKey {
     device_id: String,
@@ -293,6 +318,7 @@ impl TpmKey {
     /// the agent runs) and the endorsement key's fingerprint.
     pub fn open(device_id: &str, path: &Path) -> Result<TpmKey> {
         let mut tpm = Transport::open(path)?;
+        flush_leftovers(&mut tpm).context("freeing the TPM's transient objects")?;
         let (ek_handle, ek_point) =
             create_primary(&mut tpm, TPM_RH_ENDORSEMENT, &endorsement_template())
                 .context("deriving the TPM's endorsement key")?;
@@ -400,6 +426,23 @@ mod tests {
         );
         assert_eq!(again.endorsement(), ek);
         drop(again);
+        // Agents killed without flushing (reboots) leave keys loaded until
+        // the TPM has no room for another; the next start still works.
+        let mut leftovers = 0;
+        for _ in 0..10 {
+            let mut tpm = Transport::open(&swtpm.socket).expect("tpm");
+            match create_primary(&mut tpm, TPM_RH_OWNER, &identity_template()) {
+                Ok(_) => leftovers += 1,
+                Err(e) => {
+                    assert!(format!("{e:#}").contains("0x902"), "{e:#}");
+                    break;
+                }
+            }
+        }
+        assert!(leftovers >= 2, "{leftovers} leftovers");
+        let after_reboots = TpmKey::open("dev1", &swtpm.socket).expect("after leftovers");
+        assert_eq!(after_reboots.public_key(), &first);
+        drop(after_reboots);
         let other = Swtpm::start().expect("a second swtpm");
         let elsewhere = TpmKey::open("dev1", &other.socket).expect("other tpm");
         assert_ne!(elsewhere.public_key(), &first);
