@@ -487,11 +487,13 @@ async fn devices(
             None => Some((l, "")),
         },
     };
-    let page = query.page.unwrap_or(1).max(1);
+    // Any page past the last is empty; bounded so its offset stays a
+    // valid (non-negative 64-bit) OFFSET on both databases.
+    let page = query.page.unwrap_or(1).clamp(1, 1 << 32);
     match state.store.device_page(
         Some(query.q.trim()),
         label_filter,
-        (page - 1).saturating_mul(PER_PAGE),
+        (page - 1) * PER_PAGE,
         PER_PAGE,
     ) {
         Ok((list, total)) => {
