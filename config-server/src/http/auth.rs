@@ -116,9 +116,9 @@ impl AppState {
     }
 }
 
-pub(super) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+/// The bearer token an Authorization header carries.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?
@@ -165,7 +165,7 @@ impl FromRequestParts<Shared> for Caller {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        let who = match bearer(parts) {
+        let who = match bearer(&parts.headers) {
             Some(token) if secrets::matches(token, &state.admin_hash) => Operator::builtin_admin(),
             Some(token) => {
                 match state.store.authenticate_user_token(token)? {

@@ -590,12 +590,7 @@ async fn metrics(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if let Some(hash) = &state.metrics_hash {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
+        match auth::bearer(&headers) {
             Some(token) if secrets::matches(token, hash) => {}
             Some(_) => {
                 return Err(state.refuse(ip, "metrics-token", "the metrics token is not valid"))

@@ -131,7 +131,7 @@ impl Store {
                         "UPDATE devices SET public_key = $2, endorsement_key = $3, facts = $4, state = $5, last_seen = $6 WHERE id = $1",
                         params![id, key, input.endorsement_key, json_of(input.facts), new_state.as_str(), now()],
                     )?;
-                    log_event(tx, &Actor::Device(id.into()), "device.enrol", id, &format!("swarm={swarm} key={}{}", input.public_key.fingerprint(), via(&token)))?;
+                    log_event(tx, &Actor::Device(id.into()), "device.enrol", id, &format!("swarm={swarm} key={}{}", input.public_key.fingerprint(), via(token.as_ref())))?;
                     bump(tx, &swarm)?;
                     Ok((Enrolment { swarm: swarm.clone(), role, pending: new_state == DeviceState::Pending }, vec![swarm]))
                 }
@@ -270,7 +270,7 @@ fn parse_state(s: &str) -> Result<DeviceState> {
     DeviceState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("state {s}")))
 }
 
-fn via(token: &Option<TokenRow>) -> String {
+fn via(token: Option<&TokenRow>) -> String {
     match token {
         Some(t) => format!(" token={}", t.id),
         None => String::new(),
@@ -318,18 +318,12 @@ fn admit_new(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         params![id, &swarm, role.as_str(), json_of(&labels), json_of(input.facts), state.as_str(), input.public_key.as_str(), input.endorsement_key, now()],
     )?;
-    let token_ref = token.map(|t| TokenRow {
-        id: t.id.clone(),
-        swarm: t.swarm.clone(),
-        labels: Labels::new(),
-        role: t.role,
-    });
     log_event(
         tx,
         &Actor::Server,
         "device.auto_enrol",
         id,
-        &format!("swarm={swarm} pending={pending}{}", via(&token_ref)),
+        &format!("swarm={swarm} pending={pending}{}", via(token)),
     )?;
     log_event(
         tx,
@@ -364,7 +358,7 @@ fn reenrol(
     let detail = format!(
         "key={}{}{}",
         input.public_key.fingerprint(),
-        via(token),
+        via(token.as_ref()),
         input
             .endorsement_key
             .map(|ek| format!(" endorsement_key={ek}"))
