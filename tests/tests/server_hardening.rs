@@ -198,6 +198,31 @@ async fn what_a_black_box_probe_found_is_refused_cleanly() -> Result<()> {
         .raw_get_header("/healthz", "strict-transport-security")
         .await?;
     assert_eq!(hsts.as_deref(), Some("max-age=31536000"));
+    drop(tls);
+
+    // /metrics behind a token: none or a wrong one is refused, the right
+    // one reads it; the token never shows in the log.
+    let token_file = dir.path().join("metrics.token");
+    std::fs::write(&token_file, "fsm_a-metrics-token-of-some-length\n")?;
+    let guarded = ServerProcess::start(
+        &dir.path().join("metrics"),
+        &["--metrics-token-file", &token_file.display().to_string()],
+    )?;
+    let metrics = |token: Option<&str>| {
+        let mut r = http.get(format!("{}/metrics", guarded.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(metrics(None).await?.status(), 401);
+    assert_eq!(metrics(Some("fsm_wrong")).await?.status(), 401);
+    let r = metrics(Some("fsm_a-metrics-token-of-some-length")).await?;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await?.contains("fogswarm_"));
+    assert!(!guarded
+        .log_text()
+        .contains("fsm_a-metrics-token-of-some-length"));
     Ok(())
 }
 
