@@ -125,6 +125,13 @@ enum Command {
         #[command(subcommand)]
         command: fogswarm::trust::ProvisioningKeyCommand,
     },
+    /// The admin token (the built-in admin's).
+    AdminToken {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: fogswarm::trust::AdminTokenCommand,
+    },
     /// The fleet at a glance: devices per swarm and state, and problems.
     Status {
         #[command(flatten)]
@@ -439,6 +446,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await
                 .map(|_| ExitCode::SUCCESS)
         }
+        Command::AdminToken { conn, command } => fogswarm::trust::admin_token(&conn, command)
+            .await
+            .map(|_| ExitCode::SUCCESS),
         Command::Events {
             conn,
             since,

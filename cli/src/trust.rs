@@ -141,6 +141,35 @@ pub async fn provisioning_key(conn: &Connection, command: ProvisioningKeyCommand
     Ok(())
 }
 
+#[derive(Subcommand, Debug)]
+pub enum AdminTokenCommand {
+    /// Replace the admin token: the old one stops working on every
+    /// replica. The new one is printed once (and written to the serving
+    /// replica's DATA/admin.token). Admins only.
+    Rotate,
+}
+
+pub async fn admin_token(conn: &Connection, command: AdminTokenCommand) -> Result<()> {
+    let client = conn.client()?;
+    match command {
+        AdminTokenCommand::Rotate => {
+            let rotated = client.rotate_admin_token().await?;
+            if conn.json {
+                return print_json(&serde_json::json!({
+                    "admin_token": rotated.admin_token.expose(),
+                    "file": rotated.file,
+                }));
+            }
+            println!("{}", rotated.admin_token.expose());
+            eprintln!(
+                "admin token rotated: the line above is the new one, shown once (also in {} on the server); the old one no longer works",
+                rotated.file
+            );
+        }
+    }
+    Ok(())
+}
+
 /// When a token expires, for the table: "in 3 hours", "expired", "never".
 fn expires(at: Option<i64>) -> String {
     let Some(at) = at else {

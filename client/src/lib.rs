@@ -629,6 +629,12 @@ impl Client {
             .await
     }
 
+    /// Replaces the admin token (admins only); the new one is answered once.
+    pub async fn rotate_admin_token(&self) -> Result<AdminTokenRotated> {
+        self.call(Method::POST, "/v1/admin-token/rotate", None::<&()>)
+            .await
+    }
+
     pub async fn create_enrol_token(&self, req: &EnrolTokenCreate) -> Result<EnrolTokenCreated> {
         self.call(Method::POST, "/v1/enrol-tokens", Some(req)).await
     }

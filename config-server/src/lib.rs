@@ -65,6 +65,8 @@ pub struct ServerOptions {
     pub trusted_proxies: Vec<http::Cidr>,
     /// A file with the bearer token /metrics requires (open without).
     pub metrics_token_file: Option<PathBuf>,
+    /// How long events and telemetry history are kept.
+    pub retention: store::Retention,
 }
 
 impl ServerOptions {
@@ -108,6 +110,34 @@ fn shared_secret(
     Ok((hash, here))
 }
 
+/// Replaces a secret the fleet shares by its hash (the admin token, the
+/// provisioning key) and answers it: written beside `file` first, the
+/// hash stored, then moved over `file`, so a failure never leaves `file`
+/// holding a secret the fleet does not know.
+pub fn rotate_shared_secret(
+    store: &store::Store,
+    name: &str,
+    file: &std::path::Path,
+    prefix: &str,
+) -> Result<fogswarm_protocol::api::Secret> {
+    let secret = secrets::random_token(prefix);
+    let next = file.with_extension("next");
+    secrets::write_secret_file(&next, secret.expose())
+        .with_context(|| format!("writing {}", next.display()))?;
+    if let Err(e) = store.set_credential(name, &secrets::hash(secret.expose())) {
+        let _ = std::fs::remove_file(&next);
+        return Err(e.into());
+    }
+    std::fs::rename(&next, file).with_context(|| {
+        format!(
+            "moving {} to {} (the new secret is in effect and in the first)",
+            next.display(),
+            file.display()
+        )
+    })?;
+    Ok(secret)
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(opts: ServerOptions) -> Result<()> {
     std::fs::DirBuilder::new()
@@ -115,10 +145,10 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         .mode(0o700)
         .create(&opts.data)
         .with_context(|| format!("creating the data directory {}", opts.data.display()))?;
-    let store = open_store(&opts)?;
+    let store = open_store(&opts)?.with_retention(opts.retention);
     let admin_file = opts.data.join("admin.token");
     let provisioning_file = opts.data.join("provisioning.key");
-    let (admin_hash, admin_here) = shared_secret(
+    let (_, admin_here) = shared_secret(
         &store,
         ServerCredentials::ADMIN_TOKEN_HASH,
         &admin_file,
@@ -187,7 +217,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     };
     let state = Arc::new(http::AppState {
         store,
-        admin_hash,
+        admin_file: admin_file.clone(),
         provisioning_file: provisioning_file.clone(),
         revisions: Default::default(),
         metrics: Default::default(),
@@ -199,7 +229,9 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         secure_cookies: identity.is_some(),
         trusted_proxies: opts.trusted_proxies.clone(),
         metrics_hash,
+        replica: http::ReplicaSelf::new(addr.port()),
     });
+    state.check_in();
     dashboard::spawn_live(state.clone());
     // Changes made through other replicas wake this one's long polls.
     let (woken, resynced) = (state.clone(), state.clone());
@@ -212,8 +244,22 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     let presence = state.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(PRESENCE_FLUSH);
-        loop {
+        for tick in 0u64.. {
             every.tick().await;
+            presence.check_in();
+            if tick % PRUNE_EVERY_TICKS == 0 {
+                match presence.store.prune() {
+                    Ok(pruned) if pruned != store::Pruned::default() => {
+                        tracing::info!(
+                            events = pruned.events,
+                            telemetry_rows = pruned.telemetry_rows,
+                            "pruned past retention"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning past retention"),
+                }
+            }
             if let Err(e) = presence.store.flush_presence() {
                 tracing::warn!(error = %e, "writing last-seen times");
             }
@@ -304,8 +350,10 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     Ok(())
 }
 
-/// How often last-seen times are written.
+/// How often last-seen times are written (and the replica checks in).
 const PRESENCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pruning past retention runs every this many ticks (a minute).
+const PRUNE_EVERY_TICKS: u64 = 12;
 
 async fn serve_tls(
     listener: tokio::net::TcpListener,

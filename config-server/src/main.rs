@@ -26,25 +26,46 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Copy the fleet's SQLite database, consistently, while the server
-    /// runs (SQLite's online backup API). The copy holds the CA and join
-    /// tokens: it is written 0600. For PostgreSQL use pg_dump.
+    /// runs (SQLite's online backup API), and its secrets key beside it
+    /// as FILE.secrets-key. Both are written 0600: the copy holds the CA
+    /// and join tokens, the key opens every secret. For PostgreSQL use
+    /// pg_dump and copy the key yourself.
     Backup {
         #[command(flatten)]
         database: DatabaseArgs,
+        /// The key the server seals secrets with [default: DATA/secrets.key].
+        #[arg(long, env = "FOGSWARM_SECRETS_KEY_FILE")]
+        secrets_key_file: Option<PathBuf>,
         /// The file to write (must not exist).
         #[arg(long)]
         to: PathBuf,
     },
-    /// Put a backup in place as a data directory's database. The server
-    /// started on it serves the same fleet: devices keep their
-    /// credentials, the CA (and its fingerprint) is the same.
+    /// Put a backup in place as a data directory's database, and its
+    /// secrets key as DATA/secrets.key. The server started on it serves
+    /// the same fleet: devices keep their keys, the CA (and its
+    /// fingerprint) is the same, secrets open.
     Restore {
         /// The backup file.
         #[arg(long)]
         from: PathBuf,
+        /// The backup's secrets key [default: FROM.secrets-key].
+        #[arg(long)]
+        secrets_key: Option<PathBuf>,
         /// The data directory to restore into (must hold no database yet).
         #[arg(long, env = "FOGSWARM_DATA")]
         data: PathBuf,
+    },
+    /// Replace the admin token, with the server running or not: the new
+    /// one is written to DATA/admin.token (0600) and the old one stops
+    /// working at once, on every replica. Online, admins use
+    /// `fogswarm admin-token rotate`.
+    AdminToken {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Make a new admin token (the only thing this command does; the
+        /// flag says so where it is run).
+        #[arg(long, required = true)]
+        rotate: bool,
     },
 }
 
@@ -151,12 +172,44 @@ struct Serve {
     /// /metrics is open.
     #[arg(long, env = "FOGSWARM_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
+    /// How long the event log is kept (`90d`, `12h`); older events are
+    /// deleted every minute.
+    #[arg(long, default_value = "90d", value_parser = parse_age)]
+    retain_events: i64,
+    /// How long per-minute telemetry history is kept.
+    #[arg(long, default_value = "24h", value_parser = parse_age)]
+    retain_telemetry: i64,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     /// Log level (trace, debug, info, warn, error); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+/// An age in seconds from `90d`, `24h`, `30m` or `45s` (at least a minute).
+fn parse_age(s: &str) -> Result<i64, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let scale = match unit {
+        "d" => 86_400,
+        "h" => 3600,
+        "m" => 60,
+        "s" => 1,
+        _ => {
+            return Err(format!(
+                "{s:?}: give a number and a unit (d, h, m or s), like 90d"
+            ))
+        }
+    };
+    let secs = number
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{s:?}: give a number and a unit (d, h, m or s), like 90d"))?;
+    if secs < 60 {
+        return Err(format!("{s:?}: keep at least a minute"));
+    }
+    Ok(secs)
 }
 
 fn parse_cidr(s: &str) -> Result<fogswarm_server::http::Cidr, String> {
@@ -166,8 +219,20 @@ fn parse_cidr(s: &str) -> Result<fogswarm_server::http::Cidr, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Backup { database, to }) => backup(&database, &to),
-        Some(Command::Restore { from, data }) => restore(&from, &data),
+        Some(Command::Backup {
+            database,
+            secrets_key_file,
+            to,
+        }) => backup(&database, secrets_key_file, &to),
+        Some(Command::Restore {
+            from,
+            secrets_key,
+            data,
+        }) => restore(&from, secrets_key.as_deref(), &data),
+        Some(Command::AdminToken { database, rotate }) => {
+            debug_assert!(rotate);
+            rotate_admin_token(&database)
+        }
         None => serve(cli.serve),
     };
     match result {
@@ -213,6 +278,10 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         metrics_device_limit: args.metrics_device_limit,
         trusted_proxies: args.trusted_proxies,
         metrics_token_file: args.metrics_token_file,
+        retention: fogswarm_server::store::Retention {
+            events_secs: args.retain_events,
+            telemetry_secs: args.retain_telemetry,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -221,7 +290,7 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     runtime.block_on(fogswarm_server::run(opts))
 }
 
-fn backup(args: &DatabaseArgs, to: &Path) -> anyhow::Result<()> {
+fn backup(args: &DatabaseArgs, key: Option<PathBuf>, to: &Path) -> anyhow::Result<()> {
     let (database, _) = args.location()?;
     let path = match database {
         None => args.data()?.join("fleet.db"),
@@ -233,26 +302,64 @@ fn backup(args: &DatabaseArgs, to: &Path) -> anyhow::Result<()> {
     if !path.exists() {
         bail!("there is no database at {}", path.display());
     }
-    let stored = fogswarm_server::backup::backup(&path, to)?;
+    let key = match key {
+        Some(key) => key,
+        None => args.data()?.join("secrets.key"),
+    };
+    let stored = fogswarm_server::backup::backup(&path, &key, to)?;
     println!(
         "backed up {} devices in {} swarms to {}",
         stored.devices,
         stored.swarms,
         to.display()
     );
+    match stored.secrets_key {
+        Some(copy) => println!(
+            "secrets key copied to {}: it opens every secret and registry password in the backup; keep it as safe as the fleet, and apart from the backup where you can (a restore needs both)",
+            copy.display()
+        ),
+        None => println!("no secrets key yet (the fleet has no sealed value): the backup alone restores it"),
+    }
     Ok(())
 }
 
-fn restore(from: &Path, data: &Path) -> anyhow::Result<()> {
-    let stored = fogswarm_server::backup::restore(from, data)?;
+fn restore(from: &Path, key: Option<&Path>, data: &Path) -> anyhow::Result<()> {
+    let stored = fogswarm_server::backup::restore(from, key, data)?;
     println!(
         "restored {} devices in {} swarms into {}",
         stored.devices,
         stored.swarms,
         data.join("fleet.db").display()
     );
+    if let Some(key) = stored.secrets_key {
+        println!("secrets key: {}", key.display());
+    }
     if let Some(fp) = stored.ca_fingerprint {
         println!("CA fingerprint (sha256): {fp}");
     }
+    Ok(())
+}
+
+fn rotate_admin_token(args: &DatabaseArgs) -> anyhow::Result<()> {
+    let data = args.data()?;
+    let (database, postgres) = args.location()?;
+    let location = database.unwrap_or_else(|| Location::Sqlite(data.join("fleet.db")));
+    if let Location::Sqlite(path) = &location {
+        if !path.exists() {
+            bail!("there is no database at {}", path.display());
+        }
+    }
+    let store = fogswarm_server::store::Store::open_location(&location, &postgres)?;
+    let file = data.join("admin.token");
+    fogswarm_server::rotate_shared_secret(
+        &store,
+        fogswarm_server::store::ServerCredentials::ADMIN_TOKEN_HASH,
+        &file,
+        "fsa",
+    )?;
+    println!(
+        "new admin token written to {}; the old one no longer works",
+        file.display()
+    );
     Ok(())
 }

@@ -1,25 +1,52 @@
-//! Prometheus counters, rendered in the text exposition format. A handful
-//! of counters do not need a metrics framework: a mutex-guarded map each.
+//! Prometheus counters and histograms, rendered in the text exposition
+//! format. A handful of series do not need a metrics framework: a
+//! mutex-guarded map each.
 
-use crate::store::{DeviceGauge, DeviceGauges};
+use crate::store::{DeviceGauge, DeviceGauges, FleetHealth};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Request latency buckets, in seconds: a config answer takes about a
+/// millisecond, a long poll up to a minute.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0,
+];
+
+/// One route's latencies: counts per bucket (not cumulative), the sum.
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len() + 1],
+    sum: f64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
     enrolments: Mutex<BTreeMap<&'static str, u64>>,
     lease_grants: AtomicU64,
 }
 
 impl Metrics {
-    /// One request, by method, route template and status.
-    pub fn request(&self, method: &str, route: &str, status: u16) {
+    /// One request, by method, route template and status, and how long
+    /// it took.
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry((method.to_string(), route.to_string(), status))
             .or_default() += 1;
+        drop(map);
+        let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let histogram = map
+            .entry((method.to_string(), route.to_string()))
+            .or_default();
+        let bucket = BUCKETS
+            .iter()
+            .position(|le| seconds <= *le)
+            .unwrap_or(BUCKETS.len());
+        histogram.counts[bucket] += 1;
+        histogram.sum += seconds;
     }
 
     /// One enrolment attempt, by result.
@@ -36,10 +63,27 @@ impl Metrics {
         self.lease_grants.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The exposition text; `devices_by_state` and `devices` come from
-    /// the store at scrape time, so they are never stale.
-    pub fn render(&self, devices_by_state: &[(String, u64)], devices: &DeviceGauges) -> String {
+    /// The exposition text; `health`, `devices_by_state` and `devices`
+    /// come from the store at scrape time, so they are never stale.
+    pub fn render(
+        &self,
+        health: &FleetHealth,
+        devices_by_state: &[(String, u64)],
+        devices: &DeviceGauges,
+    ) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP fogswarm_build_info The server's version (the value is always 1)."
+        );
+        let _ = writeln!(out, "# TYPE fogswarm_build_info gauge");
+        let _ = writeln!(
+            out,
+            "fogswarm_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            fogswarm_protocol::version::PROTOCOL
+        );
+        render_health(&mut out, health);
         let _ = writeln!(
             out,
             "# HELP fogswarm_http_requests_total HTTP requests by method, route and status."
@@ -55,6 +99,44 @@ impl Metrics {
                 out,
                 "fogswarm_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
                 escape(route)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fogswarm_http_request_duration_seconds HTTP request latency by method and route."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE fogswarm_http_request_duration_seconds histogram"
+        );
+        for ((method, route), h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
+            let mut cumulative = 0;
+            for (le, n) in BUCKETS.iter().zip(h.counts.iter()) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "fogswarm_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            cumulative += h.counts[BUCKETS.len()];
+            let _ = writeln!(
+                out,
+                "fogswarm_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "fogswarm_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "fogswarm_http_request_duration_seconds_count{{{labels}}} {cumulative}"
             );
         }
         let _ = writeln!(out, "# HELP fogswarm_devices Devices by state.");
@@ -87,6 +169,73 @@ impl Metrics {
         );
         render_devices(&mut out, devices);
         out
+    }
+}
+
+/// The database, the replicas, and each swarm's quorum and agent rollout:
+/// what the alert rules under deploy/monitoring watch.
+fn render_health(out: &mut String, health: &FleetHealth) {
+    let gauge = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP fogswarm_{name} {help}");
+        let _ = writeln!(out, "# TYPE fogswarm_{name} gauge");
+    };
+    gauge(
+        out,
+        "replica_ready",
+        "1 while this replica's last check-in wrote to the database (as /readyz).",
+    );
+    let _ = writeln!(out, "fogswarm_replica_ready {}", u8::from(health.ready));
+    gauge(
+        out,
+        "replicas",
+        "Replicas that checked in lately, by version.",
+    );
+    for (version, n) in &health.replicas {
+        let _ = writeln!(
+            out,
+            "fogswarm_replicas{{version=\"{}\"}} {n}",
+            escape(version)
+        );
+    }
+    gauge(
+        out,
+        "swarm_quorum_lost",
+        "1 while a swarm's managers report no raft quorum.",
+    );
+    for swarm in &health.swarms {
+        let _ = writeln!(
+            out,
+            "fogswarm_swarm_quorum_lost{{swarm=\"{}\"}} {}",
+            escape(&swarm.name),
+            u8::from(swarm.quorum_lost_at.is_some())
+        );
+    }
+    gauge(
+        out,
+        "swarm_rollout_wave_seconds",
+        "How long a running agent rollout's current wave has run.",
+    );
+    for swarm in &health.swarms {
+        if let Some(secs) = swarm.rollout_wave_secs {
+            let _ = writeln!(
+                out,
+                "fogswarm_swarm_rollout_wave_seconds{{swarm=\"{}\"}} {secs}",
+                escape(&swarm.name)
+            );
+        }
+    }
+    gauge(
+        out,
+        "swarm_rollout_failed",
+        "1 when a swarm's last agent rollout stopped on a failure.",
+    );
+    for swarm in &health.swarms {
+        let _ = writeln!(
+            out,
+            "fogswarm_swarm_rollout_failed{{swarm=\"{}\"}} {}",
+            escape(&swarm.name),
+            u8::from(swarm.rollout_failed)
+        );
     }
 }
 
@@ -163,8 +312,8 @@ mod tests {
     #[test]
     fn renders_exposition_text() {
         let m = Metrics::default();
-        m.request("GET", "/v1/config", 200);
-        m.request("GET", "/v1/config", 200);
+        m.request("GET", "/v1/config", 200, 0.0007);
+        m.request("GET", "/v1/config", 200, 0.2);
         m.enrolment("accepted");
         m.lease_grant();
         let gauges = DeviceGauges {
@@ -180,7 +329,42 @@ mod tests {
             }],
             left_out: 4,
         };
-        let text = m.render(&[("active".into(), 3)], &gauges);
+        let health = FleetHealth {
+            ready: true,
+            replicas: vec![("0.1.0".into(), 2)],
+            swarms: vec![crate::store::SwarmHealth {
+                name: "fog".into(),
+                quorum_lost_at: Some(5),
+                rollout_wave_secs: None,
+                rollout_failed: false,
+            }],
+        };
+        let text = m.render(&health, &[("active".into(), 3)], &gauges);
+        let latency =
+            "fogswarm_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/config\"";
+        assert!(
+            text.contains(&format!("{latency},le=\"0.001\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{latency},le=\"0.1\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{latency},le=\"0.25\"}} 2")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{latency},le=\"+Inf\"}} 2")),
+            "{text}"
+        );
+        assert!(text.contains(
+            "fogswarm_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/config\"} 2"
+        ));
+        assert!(text.contains("fogswarm_replica_ready 1"));
+        assert!(text.contains("fogswarm_replicas{version=\"0.1.0\"} 2"));
+        assert!(text.contains("fogswarm_swarm_quorum_lost{swarm=\"fog\"} 1"));
+        assert!(text.contains("fogswarm_build_info{version="));
         assert!(text.contains("fogswarm_http_requests_total{method=\"GET\",route=\"/v1/config\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("fogswarm_devices{state=\"active\"} 3"));
         assert!(text.contains("fogswarm_enrolments_total{result=\"accepted\"} 1"));

@@ -43,6 +43,15 @@ impl Sealer {
             crate::secrets::write_secret_file(path, &hex::encode(bytes))
                 .map_err(|e| fail(e.to_string()))?;
         }
+        Sealer::open_existing(path)
+    }
+
+    /// Reads an existing key file (a restore's, say), never creating one.
+    pub fn open_existing(path: &Path) -> Result<Sealer, SealError> {
+        let fail = |message: String| SealError::Key {
+            path: path.display().to_string(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let bytes = hex::decode(text.trim())
             .ok()
@@ -59,6 +68,20 @@ impl Sealer {
             key: LessSafeKey::new(key),
             id,
         })
+    }
+
+    /// The key's id, as sealed values name it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id of the key `sealed` was sealed with, if it is a sealed value.
+    pub fn key_id_of(sealed: &str) -> Option<&str> {
+        let mut parts = sealed.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("v1"), Some(id), Some(_)) => Some(id),
+            _ => None,
+        }
     }
 
     /// Encrypts `plain` bound to `context`.

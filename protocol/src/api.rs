@@ -791,6 +791,15 @@ pub struct ProvisioningKeyRotated {
     pub file: String,
 }
 
+/// A new admin token: shown once, and written to `file` on the replica
+/// that made it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminTokenRotated {
+    pub admin_token: Secret,
+    pub file: String,
+}
+
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SwarmSummary {

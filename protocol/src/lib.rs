@@ -14,6 +14,7 @@ pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod validate;
+pub mod version;
 
 pub use device_id::{DeviceId, DeviceIdError, MacAddress};
 pub use validate::{AutoEnrol, Labels, Role, ValidationError};

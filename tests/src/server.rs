@@ -57,6 +57,28 @@ pub fn db_fingerprint(data: &Path) -> Result<String> {
     })
 }
 
+/// Runs one SQL statement on a data directory's database (SQLite or the
+/// test's PostgreSQL), behind the server's back: for tests that age rows.
+pub fn db_execute(data: &Path, sql: &str) -> Result<u64> {
+    let location = if on_postgres() {
+        Location::Postgres(postgres_database(data)?)
+    } else {
+        Location::Sqlite(data.join("fleet.db"))
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<u64> {
+            let store = Store::open_location(&location, &PostgresOptions::default())?;
+            let changed = store.database().write(|tx| {
+                tx.execute(sql, &[])
+                    .map_err(fogswarm_server::store::StoreError::from)
+            })?;
+            Ok(changed)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("db_execute panicked"))?
+    })
+}
+
 /// Declares a swarm (no auto-enrolment) and its devices by id and role.
 pub async fn declare(admin: &Client, swarm: &str, devices: &[(&str, Role)]) -> Result<()> {
     admin

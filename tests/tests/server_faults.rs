@@ -3,10 +3,12 @@
 //! secrets slowed down per source address.
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::Engine as _;
 use fogswarm_client::{Client, ClientError};
 use fogswarm_e2e::fleet::{self, FleetPlan};
 use fogswarm_e2e::server::{declare, device_key, server_binary, Admit, ServerProcess};
 use fogswarm_protocol::api::*;
+use fogswarm_protocol::secret::{FileKind, FileVersion, FileWrite, ValuesRequest};
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -281,6 +283,22 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
     server
         .enrol_with(&identity, Admit::Key(server.provisioning_key()), &[])
         .await?;
+    // A secret: sealed under DATA/secrets.key, which is not in the database.
+    const VALUE: &str = "restored-secret-value-31c7";
+    let value = fogswarm_protocol::api::Secret::new(
+        base64::engine::general_purpose::STANDARD.encode(VALUE),
+    );
+    admin
+        .write_file(
+            "kept",
+            FileKind::Secret,
+            &FileWrite {
+                name: "db_password".into(),
+                data: value.clone(),
+            },
+            true,
+        )
+        .await?;
     // Load while the backup is taken.
     let endpoints = [server.endpoint()];
     let (token, key) = (server.admin_token(), server.provisioning_key());
@@ -306,9 +324,21 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
         server_command(&["backup", "--data", &data_arg, "--to", &backup_arg])?;
     ensure!(code == 0, "backup failed: {stderr}");
     ensure!(stdout.contains("backed up"), "{stdout}");
+    let key_copy = dir.path().join("fleet.backup.secrets-key");
     ensure!(
-        std::fs::metadata(&backup)?.permissions().mode() & 0o777 == 0o600,
-        "the backup holds the CA key: it must be 0600"
+        stdout.contains(&key_copy.display().to_string()),
+        "the backup says where the secrets key went: {stdout}"
+    );
+    for file in [&backup, &key_copy] {
+        ensure!(
+            std::fs::metadata(file)?.permissions().mode() & 0o777 == 0o600,
+            "{} holds keys: it must be 0600",
+            file.display()
+        );
+    }
+    ensure!(
+        std::fs::read(&key_copy)? == std::fs::read(data.join("secrets.key"))?,
+        "the copy beside the backup is the server's secrets key"
     );
     let report = load.await??;
     ensure!(
@@ -319,9 +349,35 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
     let (code, _, stderr) = server_command(&["backup", "--data", &data_arg, "--to", &backup_arg])?;
     ensure!(code != 0 && stderr.contains("exists"), "{stderr}");
 
-    // Restore elsewhere.
+    // Without the key beside it the restore is refused by name, and
+    // leaves nothing; with another key too.
     let elsewhere = dir.path().join("elsewhere");
     let elsewhere_arg = elsewhere.display().to_string();
+    let aside = dir.path().join("key-aside");
+    std::fs::rename(&key_copy, &aside)?;
+    let (code, _, stderr) =
+        server_command(&["restore", "--from", &backup_arg, "--data", &elsewhere_arg])?;
+    ensure!(
+        code != 0 && stderr.contains(&key_copy.display().to_string()) && stderr.contains("missing"),
+        "{stderr}"
+    );
+    ensure!(!elsewhere.join("fleet.db").exists() && !elsewhere.join("secrets.key").exists());
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, format!("{}\n", "ab".repeat(32)))?;
+    let (code, _, stderr) = server_command(&[
+        "restore",
+        "--from",
+        &backup_arg,
+        "--secrets-key",
+        &other_key.display().to_string(),
+        "--data",
+        &elsewhere_arg,
+    ])?;
+    ensure!(code != 0 && stderr.contains("sealed with key"), "{stderr}");
+    ensure!(!elsewhere.join("fleet.db").exists() && !elsewhere.join("secrets.key").exists());
+    std::fs::rename(&aside, &key_copy)?;
+
+    // Restore elsewhere.
     let (code, stdout, stderr) =
         server_command(&["restore", "--from", &backup_arg, "--data", &elsewhere_arg])?;
     ensure!(code == 0, "restore failed: {stderr}");
@@ -363,6 +419,21 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
     ensure!(
         matches!(device.config().await?, ConfigAnswer::Init { .. }),
         "the restored server does not know the device"
+    );
+    // The leader gets the secret's value from the restored server.
+    let values = device
+        .values(&ValuesRequest {
+            files: vec![FileVersion {
+                kind: FileKind::Secret,
+                name: "db_password".into(),
+                version: 1,
+            }],
+            registries: vec![],
+        })
+        .await?;
+    ensure!(
+        values.files[0].data.expose() == value.expose(),
+        "the secret does not open after the restore"
     );
     let admin = Client::new(&restored.endpoint(), Some(admin_token))?;
     ensure!(admin.get_swarm("kept").await?.devices == 1);

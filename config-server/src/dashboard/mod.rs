@@ -288,7 +288,11 @@ async fn login(
     };
     let too_many = "Too many failed sign-ins from this address; wait a minute.";
     let (who, subject) = if user.is_empty() {
-        let who = if secrets::matches(&secret, &state.admin_hash) {
+        let admin = match state.is_admin_token(&secret) {
+            Ok(admin) => admin,
+            Err(e) => return store_failure(e),
+        };
+        let who = if admin {
             Some(crate::store::Operator::builtin_admin())
         } else {
             match state.store.authenticate_user_token(&secret) {

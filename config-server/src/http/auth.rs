@@ -166,7 +166,7 @@ impl FromRequestParts<Shared> for Caller {
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
         let who = match bearer(&parts.headers) {
-            Some(token) if secrets::matches(token, &state.admin_hash) => Operator::builtin_admin(),
+            Some(token) if state.is_admin_token(token)? => Operator::builtin_admin(),
             Some(token) => {
                 match state.store.authenticate_user_token(token)? {
                     Some(who) => who,
@@ -197,6 +197,7 @@ impl FromRequestParts<Shared> for Caller {
                 }
             },
         };
+        super::Who::note(parts, || who.actor().as_string());
         authorize(state, parts, &who).await?;
         Ok(Caller(who))
     }
@@ -242,6 +243,7 @@ pub(crate) fn need(method: &axum::http::Method, route: &str) -> Need {
         "/v1/swarms"
         | "/v1/swarms/{name}"
         | "/v1/provisioning-key/rotate"
+        | "/v1/admin-token/rotate"
         | "/v1/users"
         | "/v1/users/{name}" => Need::Admin,
         r if r.starts_with("/v1/swarms/{name}/") => Need::Swarm,
@@ -462,6 +464,7 @@ pub(super) async fn verify_signature(
                 )
                 .into_response();
         }
+        super::Who::note(&parts, || subject.clone());
         parts.extensions.insert(SignedEnrolment {
             device: claim.device_id,
         });
@@ -492,6 +495,7 @@ pub(super) async fn verify_signature(
             )
             .into_response();
     };
+    super::Who::note(&parts, || subject.clone());
     parts.extensions.insert(Signed {
         device: claim.device_id,
         standing,

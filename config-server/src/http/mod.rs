@@ -55,9 +55,8 @@ pub const MAX_WAIT_SECS: u64 = 60;
 
 pub struct AppState {
     pub store: Store,
-    /// The admin token's hash, as shared through the database (it never
-    /// changes while the server runs).
-    pub admin_hash: String,
+    /// Where a rotated admin token is written (on this replica).
+    pub admin_file: PathBuf,
     /// Where a rotated provisioning key is written (on this replica).
     pub provisioning_file: PathBuf,
     /// Per-swarm revision channels that wake long polls.
@@ -79,9 +78,77 @@ pub struct AppState {
     pub trusted_proxies: Vec<Cidr>,
     /// The hash of the bearer token /metrics requires, if one does.
     pub metrics_hash: Option<String>,
+    /// This replica, as it checks in.
+    pub replica: ReplicaSelf,
+}
+
+/// This replica's name in the `replicas` table and whether its last
+/// check-in (a database write) succeeded.
+pub struct ReplicaSelf {
+    pub id: String,
+    pub started_at: i64,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl ReplicaSelf {
+    /// Named by host and port, so replicas on one host stay apart.
+    pub fn new(port: u16) -> ReplicaSelf {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        ReplicaSelf {
+            id: format!("{host}:{port}"),
+            started_at: crate::store::now(),
+            ready: Default::default(),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl AppState {
+    /// Writes this replica's check-in; answers why it failed, if it did.
+    pub fn check_in(&self) -> Option<StoreError> {
+        let result = self.store.check_in(
+            &self.replica.id,
+            env!("CARGO_PKG_VERSION"),
+            self.replica.started_at,
+        );
+        let was = self
+            .replica
+            .ready
+            .swap(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                if !was {
+                    tracing::info!(replica = %self.replica.id, "ready: the database answers writes");
+                }
+                None
+            }
+            Err(e) => {
+                if was {
+                    tracing::warn!(replica = %self.replica.id, error = %e, "not ready: the database refuses writes");
+                }
+                Some(e)
+            }
+        }
+    }
+
+    /// Whether `token` is the fleet's admin token, as the database says
+    /// now (it may have been rotated through any replica, or offline).
+    /// User tokens (`fsu_`) are never looked up as one.
+    pub(crate) fn is_admin_token(&self, token: &str) -> Result<bool, StoreError> {
+        if token.starts_with(crate::store::USER_TOKEN_PREFIX) {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .credential(crate::store::ServerCredentials::ADMIN_TOKEN_HASH)?
+            .is_some_and(|hash| secrets::matches(token, &hash)))
+    }
+
     fn watch(&self, swarm: &str) -> watch::Receiver<u64> {
         let mut map = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(swarm.to_string())
@@ -437,6 +504,7 @@ pub fn router(state: Shared) -> Router {
             "/v1/provisioning-key/rotate",
             post(operator::rotate_provisioning_key),
         )
+        .route("/v1/admin-token/rotate", post(operator::rotate_admin_token))
         .route(
             "/v1/enrol-tokens",
             get(trust::list_enrol_tokens).post(trust::create_enrol_token),
@@ -502,6 +570,7 @@ pub fn router(state: Shared) -> Router {
         .merge(api)
         .merge(import)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(crate::dashboard::router())
@@ -515,17 +584,35 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Counts every request by route and status, and logs it at debug level:
-/// method, route template (never the raw path, which may hold ids only),
-/// status and duration. Headers and bodies are never logged.
-async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
+/// Who a request turned out to be from (`device:ID`, `admin`,
+/// `user:NAME`), filled in by whichever check authenticated it, for the
+/// access log.
+#[derive(Clone, Default)]
+pub(crate) struct Who(Arc<std::sync::OnceLock<String>>);
+
+impl Who {
+    pub(crate) fn note(parts: &Parts, who: impl FnOnce() -> String) {
+        if let Some(slot) = parts.extensions.get::<Who>() {
+            let _ = slot.0.set(who());
+        }
+    }
+}
+
+/// Counts every request by route and status with its latency, and writes
+/// the access log (target `fogswarm::access`, at info): method, path
+/// (never the query), status, duration and who. Headers and bodies are
+/// never logged.
+async fn observe(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
-    let api = request.uri().path().starts_with("/v1/");
+    let path = request.uri().path().to_string();
+    let api = path.starts_with("/v1/");
+    let who = Who::default();
+    request.extensions_mut().insert(who.clone());
     let started = Instant::now();
     let mut response = next.run(request).await;
     if api {
@@ -539,8 +626,12 @@ async fn observe(State(state): State<Shared>, request: Request, next: Next) -> R
         );
     }
     let status = response.status().as_u16();
-    state.metrics.request(method.as_str(), &route, status);
-    tracing::debug!(%method, route, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .request(method.as_str(), &route, status, elapsed.as_secs_f64());
+    let who = who.0.get().map(String::as_str).unwrap_or("-");
+    tracing::info!(target: "fogswarm::access", %method, %path, status, ms = elapsed.as_micros() as f64 / 1000.0, %who, "request");
     response
 }
 
@@ -578,8 +669,41 @@ async fn not_found() -> ApiFailure {
 
 // ---- the rest ----
 
+/// The process is alive (a load balancer's liveness check); says nothing
+/// of the database: see `/readyz`.
 async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "api": API_VERSION}))
+    Json(serde_json::json!({
+        "status": "ok",
+        "api": API_VERSION,
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": fogswarm_protocol::version::PROTOCOL,
+    }))
+}
+
+/// Whether this replica can serve: its database reachable and writable
+/// (a check-in is written now) and migrated (the store opened). 503 with
+/// the reason otherwise, so a load balancer sends devices elsewhere.
+async fn readyz(State(state): State<Shared>) -> Response {
+    let checked = state.clone();
+    let failure = tokio::task::spawn_blocking(move || checked.check_in())
+        .await
+        .unwrap_or_else(|e| Some(StoreError::Corrupt(format!("the check failed: {e}"))));
+    let body = |status: &str, reason: Option<String>| {
+        serde_json::json!({
+            "status": status,
+            "replica": state.replica.id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "reason": reason,
+        })
+    };
+    match failure {
+        None => Json(body("ready", None)).into_response(),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(body("not_ready", Some(format!("the database: {e}")))),
+        )
+            .into_response(),
+    }
 }
 
 /// Prometheus metrics. With `--metrics-token-file`, only for a bearer of
@@ -602,11 +726,12 @@ async fn metrics(
             }
         }
     }
+    let health = state.store.fleet_health(state.replica.ready())?;
     let by_state = state.store.devices_by_state()?;
     let devices = state.store.device_gauges(state.metrics_device_limit)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&by_state, &devices),
+        state.metrics.render(&health, &by_state, &devices),
     )
         .into_response())
 }
@@ -618,7 +743,7 @@ async fn metrics(
         device::enrol, device::rotate_key, device::config, device::report, device::post_tokens, device::desired, device::manager_lost, device::recovered,
         operator::list_swarms, operator::create_swarm, operator::show_swarm, operator::update_swarm, operator::remove_swarm, operator::rotate_tokens, operator::recover_swarm, operator::start_rollout, operator::show_rollout,
         operator::list_devices, operator::create_device, operator::import_devices, operator::show_device, operator::device_telemetry, operator::update_device, operator::change_labels, operator::approve_device, operator::remove_device,
-        operator::rotate_provisioning_key, operator::status, operator::events,
+        operator::rotate_provisioning_key, operator::rotate_admin_token, operator::status, operator::events,
         trust::create_enrol_token, trust::list_enrol_tokens, trust::remove_enrol_token,
         trust::create_user, trust::list_users, trust::update_user, trust::remove_user, trust::whoami,
         trust::create_token, trust::list_tokens, trust::remove_token,

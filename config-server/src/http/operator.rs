@@ -509,19 +509,11 @@ pub(super) async fn rotate_provisioning_key(
     State(state): State<Shared>,
     caller: Caller,
 ) -> ApiResult<Json<ProvisioningKeyRotated>> {
-    let key = secrets::random_token("fsp");
-    secrets::write_secret_file(&state.provisioning_file, key.expose()).map_err(|e| {
-        tracing::error!(error = %e, "writing the provisioning key file");
-        ApiFailure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "could not write the provisioning key file",
-            None,
-        )
-    })?;
-    state.store.set_credential(
+    let key = rotate_shared(
+        &state,
         ServerCredentials::PROVISIONING_KEY_HASH,
-        &secrets::hash(key.expose()),
+        &state.provisioning_file,
+        "fsp",
     )?;
     state
         .store
@@ -530,6 +522,46 @@ pub(super) async fn rotate_provisioning_key(
         provisioning_key: key,
         file: state.provisioning_file.display().to_string(),
     }))
+}
+
+/// Replaces the admin token: the old one stops working on every replica.
+/// The new one is answered once and written to this replica's
+/// DATA/admin.token. Admins only.
+#[utoipa::path(post, path = "/v1/admin-token/rotate", tag = "operator", security(("admin" = [])), responses((status = 200, body = AdminTokenRotated)))]
+pub(super) async fn rotate_admin_token(
+    State(state): State<Shared>,
+    caller: Caller,
+) -> ApiResult<Json<AdminTokenRotated>> {
+    let token = rotate_shared(
+        &state,
+        ServerCredentials::ADMIN_TOKEN_HASH,
+        &state.admin_file,
+        "fsa",
+    )?;
+    state
+        .store
+        .log(&caller.actor(), "admin_token.rotate", "fleet", "")?;
+    Ok(Json(AdminTokenRotated {
+        admin_token: token,
+        file: state.admin_file.display().to_string(),
+    }))
+}
+
+fn rotate_shared(
+    state: &Shared,
+    name: &str,
+    file: &std::path::Path,
+    prefix: &str,
+) -> ApiResult<Secret> {
+    crate::rotate_shared_secret(&state.store, name, file, prefix).map_err(|e| {
+        tracing::error!(error = %format!("{e:#}"), "rotating {name}");
+        ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("could not rotate: {e:#}"),
+            None,
+        )
+    })
 }
 
 /// The fleet at a glance: devices per swarm and state, and problems.

@@ -49,6 +49,29 @@ fn roll(tx: &Tx<'_>, swarm: &str, services: &[String], at: i64) -> Result<Touche
     Ok(vec![swarm.to_string()])
 }
 
+impl Store {
+    /// The ids of the keys the stored sealed values (secrets, registry
+    /// passwords, swarms' grant keys) were sealed with: a restore checks
+    /// that the key it is given opens them.
+    pub fn sealed_key_ids(&self) -> Result<BTreeSet<String>> {
+        self.read(|tx| {
+            let rows = tx.query(
+                "SELECT value FROM swarm_files WHERE kind IN ($1, $2)
+                 UNION ALL SELECT grant_key FROM swarms WHERE grant_key IS NOT NULL",
+                params![FileKind::Secret.as_str(), REGISTRY],
+            )?;
+            let mut ids = BTreeSet::new();
+            for row in rows {
+                let sealed: String = row.get(0)?;
+                if let Some(id) = Sealer::key_id_of(&sealed) {
+                    ids.insert(id.to_string());
+                }
+            }
+            Ok(ids)
+        })
+    }
+}
+
 struct FileRow {
     version: u64,
     value: String,

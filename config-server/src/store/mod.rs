@@ -21,7 +21,9 @@ mod hardware;
 mod logs;
 mod presence;
 mod quorum;
+mod replicas;
 mod reports;
+mod retention;
 mod rollouts;
 mod schema;
 mod services;
@@ -37,8 +39,10 @@ pub use credentials::ServerCredentials;
 pub use enrolment::{Admission, DeviceKeys, EnrolInput, Enrolment};
 pub use hardware::HardwarePolicy;
 pub use quorum::RECOVERY_EXPIRES_SECS;
+pub use replicas::{FleetHealth, Replica, SwarmHealth, REPLICA_FRESH_SECS};
+pub use retention::{Pruned, Retention};
 pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
-pub use users::{Operator, BUILTIN_ADMIN};
+pub use users::{Operator, BUILTIN_ADMIN, USER_TOKEN_PREFIX};
 
 /// Why a store operation was refused. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +103,7 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn as_string(&self) -> String {
+    pub fn as_string(&self) -> String {
         match self {
             Actor::Admin => "admin".into(),
             Actor::User(name) => format!("user:{name}"),
@@ -117,6 +121,7 @@ pub struct Store {
     db: Database,
     presence: presence::Presence,
     telemetry: telemetry::PendingTelemetry,
+    retention: Retention,
 }
 
 pub fn now() -> i64 {
@@ -142,6 +147,7 @@ impl Store {
             db: Database::open_sqlite(path, schema::MIGRATIONS)?,
             presence: Default::default(),
             telemetry: Default::default(),
+            retention: Default::default(),
         })
     }
 
@@ -154,6 +160,7 @@ impl Store {
                 db: Database::open_postgres(url, postgres, schema::MIGRATIONS)?,
                 presence: Default::default(),
                 telemetry: Default::default(),
+                retention: Default::default(),
             }),
         }
     }

@@ -261,4 +261,17 @@ CREATE TABLE user_certificates (
 );
 "#,
     ),
+    // Events are pruned by age (`retention`); the replicas serving the
+    // fleet check in (`replicas`), which is also /readyz's write.
+    Migration(
+        r#"
+CREATE INDEX events_by_time ON events (at);
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    seen_at BIGINT NOT NULL
+);
+"#,
+    ),
 ];

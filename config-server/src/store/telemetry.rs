@@ -2,16 +2,14 @@
 //! one row per device and minute. Like last-seen times (see `presence`),
 //! samples are soft state: noted in memory as reports arrive and written
 //! for all devices at once every few seconds, so a fleet's heartbeats do
-//! not each cost a durable write. History is pruned past its window.
+//! not each cost a durable write. History is pruned past its retention
+//! (see `retention`).
 
 use super::{now, Result, Store};
 use crate::db::params;
 use fogswarm_protocol::telemetry::{Telemetry, TelemetryPoint, TelemetryView};
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-/// How long history is kept.
-pub const HISTORY_SECS: i64 = 24 * 3600;
 
 /// Samples not written yet, by device, with when they came.
 #[derive(Default)]
@@ -48,13 +46,11 @@ impl Store {
     }
 
     /// Writes the samples noted since the last flush (latest per device and
-    /// the row of its minute) and prunes history past [`HISTORY_SECS`], in
-    /// one transaction; answers how many samples. On failure the samples
+    /// the row of its minute) in one transaction; answers how many samples. On failure the samples
     /// are dropped (the next report brings fresh ones).
     pub fn flush_telemetry(&self) -> Result<usize> {
         let pending =
             std::mem::take(&mut *self.telemetry.0.lock().unwrap_or_else(|p| p.into_inner()));
-        let cutoff = now() - HISTORY_SECS;
         self.write(|tx| {
             for (device, (at, t)) in &pending {
                 tx.execute(
@@ -80,10 +76,6 @@ impl Store {
                     ],
                 )?;
             }
-            tx.execute(
-                "DELETE FROM telemetry_history WHERE minute < $1",
-                params![cutoff],
-            )?;
             Ok(pending.len())
         })
     }
@@ -195,7 +187,7 @@ impl Store {
                 .query(
                     "SELECT minute, cpu_tenths, load1_hundredths, memory_used_mb, disk_free_mb, temperature_tenths
                      FROM telemetry_history WHERE device = $1 AND minute >= $2 ORDER BY minute",
-                    params![device, now() - HISTORY_SECS],
+                    params![device, now() - self.retention.telemetry_secs],
                 )?
                 .iter()
                 .map(|r| {

@@ -16,6 +16,9 @@ use fogswarm_protocol::api::{
 };
 use fogswarm_protocol::validate;
 
+/// How a user's token begins (`fsu_` and 64 hex digits).
+pub const USER_TOKEN_PREFIX: &str = "fsu_";
+
 /// The built-in admin's name (the admin token's holder); no user may take it.
 pub const BUILTIN_ADMIN: &str = "admin";
 const DEFAULT_TOKEN_SECS: u64 = 90 * 86_400;
@@ -171,7 +174,7 @@ impl Store {
                 message: format!("a token lives 1 second to {} days", MAX_TOKEN_SECS / 86_400),
             });
         }
-        let token = secrets::random_token("fsu");
+        let token = secrets::random_token(USER_TOKEN_PREFIX.trim_end_matches('_'));
         let id = token.expose()[4..16].to_string();
         self.write(|tx| {
             user_view(tx, user)?;

@@ -1,0 +1,278 @@
+//! Running the server for a year, as a real process over real HTTP (rerun
+//! on PostgreSQL by scripts/test): the admin token rotated online and
+//! offline, events and telemetry history pruned by age, `/readyz` beside
+//! `/healthz`, the access log (who, never a secret) and the latency
+//! histograms on `/metrics`.
+
+use anyhow::{ensure, Context, Result};
+use fogswarm_client::{Client, ClientError};
+use fogswarm_e2e::eventually;
+use fogswarm_e2e::server::{db_execute, declare, on_postgres, server_binary, ServerProcess};
+use fogswarm_protocol::validate::Role;
+use std::path::Path;
+use std::process::Command;
+
+const D: &str = "02:f9:00:00:00:01";
+
+/// `fogswarm-server` run beside a server, on the same database.
+fn server_command(data: &Path, server: &ServerProcess, args: &[&str]) -> Result<(i32, String)> {
+    let mut command = Command::new(server_binary());
+    command.args(args).arg("--data").arg(data);
+    if on_postgres() {
+        // The test's database, as the server process got it.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.child.id()))?;
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let at = argv
+            .iter()
+            .position(|a| a == "--database")
+            .context("the server has no --database")?;
+        command.args(["--database", &argv[at + 1]]);
+    }
+    let out = command.output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn unauthorized(result: Result<impl std::fmt::Debug, ClientError>) -> Result<()> {
+    match result {
+        Err(e) if e.status() == Some(401) => Ok(()),
+        other => anyhow::bail!("expected 401, got {other:?}"),
+    }
+}
+
+/// Online: an admin rotates the token, the old one is refused at once,
+/// the new one works and is in DATA/admin.token. Offline: `fogswarm-server
+/// admin-token --rotate` on a stopped server's data does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_rotates_online_and_offline() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[])?;
+    let first = server.admin_token();
+    let admin = server.admin();
+    declare(&admin, "kept", &[(D, Role::Leader)]).await?;
+
+    let rotated = admin.rotate_admin_token().await?;
+    ensure!(rotated.admin_token.expose() != first.expose());
+    ensure!(
+        rotated.admin_token.expose().starts_with("fsa_"),
+        "an admin token says what it is"
+    );
+    ensure!(
+        server.admin_token().expose() == rotated.admin_token.expose(),
+        "DATA/admin.token holds the new token"
+    );
+    unauthorized(admin.list_swarms().await)?;
+    let admin = Client::new(&server.endpoint(), Some(rotated.admin_token.clone()))?;
+    ensure!(admin.get_swarm("kept").await?.devices == 1);
+    let events = admin.events(0, 100, Some("fleet")).await?;
+    ensure!(
+        events
+            .iter()
+            .any(|e| e.action == "admin_token.rotate" && e.actor == "admin"),
+        "{events:?}"
+    );
+    let log = server.log_text();
+    for secret in [first.expose(), rotated.admin_token.expose()] {
+        ensure!(!log.contains(secret), "an admin token reached the log");
+    }
+
+    // Offline, with the server stopped: the token file changes, and the
+    // restarted server takes only the new one.
+    let online = rotated.admin_token;
+    server.stop()?;
+    let server = ServerProcess::start(&data, &[])?;
+    let (code, out) = server_command(&data, &server, &["admin-token"])?;
+    ensure!(code == 2 && out.contains("--rotate"), "{out}");
+    drop(server);
+    let stopped = ServerProcess::start(&data, &[])?;
+    let (code, out) = server_command(&data, &stopped, &["admin-token", "--rotate"])?;
+    ensure!(code == 0 && out.contains("admin.token"), "{out}");
+    let offline = stopped.admin_token();
+    ensure!(offline.expose() != online.expose());
+    ensure!(!out.contains(offline.expose()), "the token is not printed");
+    // The running server sees the rotation at once (the hash is read from
+    // the database), as every replica would.
+    unauthorized(
+        Client::new(&stopped.endpoint(), Some(online))?
+            .list_swarms()
+            .await,
+    )?;
+    ensure!(stopped.admin().get_swarm("kept").await?.devices == 1);
+    Ok(())
+}
+
+/// Events and telemetry history older than `--retain-events` and
+/// `--retain-telemetry` are deleted; newer ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_events_and_telemetry_are_pruned() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let args = ["--retain-events", "1h", "--retain-telemetry", "2h"];
+    let server = ServerProcess::start(&data, &args)?;
+    let admin = server.admin();
+    declare(&admin, "aged", &[(D, Role::Leader)]).await?;
+    let old = admin.events(0, 1000, None).await?;
+    let old_last = old.last().context("declaring logs events")?.id;
+    server.stop()?;
+
+    // Behind the server's back: its events two hours old, and history
+    // rows three hours and ten minutes old.
+    let now = fogswarm_protocol::time::unix_now();
+    db_execute(
+        &data,
+        &format!("UPDATE events SET at = at - 7200 WHERE id <= {old_last}"),
+    )?;
+    for minute in [now - 3 * 3600 - now % 60, now - 600 - now % 60] {
+        db_execute(
+            &data,
+            &format!(
+                "INSERT INTO telemetry_history (device, minute, cpu_tenths) VALUES ('{D}', {minute}, 10)"
+            ),
+        )?;
+    }
+    let server = ServerProcess::start(&data, &args)?;
+    let admin = server.admin();
+    declare(&admin, "fresh", &[("02:f9:00:00:00:02", Role::Leader)]).await?;
+    // Pruning runs at start and every minute.
+    eventually(20, || async {
+        let events = admin.events(0, 1000, None).await?;
+        ensure!(
+            events.iter().all(|e| e.id > old_last),
+            "events past retention are still there: {:?}",
+            events.first()
+        );
+        ensure!(
+            events.iter().any(|e| e.subject == "fresh"),
+            "new events must stay: {events:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    // The old history row is gone, the recent one kept (counted by an
+    // update that changes nothing).
+    let cutoff = now - 2 * 3600;
+    let old_rows = db_execute(
+        &data,
+        &format!("UPDATE telemetry_history SET cpu_tenths = cpu_tenths WHERE minute < {cutoff}"),
+    )?;
+    let kept = db_execute(
+        &data,
+        &format!("UPDATE telemetry_history SET cpu_tenths = cpu_tenths WHERE minute >= {cutoff}"),
+    )?;
+    ensure!(old_rows == 0 && kept == 1, "old {old_rows}, kept {kept}");
+    // A retention that would delete everything at once is refused.
+    let (code, out) = server_command(&data, &server, &["--retain-events", "10s"])?;
+    ensure!(code == 2 && out.contains("at least a minute"), "{out}");
+    Ok(())
+}
+
+/// `/healthz` and `/readyz` say who answers; the access log names the
+/// caller of each request and never a secret; `/metrics` has latency
+/// histograms, the build, and this replica's readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_access_log_and_latency_metrics() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[])?;
+    fogswarm_client::ensure_crypto_provider();
+    let http = reqwest::Client::new();
+    let health: serde_json::Value = http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        health["protocol"] == fogswarm_protocol::version::PROTOCOL,
+        "{health}"
+    );
+    let ready = http.get(format!("{}/readyz", server.url)).send().await?;
+    ensure!(ready.status() == 200);
+    let ready: serde_json::Value = ready.json().await?;
+    ensure!(ready["status"] == "ready", "{ready}");
+    let replica = ready["replica"].as_str().context("replica")?.to_string();
+    ensure!(
+        replica.ends_with(&format!(
+            ":{}",
+            server.url.rsplit(':').next().unwrap_or_default()
+        )),
+        "{replica}"
+    );
+
+    let admin = server.admin();
+    declare(&admin, "seen", &[(D, Role::Leader)]).await?;
+    let (device, _) = server.enrol(D, &[]).await?;
+    device.config().await?;
+    unauthorized(
+        Client::new(
+            &server.endpoint(),
+            Some(fogswarm_protocol::api::Secret::new("fsa_wrong")),
+        )?
+        .list_swarms()
+        .await,
+    )?;
+
+    let log = eventually(5, || async {
+        let log = server.log_text();
+        ensure!(
+            log.contains("path=/v1/config") && log.contains(&format!("who=device:{D}")),
+            "no access line for the device's config request"
+        );
+        Ok(log)
+    })
+    .await?;
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("fogswarm::access"))
+        .collect();
+    ensure!(
+        access.iter().any(|l| l.contains("INFO")
+            && l.contains("path=/v1/swarms")
+            && l.contains("who=admin")),
+        "{access:#?}"
+    );
+    ensure!(
+        access
+            .iter()
+            .any(|l| l.contains("status=401") && l.contains("who=-")),
+        "a refused request is logged without a caller: {access:#?}"
+    );
+    for secret in [
+        server.admin_token().expose().to_string(),
+        server.provisioning_key().expose().to_string(),
+        "fsa_wrong".to_string(),
+    ] {
+        ensure!(!log.contains(&secret), "a secret reached the log");
+    }
+
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let config = "fogswarm_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/config\",le=\"+Inf\"} ";
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(config))
+        .context("no latency histogram for /v1/config")?;
+    ensure!(count.parse::<u64>()? >= 1, "{count}");
+    ensure!(metrics.contains("fogswarm_replica_ready 1"), "{metrics}");
+    ensure!(metrics.contains(&format!(
+        "fogswarm_build_info{{version=\"{}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
+    ensure!(metrics.contains("fogswarm_replicas{version="));
+    ensure!(metrics.contains("fogswarm_swarm_quorum_lost{swarm=\"seen\"} 0"));
+    Ok(())
+}
