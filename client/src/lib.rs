@@ -151,6 +151,20 @@ pub fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The system's trusted roots (the OS store, or `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR`), for servers with a public certificate: no pin needed.
+fn system_roots() -> Result<rustls::RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(ClientError::Config(
+            "an https:// server without a CA fingerprint is checked against the system's trusted roots, and this system has none (install ca-certificates, or give --ca-fingerprint)".into(),
+        ));
+    }
+    Ok(roots)
+}
+
 impl Client {
     pub fn new(endpoint: &Endpoint, token: Option<Secret>) -> Result<Client> {
         ensure_crypto_provider();
@@ -162,33 +176,32 @@ impl Client {
             let config_builder = rustls::ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
-            let config = match &endpoint.ca_fingerprint {
-                Some(fp) => {
-                    let verified = config_builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(pin::PinnedVerifier::new(
-                            fp.clone(),
-                            provider(),
-                        )));
-                    match &endpoint.client_identity {
-                        None => verified.with_no_client_auth(),
-                        Some((cert, key)) => {
-                            use rustls::pki_types::pem::PemObject;
-                            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-                                .collect::<std::result::Result<Vec<_>, _>>()
-                                .map_err(|e| ClientError::Config(format!("the client certificate: {e}")))?;
-                            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
-                                .map_err(|_| ClientError::Config("the client certificate's key is not a PEM private key".into()))?;
-                            verified
-                                .with_client_auth_cert(chain, key)
-                                .map_err(|e| ClientError::Config(format!("the client certificate: {e}")))?
-                        }
-                    }
-                }
-                None => {
-                    return Err(ClientError::Config(
-                        "an https:// server needs its CA fingerprint (--ca-fingerprint or FOGSWARM_CA_FINGERPRINT)".into(),
-                    ))
+            let verified = match &endpoint.ca_fingerprint {
+                Some(fp) => config_builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(pin::PinnedVerifier::new(
+                        fp.clone(),
+                        provider(),
+                    ))),
+                None => config_builder.with_root_certificates(system_roots()?),
+            };
+            let config = match &endpoint.client_identity {
+                None => verified.with_no_client_auth(),
+                Some((cert, key)) => {
+                    use rustls::pki_types::pem::PemObject;
+                    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(|e| ClientError::Config(format!("the client certificate: {e}")))?;
+                    let key =
+                        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+                            .map_err(|_| {
+                            ClientError::Config(
+                                "the client certificate's key is not a PEM private key".into(),
+                            )
+                        })?;
+                    verified
+                        .with_client_auth_cert(chain, key)
+                        .map_err(|e| ClientError::Config(format!("the client certificate: {e}")))?
                 }
             };
             builder = builder.tls_backend_preconfigured(config);

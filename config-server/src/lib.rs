@@ -32,11 +32,9 @@ use store::ServerCredentials;
 #[derive(Debug, Clone)]
 pub enum TlsMode {
     Off,
-    /// A PEM chain and key from the operator.
-    Files {
-        cert: PathBuf,
-        key: PathBuf,
-    },
+    /// A PEM chain and key from the operator (and the root to present
+    /// after the chain), read again on SIGHUP and when they change.
+    Files(tls::TlsFiles),
     /// A CA of our own under the data dir, and a server certificate for
     /// these names (plus localhost and the listen address).
     SelfSigned {
@@ -182,7 +180,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         .cert;
     let identity = match &opts.tls {
         TlsMode::Off => None,
-        TlsMode::Files { cert, key } => Some(tls::load(cert, key, &ca_pem)?),
+        TlsMode::Files(files) => Some(tls::load(files, &ca_pem)?),
         TlsMode::SelfSigned { names } => {
             let mut all = vec![
                 "localhost".to_string(),
@@ -334,6 +332,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
 
     match identity {
         None => {
+            tokio::spawn(reload_tls(None));
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -341,7 +340,15 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             .with_graceful_shutdown(shutdown_signal())
             .await?
         }
-        Some(identity) => serve_tls(listener, app, identity).await?,
+        Some(identity) => {
+            let files = match &opts.tls {
+                TlsMode::Files(files) => Some(files.clone()),
+                _ => None,
+            };
+            let live = Arc::new(tls::LiveTls::new(&identity, files, &ca_pem));
+            tokio::spawn(reload_tls(Some(live.clone())));
+            serve_tls(listener, app, live).await?
+        }
     }
     if let Err(e) = last_flush.store.flush_presence() {
         tracing::warn!(error = %e, "writing last-seen times at shutdown");
@@ -355,12 +362,54 @@ const PRESENCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 /// Pruning past retention runs every this many ticks (a minute).
 const PRUNE_EVERY_TICKS: u64 = 12;
 
+/// Reads the certificate files again on SIGHUP, and when they change
+/// (checked every few seconds): a renewal needs no restart. SIGHUP never
+/// stops the server, whatever it serves.
+async fn reload_tls(live: Option<Arc<tls::LiveTls>>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGHUP; certificate files are still watched");
+            None
+        }
+    };
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            _ = every.tick() => {
+                if !live.as_ref().is_some_and(|l| l.changed()) {
+                    continue;
+                }
+                "the certificate files changed"
+            }
+        };
+        let Some(live) = &live else {
+            tracing::info!(why, "serving plain HTTP: no certificate to reload");
+            continue;
+        };
+        match live.reload() {
+            Ok(None) => {
+                tracing::info!(
+                    why,
+                    "the certificate is the server's own (--tls-self-signed): nothing to reload"
+                )
+            }
+            Ok(Some(fingerprint)) => {
+                tracing::info!(why, last_certificate = %fingerprint, "TLS certificate reloaded; new connections get it")
+            }
+            Err(e) => {
+                tracing::error!(why, error = %format!("{e:#}"), "TLS certificate not reloaded; still serving the previous one")
+            }
+        }
+    }
+}
+
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    identity: tls::Identity,
+    live: Arc<tls::LiveTls>,
 ) -> Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(identity.config);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -376,7 +425,7 @@ async fn serve_tls(
             },
             _ = &mut shutdown => return Ok(()),
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(live.current());
         let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {

@@ -130,12 +130,18 @@ struct Serve {
     /// Address and port to listen on.
     #[arg(long, env = "FOGSWARM_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
-    /// PEM certificate chain (with the CA last, to pin the CA).
+    /// PEM certificate chain (certbot's fullchain.pem). Read again on
+    /// SIGHUP and when the file changes.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The root CA (PEM) presented after the chain, so clients can pin the
+    /// root: a pin then survives renewals under another intermediate.
+    /// Clients that trust the system's roots need no pin at all.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// Generate (once per fleet: it is kept in the database) a CA and a
     /// server certificate signed by it.
     #[arg(long)]
@@ -258,7 +264,11 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         builder.init();
     }
     let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
-        (Some(cert), Some(key), _) => TlsMode::Files { cert, key },
+        (Some(cert), Some(key), _) => TlsMode::Files(fogswarm_server::tls::TlsFiles {
+            cert,
+            key,
+            ca: args.tls_ca,
+        }),
         (_, _, true) => TlsMode::SelfSigned {
             names: args.tls_sans,
         },

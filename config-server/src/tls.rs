@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A server TLS identity: the chain it presents and the fingerprint
@@ -94,21 +94,104 @@ pub fn issue_client_certificate(
 
 /// Loads a PEM chain and key given by the operator. The fingerprint is of
 /// the chain's last certificate: include the CA in the file to pin the CA.
-pub fn load(cert: &Path, key: &Path, client_ca: &str) -> Result<Identity> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<std::result::Result<_, _>>()
-        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
-    let Some(pinned) = chain.last() else {
-        bail!("{} holds no certificate", cert.display());
+pub fn load(files: &TlsFiles, client_ca: &str) -> Result<Identity> {
+    let read = |path: &Path| -> Result<Vec<CertificateDer<'static>>> {
+        CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| format!("parsing certificates in {}", path.display()))
     };
-    let fingerprint = fingerprint(pinned);
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    let mut chain = read(&files.cert)?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", files.cert.display());
+    }
+    // The root goes last, unless the chain file has it already: clients
+    // pinning it then keep trusting renewals under other intermediates.
+    if let Some(ca) = &files.ca {
+        for root in read(ca)? {
+            if !chain.contains(&root) {
+                chain.push(root);
+            }
+        }
+    }
+    let fingerprint = chain.last().map(fingerprint).unwrap_or_default();
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading a private key from {}", files.key.display()))?;
     Ok(Identity {
         config: server_config(chain, key, client_ca)?,
         fingerprint,
     })
+}
+
+/// The operator's certificate files (`--tls-cert`, `--tls-key`,
+/// `--tls-ca`), read again on SIGHUP and when they change.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The files' modification times, to notice a renewal.
+    pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        [Some(&self.cert), Some(&self.key), self.ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
+
+/// The server's TLS configuration as it is now: new connections take the
+/// current one, open connections keep theirs, so a renewal drops nothing.
+pub struct LiveTls {
+    current: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+    files: Option<TlsFiles>,
+    client_ca: String,
+    stamp: std::sync::Mutex<Vec<Option<std::time::SystemTime>>>,
+}
+
+impl LiveTls {
+    pub fn new(identity: &Identity, files: Option<TlsFiles>, client_ca: &str) -> LiveTls {
+        let stamp = files.as_ref().map(TlsFiles::stamp).unwrap_or_default();
+        LiveTls {
+            current: std::sync::RwLock::new(identity.config.clone()),
+            files,
+            client_ca: client_ca.to_string(),
+            stamp: std::sync::Mutex::new(stamp),
+        }
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the files again; on success new connections get them. A
+    /// failure (a half-written renewal) keeps the running certificate.
+    /// Answers the new chain's last fingerprint (none without files).
+    pub fn reload(&self) -> Result<Option<String>> {
+        let Some(files) = &self.files else {
+            return Ok(None);
+        };
+        // Noted first: a file that fails is tried again when it changes
+        // again (the renewal's next write), not every few seconds.
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = files.stamp();
+        let identity = load(files, &self.client_ca)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = identity.config;
+        Ok(Some(identity.fingerprint))
+    }
+
+    /// Whether the files changed since they were last read.
+    pub fn changed(&self) -> bool {
+        match &self.files {
+            Some(files) => *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) != files.stamp(),
+            None => false,
+        }
+    }
 }
 
 fn ca_params() -> Result<CertificateParams> {

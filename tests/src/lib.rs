@@ -7,6 +7,8 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod link;
+pub mod pki;
 pub mod postgres;
 pub mod registry;
 pub mod server;

@@ -39,8 +39,8 @@ fn bin_dir() -> Result<PathBuf> {
 
 const SUPERVISOR: &str = r#"
 set -u
-B=$1; D=$2; P=$3
-start() { "$B/pg_ctl" -D "$D/pg" -o "-p $P -k $D -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" -l "$D/pg.log" -w start >/dev/null; }
+B=$1; D=$2; P=$3; X=$4
+start() { "$B/pg_ctl" -D "$D/pg" -o "-p $P -k $D -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off $X" -l "$D/pg.log" -w start >/dev/null; }
 stop() { "$B/pg_ctl" -D "$D/pg" -m immediate stop >/dev/null 2>&1; }
 "$B/initdb" -D "$D/pg" --auth=trust -U postgres >/dev/null || { echo "initdb failed"; exit 1; }
 start || { echo "start failed: $(tail -5 "$D/pg.log")"; exit 1; }
@@ -64,6 +64,16 @@ fn free_port() -> Result<u16> {
 impl PgCluster {
     /// Initialises and starts a cluster (a few seconds).
     pub fn start() -> Result<PgCluster> {
+        Self::start_with(None)
+    }
+
+    /// A cluster that also serves TLS (`ssl=on`) with this certificate
+    /// chain and key (PEM), as a managed database does.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<PgCluster> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<PgCluster> {
         let bin = bin_dir()?;
         let dir = std::env::temp_dir().join(format!(
             "fogswarm-pg-{}-{}",
@@ -72,8 +82,21 @@ impl PgCluster {
         ));
         std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert_file, cert)?;
+            std::fs::write(&key_file, key)?;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+            options = format!(
+                "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            );
+        }
         let chown = Command::new("chown")
-            .args(["postgres:postgres"])
+            .args(["-R", "postgres:postgres"])
             .arg(&dir)
             .status()?;
         if !chown.success() {
@@ -92,6 +115,7 @@ impl PgCluster {
             .arg(&bin)
             .arg(&dir)
             .arg(port.to_string())
+            .arg(&options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -153,8 +153,10 @@ impl ServerProcess {
             if let Some(fp) = line.strip_prefix("CA fingerprint (sha256): ") {
                 fingerprint = Some(fp.trim().to_string());
             }
-            let done = line.starts_with("provisioning key file:")
-                && !args.contains(&"--tls-self-signed")
+            // With TLS the fingerprint comes last: read to it, so the
+            // server never prints into a closed pipe.
+            let tls = args.contains(&"--tls-self-signed") || args.contains(&"--tls-cert");
+            let done = line.starts_with("provisioning key file:") && !tls
                 || line.starts_with("CA fingerprint");
             seen.push(line);
             if done {
@@ -230,9 +232,9 @@ impl ServerProcess {
             .await?)
     }
 
-    /// One header of the answer to a GET of `path`, over TLS pinned to
-    /// this server's CA (or plain HTTP).
-    pub async fn raw_get_header(&self, path: &str, name: &str) -> Result<Option<String>> {
+    /// A plain HTTP client for this server: over TLS pinned to its CA, or
+    /// plain HTTP.
+    fn raw_client(&self) -> Result<reqwest::Client> {
         fogswarm_client::ensure_crypto_provider();
         let mut builder = reqwest::Client::builder();
         if let Some(fp) = &self.fingerprint {
@@ -246,8 +248,15 @@ impl ServerProcess {
                 .with_no_client_auth();
             builder = builder.tls_backend_preconfigured(config);
         }
-        let r = builder
-            .build()?
+        Ok(builder
+            .timeout(std::time::Duration::from_secs(20))
+            .build()?)
+    }
+
+    /// One header of the answer to a GET of `path`.
+    pub async fn raw_get_header(&self, path: &str, name: &str) -> Result<Option<String>> {
+        let r = self
+            .raw_client()?
             .get(format!("{}{path}", self.url))
             .send()
             .await?;
@@ -255,6 +264,16 @@ impl ServerProcess {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string))
+    }
+
+    /// The status and body of a GET of `path` (`/readyz`, `/metrics`).
+    pub async fn raw_get(&self, path: &str) -> Result<(u16, String)> {
+        let r = self
+            .raw_client()?
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.text().await?))
     }
 
     /// Everything the server logged so far.

@@ -1,11 +1,14 @@
 //! Several server replicas on one real PostgreSQL: one init per swarm
 //! whatever the interleaving, long polls woken across replicas, a replica
 //! killed in the middle of an enrolment burst, PostgreSQL restarted under
-//! load, and a fleet restored from pg_dump.
+//! load, a replica cut off from PostgreSQL turning not ready while the
+//! other serves, and a fleet restored from pg_dump.
 
 use anyhow::{ensure, Context, Result};
 use fogswarm_client::{Client, ClientError, Endpoint};
+use fogswarm_e2e::eventually;
 use fogswarm_e2e::fleet::{self, FleetPlan, FleetReport};
+use fogswarm_e2e::link::CuttableLink;
 use fogswarm_e2e::postgres::{self, PgCluster};
 use fogswarm_e2e::server::{declare, device_key, Admit, ServerProcess};
 use fogswarm_protocol::api::*;
@@ -352,5 +355,62 @@ async fn a_fleet_restored_from_pg_dump_keeps_credentials_and_ca() -> Result<()> 
     );
     let admin = Client::new(&again.endpoint(), Some(admin_token))?;
     ensure!(admin.get_swarm("kept").await?.devices == 1);
+    Ok(())
+}
+
+/// `/readyz` follows each replica's own path to the database: replica A
+/// reaches PostgreSQL through a link the test cuts, B directly. Cut, A
+/// answers 503 on /readyz (saying why) while /healthz stays 200, and a
+/// client given A first is served by B; healed, A is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_postgres_is_not_ready_and_clients_fail_over() -> Result<()> {
+    let cluster = postgres::shared();
+    let database = cluster.create_database()?;
+    let link = CuttableLink::start(format!("127.0.0.1:{}", cluster.port).parse()?).await?;
+    let via_link = database.replace(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", link.addr.port()),
+    );
+    let dir = tempfile::tempdir()?;
+    let a = replica(&dir.path().join("a"), &via_link)?;
+    let b = replica(&dir.path().join("b"), &database)?;
+    for server in [&a, &b] {
+        let (status, body) = server.raw_get("/readyz").await?;
+        ensure!(status == 200 && body.contains("\"ready\""), "{body}");
+    }
+    let admin = Client::new(&both(&a, &b)?, Some(a.admin_token()))?;
+    declare(&admin, "steady", &[("02:fb:00:00:00:09", Role::Worker)]).await?;
+
+    link.cut();
+    eventually(20, || async {
+        let (status, body) = a.raw_get("/readyz").await?;
+        ensure!(
+            status == 503 && body.contains("PostgreSQL"),
+            "A still ready: {status} {body}"
+        );
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        a.raw_get("/healthz").await?.0 == 200,
+        "A's process is alive"
+    );
+    ensure!(b.raw_get("/readyz").await?.0 == 200, "B is ready");
+    // Served by B, though A comes first.
+    ensure!(admin.get_swarm("steady").await?.devices == 1);
+    let alone = Client::new(&a.endpoint(), Some(a.admin_token()))?;
+    match alone.list_swarms().await {
+        Err(ClientError::Api { status: 503, .. }) => {}
+        other => anyhow::bail!("A without its database answered {other:?}"),
+    }
+
+    link.heal();
+    eventually(20, || async {
+        let (status, body) = a.raw_get("/readyz").await?;
+        ensure!(status == 200, "A not ready again: {status} {body}");
+        Ok(())
+    })
+    .await?;
+    ensure!(alone.get_swarm("steady").await?.devices == 1);
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! leader lease above all) exactly as atomic across replicas as they are
 //! in one process, and events commit in id order.
 
+mod pg_tls;
 mod postgres;
 mod sqlite;
 
@@ -35,7 +36,8 @@ impl Location {
     /// `sqlite://PATH` / a plain path.
     pub fn parse(text: &str) -> Result<Location, String> {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            let config: ::postgres::Config = text
+            let (rest, _) = pg_tls::split(text)?;
+            let config: ::postgres::Config = rest
                 .parse()
                 .map_err(|e| format!("--database is not a PostgreSQL URL: {e}"))?;
             if config.get_password().is_some() {

@@ -3,6 +3,7 @@
 //! advisory lock, and a listener that turns NOTIFY into long-poll wake-ups
 //! on every replica.
 
+use super::pg_tls::{self, PgTls};
 use super::{DbError, DbResult, Migration, PostgresOptions, Row, Tx, TxInner, Value};
 use ::postgres::error::SqlState;
 use ::postgres::fallible_iterator::FallibleIterator;
@@ -151,7 +152,7 @@ fn row_of(row: &::postgres::Row) -> DbResult<Row> {
 }
 
 pub struct Pool {
-    config: Config,
+    target: Target,
     /// One write transaction at a time per replica: a write waits here, not
     /// on the advisory lock while holding a connection, so waiting writes
     /// never take the connections reads need.
@@ -178,10 +179,29 @@ impl Drop for Lent<'_> {
     }
 }
 
-pub(super) fn connect(config: &Config) -> DbResult<Client> {
-    config.connect(NoTls).map_err(|e| {
+/// Where the database is and how the connection is secured.
+#[derive(Clone)]
+pub(super) struct Target {
+    config: Config,
+    tls: PgTls,
+}
+
+pub(super) fn connect(target: &Target) -> DbResult<Client> {
+    let config = &target.config;
+    match &target.tls {
+        PgTls::Plain => config.connect(NoTls),
+        PgTls::Verified(tls) => config.connect(tls.clone()),
+    }
+    .map_err(|e| {
+        // The cause (a refused certificate, say) is in the source chain.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
         DbError::Unavailable(format!(
-            "cannot connect to PostgreSQL at {}: {e}",
+            "cannot connect to PostgreSQL at {}: {why}",
             describe(config)
         ))
     })
@@ -205,6 +225,7 @@ fn describe(config: &Config) -> String {
 
 impl Pool {
     pub fn open(url: &str, options: &PostgresOptions, migrations: &[Migration]) -> DbResult<Pool> {
+        let (url, tls) = pg_tls::split(url).map_err(DbError::Other)?;
         let mut config: Config = url
             .parse()
             .map_err(|e| DbError::Other(format!("not a PostgreSQL URL: {e}")))?;
@@ -217,7 +238,7 @@ impl Pool {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
         let pool = Pool {
-            config,
+            target: Target { config, tls },
             writer: Mutex::new(()),
             max: options.pool_size.max(1),
             idle: Mutex::new(Vec::new()),
@@ -228,12 +249,12 @@ impl Pool {
         Ok(pool)
     }
 
-    pub(super) fn config(&self) -> &Config {
-        &self.config
+    pub(super) fn target(&self) -> &Target {
+        &self.target
     }
 
     fn migrate(&self, migrations: &[Migration]) -> DbResult<()> {
-        let mut client = connect(&self.config)?;
+        let mut client = connect(&self.target)?;
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
         let result = (|| -> DbResult<()> {
             client.batch_execute(
@@ -285,7 +306,7 @@ impl Pool {
                     *open += 1;
                     drop(open);
                     drop(idle);
-                    return match connect(&self.config) {
+                    return match connect(&self.target) {
                         Ok(client) => Ok(Lent {
                             pool: self,
                             conn: Some(PgConn {
@@ -413,13 +434,13 @@ impl Listener {
         let super::Database::Postgres(pool) = database else {
             return None;
         };
-        let config = pool.config().clone();
+        let target = pool.target().clone();
         std::thread::Builder::new()
             .name("pg-listen".into())
             .spawn(move || {
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match listen(&config, &on_revision, &on_reconnect) {
+                    match listen(&target, &on_revision, &on_reconnect) {
                         Ok(()) => backoff = Duration::from_millis(200),
                         Err(e) => {
                             tracing::warn!(error = %e, "PostgreSQL listener lost its connection; reconnecting");
@@ -434,11 +455,11 @@ impl Listener {
 }
 
 fn listen(
-    config: &Config,
+    target: &Target,
     on_revision: &impl Fn(&str, u64),
     on_reconnect: &impl Fn(),
 ) -> DbResult<()> {
-    let mut client = connect(config)?;
+    let mut client = connect(target)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     on_reconnect();
     loop {
