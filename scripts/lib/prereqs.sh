@@ -2,7 +2,7 @@
 # fresh machine lacks and makes sure a Docker daemon answers. Every failure
 # stops the run with a message; nothing is skipped silently.
 
-APT_PACKAGES=(docker-registry skopeo debootstrap qemu-user-static gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu libc6-dev-armhf-cross libc6-dev-riscv64-cross apache2-utils umoci curl postgresql e2fsprogs openssl chromium chromium-driver swtpm)
+APT_PACKAGES=(docker-registry skopeo debootstrap qemu-user-static gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu libc6-dev-armhf-cross libc6-dev-riscv64-cross apache2-utils umoci curl postgresql e2fsprogs openssl chromium chromium-driver swtpm prometheus)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf i686-unknown-linux-musl riscv64gc-unknown-linux-gnu)
 
 say() { printf '==> %s\n' "$*" >&2; }
