@@ -767,6 +767,23 @@ pub async fn status(conn: &Connection) -> Result<()> {
             n => format!(", {n} offline"),
         }
     );
+    if !status.outdated_agents.is_empty() {
+        println!();
+        println!(
+            "agents older than this server (protocol {}): served, but update them (fogswarm agent rollout) before the next server release",
+            fogswarm_protocol::version::PROTOCOL
+        );
+        let mut outdated = Table::new(&["DEVICE", "SWARM", "PROTOCOL", "AGENT"]);
+        for a in &status.outdated_agents {
+            outdated.row([
+                a.device.clone(),
+                a.swarm.clone(),
+                a.protocol.clone(),
+                a.agent_version.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        outdated.print();
+    }
     if !status.problems.is_empty() {
         println!();
         let mut problems = Table::new(&["DEVICE", "SWARM", "ERROR"]);
@@ -857,6 +874,19 @@ fn print_device(d: &DeviceView) {
         d.engine_version.as_deref().unwrap_or("-")
     );
     println!("agent:       {}", d.agent_version.as_deref().unwrap_or("-"));
+    if let Some(protocol) = &d.protocol {
+        let outdated = protocol
+            .parse::<fogswarm_protocol::version::ProtocolVersion>()
+            .is_ok_and(|v| v.support() != fogswarm_protocol::version::Support::Current);
+        if outdated {
+            println!(
+                "protocol:    {protocol} (older than the server's {}: update the agent)",
+                fogswarm_protocol::version::PROTOCOL
+            );
+        } else {
+            println!("protocol:    {protocol}");
+        }
+    }
     println!(
         "last seen:   {}",
         d.last_seen.map(ago).unwrap_or_else(|| "never".into())

@@ -105,7 +105,6 @@ pub struct EnrolResponse {
 /// A device replaces its key, signing the request with the current one.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyRotation {
     pub public_key: crate::identity::PublicKey,
 }
@@ -471,7 +470,6 @@ pub struct Recovery {
 /// longer than the swarm's grace period.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ManagerLost {
     pub node_id: String,
     pub unreachable_secs: u64,
@@ -492,7 +490,6 @@ pub struct ManagerReplaced {
 /// Posted by the recovering device once its forced cluster has a leader.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Recovered {
     pub generation: u64,
 }
@@ -695,6 +692,10 @@ pub struct DeviceView {
     pub raft_leader: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// The protocol version its agent speaks (`1.0` for agents that
+    /// predate versioning), as of its last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// On a manager: whether its engine reached a raft leader, as it last
     /// reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -828,6 +829,20 @@ pub struct FleetStatus {
     #[serde(default)]
     pub offline: Vec<OfflineDevice>,
     pub problems: Vec<DeviceProblem>,
+    /// Devices whose agent speaks an older protocol than the server: still
+    /// served, to be updated before the next server release.
+    #[serde(default)]
+    pub outdated_agents: Vec<OutdatedAgent>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutdatedAgent {
+    pub device: String,
+    pub swarm: String,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -32,7 +32,6 @@ pub fn capped_line(line: &str) -> std::borrow::Cow<'_, str> {
 /// `docker service logs`' options.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogOptions {
     #[serde(default)]
     pub follow: bool,
@@ -97,7 +96,6 @@ pub struct AgentLogRequest {
 /// gone: the agent stops).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogChunk {
     #[serde(default)]
     pub lines: Vec<String>,

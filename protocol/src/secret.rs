@@ -115,7 +115,6 @@ pub struct FileVersion {
 /// swarm secrets and configs and to pass registry logins on.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ValuesRequest {
     #[serde(default)]
     pub files: Vec<FileVersion>,

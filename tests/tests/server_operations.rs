@@ -276,3 +276,109 @@ async fn readiness_access_log_and_latency_metrics() -> Result<()> {
     ensure!(metrics.contains("fogswarm_swarm_quorum_lost{swarm=\"seen\"} 0"));
     Ok(())
 }
+
+/// Versions: every answer names the server's protocol; an agent one minor
+/// version older (1.0: it sends no version) is served and flagged (event,
+/// `status`, `device show`); one the server does not serve gets 426; a
+/// newer agent's report with a field this server does not know is taken,
+/// while an operator's body with one is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_agents_are_served_and_flagged_newer_fields_pass() -> Result<()> {
+    use fogswarm_e2e::server::{device_key, signed_authorization, Admit};
+    use fogswarm_protocol::version::{HEADER, PROTOCOL};
+    const OLD: &str = "02:f9:00:00:00:0a";
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let admin = server.admin();
+    declare(&admin, "mixed", &[(D, Role::Leader), (OLD, Role::Worker)]).await?;
+    let (current, _) = server.enrol(D, &[]).await?;
+    let old_key = device_key(OLD)?;
+    server
+        .enrol_with(&old_key, Admit::Key(server.provisioning_key()), &[])
+        .await?;
+    fogswarm_client::ensure_crypto_provider();
+    let http = reqwest::Client::new();
+    // A report as a newer agent (a field this server does not know) and as
+    // an older one (no version header).
+    let report = |version: Option<&str>, body: serde_json::Value| {
+        let body = body.to_string();
+        let mut request = http
+            .post(format!("{}/v1/report", server.url))
+            .header("content-type", "application/json")
+            .header(
+                "authorization",
+                signed_authorization(&old_key, "POST", "/v1/report", body.as_bytes()),
+            )
+            .body(body);
+        if let Some(v) = version {
+            request = request.header(HEADER, v);
+        }
+        request.send()
+    };
+    let newer = report(
+        Some("1.9"),
+        serde_json::json!({"state": "waiting", "a_field_from_1_9": {"x": 1}}),
+    )
+    .await?;
+    ensure!(newer.status() == 204, "newer agent: {}", newer.status());
+    ensure!(
+        newer.headers().get(HEADER).and_then(|v| v.to_str().ok()) == Some(PROTOCOL),
+        "answers name the server's protocol"
+    );
+    let old = report(None, serde_json::json!({"state": "waiting"})).await?;
+    ensure!(old.status() == 204, "1.0 agent: {}", old.status());
+    let refused = report(Some("2.0"), serde_json::json!({"state": "waiting"})).await?;
+    ensure!(refused.status() == 426, "{}", refused.status());
+    let body: serde_json::Value = refused.json().await?;
+    ensure!(
+        body["error"] == "protocol_unsupported"
+            && body["message"].as_str().is_some_and(|m| m.contains("2.0")),
+        "{body}"
+    );
+    current
+        .report(&fogswarm_protocol::api::ReportRequest {
+            state: Some(fogswarm_protocol::api::DeviceState::Waiting),
+            ..Default::default()
+        })
+        .await?;
+
+    let status = admin.status().await?;
+    ensure!(
+        status.outdated_agents.len() == 1
+            && status.outdated_agents[0].device == OLD
+            && status.outdated_agents[0].protocol == "1.0",
+        "{:?}",
+        status.outdated_agents
+    );
+    let shown = admin.get_device(OLD).await?;
+    ensure!(shown.protocol.as_deref() == Some("1.0"), "{shown:?}");
+    ensure!(admin.get_device(D).await?.protocol.as_deref() == Some(PROTOCOL));
+    let events = admin.events(0, 100, Some(OLD)).await?;
+    ensure!(
+        events
+            .iter()
+            .filter(|e| e.action == "device.agent_outdated")
+            .count()
+            == 1,
+        "{events:?}"
+    );
+
+    // An operator's typo is refused by name, whatever the type takes from
+    // agents.
+    let typo = http
+        .put(format!("{}/v1/swarms/mixed/services/web", server.url))
+        .bearer_auth(server.admin_token().expose())
+        .json(&serde_json::json!({"name": "web", "image": "reg.example:5000/web:1", "replcias": 3}))
+        .send()
+        .await?;
+    ensure!(typo.status() == 422, "{}", typo.status());
+    let body: serde_json::Value = typo.json().await?;
+    ensure!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown field `replcias`")),
+        "{body}"
+    );
+    ensure!(admin.list_services("mixed").await?.is_empty());
+    Ok(())
+}

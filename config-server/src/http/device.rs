@@ -14,7 +14,7 @@ pub(super) async fn enrol(
     State(state): State<Shared>,
     Peer(ip): Peer,
     signed: Option<axum::Extension<SignedEnrolment>>,
-    ApiJson(req): ApiJson<EnrolRequest>,
+    DeviceJson(req): DeviceJson<EnrolRequest>,
 ) -> ApiResult<Json<EnrolResponse>> {
     match signed {
         Some(axum::Extension(s)) if s.device == req.device_id.as_str() => {}
@@ -96,7 +96,7 @@ pub(super) async fn enrol(
 pub(super) async fn rotate_key(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    ApiJson(req): ApiJson<KeyRotation>,
+    DeviceJson(req): DeviceJson<KeyRotation>,
 ) -> ApiResult<StatusCode> {
     state.store.rotate_device_key(&device, &req.public_key)?;
     Ok(StatusCode::NO_CONTENT)
@@ -169,14 +169,15 @@ pub(super) async fn config(
 pub(super) async fn report(
     State(state): State<Shared>,
     AnyKeyDevice(caller): AnyKeyDevice,
-    ApiJson(req): ApiJson<ReportRequest>,
+    PeerProtocol(protocol): PeerProtocol,
+    DeviceJson(req): DeviceJson<ReportRequest>,
 ) -> ApiResult<StatusCode> {
     if caller.standing == Standing::Reenrolling {
         // A key waiting for approval says nothing about the device.
         return Ok(StatusCode::NO_CONTENT);
     }
     let device = caller.device;
-    let touched = state.store.report(&device, &req)?;
+    let touched = state.store.report(&device, &req, protocol)?;
     state.notify(&touched);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -187,7 +188,7 @@ pub(super) async fn report(
 pub(super) async fn post_tokens(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    ApiJson(req): ApiJson<SwarmTokens>,
+    DeviceJson(req): DeviceJson<SwarmTokens>,
 ) -> ApiResult<StatusCode> {
     let touched = state.store.set_tokens(&device, &req)?;
     state.notify(&touched);
@@ -201,7 +202,7 @@ pub(super) async fn post_tokens(
 pub(super) async fn manager_lost(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    ApiJson(req): ApiJson<ManagerLost>,
+    DeviceJson(req): DeviceJson<ManagerLost>,
 ) -> ApiResult<Json<ManagerReplaced>> {
     let (replaced, touched) = state.store.manager_lost(&device, &req)?;
     state.notify(&touched);
@@ -214,7 +215,7 @@ pub(super) async fn manager_lost(
 pub(super) async fn recovered(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    ApiJson(req): ApiJson<Recovered>,
+    DeviceJson(req): DeviceJson<Recovered>,
 ) -> ApiResult<StatusCode> {
     let touched = state.store.recovered(&device, &req)?;
     state.notify(&touched);
@@ -262,7 +263,7 @@ pub(super) async fn desired(
 pub(super) async fn post_observed(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    ApiJson(report): ApiJson<ObservedReport>,
+    DeviceJson(report): DeviceJson<ObservedReport>,
 ) -> ApiResult<StatusCode> {
     state.store.set_observed(&device, &report)?;
     Ok(StatusCode::NO_CONTENT)
@@ -276,7 +277,7 @@ pub(super) async fn post_log_chunk(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
     Path(id): Path<String>,
-    ApiJson(chunk): ApiJson<fogswarm_protocol::logs::LogChunk>,
+    DeviceJson(chunk): DeviceJson<fogswarm_protocol::logs::LogChunk>,
 ) -> ApiResult<StatusCode> {
     state.store.post_log_chunk(&device, &id, &chunk)?;
     Ok(StatusCode::NO_CONTENT)

@@ -217,7 +217,7 @@ pub(super) async fn remove_registry(
 pub(super) async fn values(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
-    ApiJson(req): ApiJson<ValuesRequest>,
+    DeviceJson(req): DeviceJson<ValuesRequest>,
 ) -> ApiResult<Json<ValuesAnswer>> {
     Ok(Json(state.store.values_for(
         &device,

@@ -26,6 +26,7 @@ use fogswarm_protocol::api::*;
 use fogswarm_protocol::service::*;
 use fogswarm_protocol::telemetry::TelemetryView;
 use fogswarm_protocol::validate::Role;
+use fogswarm_protocol::version::ProtocolVersion;
 use fogswarm_protocol::DeviceId;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -347,15 +348,54 @@ impl From<StoreError> for ApiFailure {
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
-/// `Json<T>` whose rejections answer in the API's error format.
+/// An operator's JSON body, strictly: a field the document does not have
+/// is refused by name (a typo must not pass as a default), whatever the
+/// type accepts from other peers. Rejections answer in the API's format.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiFailure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        let mut unknown = Vec::new();
+        let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let parsed: T =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note))
+                .map_err(|e| {
+                    let at = e.path().to_string();
+                    let why = e.into_inner();
+                    let message = if at == "." {
+                        format!("the body does not match the expected document: {why}")
+                    } else {
+                        format!("the body does not match the expected document: {at}: {why}")
+                    };
+                    ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message, None)
+                })?;
+        if let Some(field) = unknown.first() {
+            return Err(ApiFailure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("the body does not match the expected document: unknown field `{field}`"),
+                Some(field.clone()),
+            ));
+        }
+        Ok(ApiJson(parsed))
+    }
+}
+
+/// A device's JSON body: fields it does not know are ignored, so a newer
+/// agent's report (one minor version ahead) is taken by this server.
+pub struct DeviceJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for DeviceJson<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+            Ok(Json(value)) => Ok(DeviceJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
@@ -584,6 +624,43 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// The protocol version the caller speaks (its `Fogswarm-Protocol`
+/// header; 1.0 without one). Requests in a version this server does not
+/// serve are refused before any handler (426).
+pub struct PeerProtocol(pub ProtocolVersion);
+
+impl PeerProtocol {
+    fn of(headers: &HeaderMap) -> Result<ProtocolVersion, ApiFailure> {
+        use fogswarm_protocol::version::{Support, HEADER, PROTOCOL, UNVERSIONED};
+        let text = match headers.get(HEADER) {
+            None => UNVERSIONED,
+            Some(value) => value.to_str().unwrap_or("?"),
+        };
+        let version: ProtocolVersion = text.parse().map_err(|e: String| {
+            ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e, None)
+        })?;
+        match version.support() {
+            Support::Unsupported => Err(ApiFailure::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "protocol_unsupported",
+                format!(
+                    "this server speaks protocol {PROTOCOL} and serves {PROTOCOL} and the minor version before it; the caller speaks {version}: update it"
+                ),
+                None,
+            )),
+            Support::Current | Support::Outdated => Ok(version),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerProtocol {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        PeerProtocol::of(&parts.headers).map(PeerProtocol)
+    }
+}
+
 /// Who a request turned out to be from (`device:ID`, `admin`,
 /// `user:NAME`), filled in by whichever check authenticated it, for the
 /// access log.
@@ -614,7 +691,14 @@ async fn observe(State(state): State<Shared>, mut request: Request, next: Next) 
     let who = Who::default();
     request.extensions_mut().insert(who.clone());
     let started = Instant::now();
-    let mut response = next.run(request).await;
+    let mut response = match PeerProtocol::of(request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    };
+    response.headers_mut().insert(
+        fogswarm_protocol::version::HEADER,
+        axum::http::HeaderValue::from_static(fogswarm_protocol::version::PROTOCOL),
+    );
     if api {
         response = api_shaped(response).await;
     }

@@ -8,7 +8,7 @@ use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Tou
 use crate::db::{params, Row, Tx};
 use fogswarm_protocol::api::{
     DeviceCreate, DeviceProblem, DeviceState, DeviceUpdate, DeviceView, Facts, FleetStatus,
-    LabelChange, OfflineDevice, ReenrolPending, SwarmSummary,
+    LabelChange, OfflineDevice, OutdatedAgent, ReenrolPending, SwarmSummary,
 };
 use fogswarm_protocol::validate::{self, Role, FACT_PREFIX};
 use fogswarm_protocol::DeviceId;
@@ -351,11 +351,35 @@ impl Store {
                     })
                 })
                 .collect::<Result<_>>()?;
+            let outdated_agents = tx
+                .query(
+                    "SELECT id, swarm, protocol, agent_version FROM devices
+                     WHERE protocol IS NOT NULL AND protocol <> $1 ORDER BY swarm, id",
+                    params![fogswarm_protocol::version::PROTOCOL],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(OutdatedAgent {
+                        device: r.get(0)?,
+                        swarm: r.get(1)?,
+                        protocol: r.get(2)?,
+                        agent_version: r.get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|a| {
+                    a.protocol
+                        .parse::<fogswarm_protocol::version::ProtocolVersion>()
+                        .is_ok_and(|v| v.support() != fogswarm_protocol::version::Support::Current)
+                })
+                .collect();
             Ok(FleetStatus {
                 offline,
                 swarms,
                 devices: total,
                 problems,
+                outdated_agents,
             })
         })
     }
@@ -375,7 +399,7 @@ impl Store {
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, (public_key IS NOT NULL OR credential_hash IS NOT NULL), node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, telemetry, heartbeat_secs, public_key, endorsement_key, pending_key, pending_endorsement_key, pending_since";
+    "id, swarm, role, labels, facts, state, (public_key IS NOT NULL OR credential_hash IS NOT NULL), node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, telemetry, heartbeat_secs, public_key, endorsement_key, pending_key, pending_endorsement_key, pending_since, protocol";
 
 pub(super) struct DeviceRow {
     id: String,
@@ -405,6 +429,7 @@ pub(super) struct DeviceRow {
     pending_key: Option<String>,
     pending_endorsement_key: Option<String>,
     pending_since: Option<i64>,
+    protocol: Option<String>,
 }
 
 impl DeviceRow {
@@ -437,6 +462,7 @@ impl DeviceRow {
             pending_key: r.get(24)?,
             pending_endorsement_key: r.get(25)?,
             pending_since: r.get(26)?,
+            protocol: r.get(27)?,
         })
     }
 
@@ -460,6 +486,7 @@ impl DeviceRow {
             never_manager: self.never_manager != 0,
             raft_leader: self.raft_leader != 0,
             agent_version: self.agent_version,
+            protocol: self.protocol,
             quorum: self.has_quorum.map(|q| q != 0),
             offline_since: self.offline_since,
             telemetry: self.telemetry.as_deref().map(from_json).transpose()?,

@@ -41,6 +41,7 @@ pub use hardware::HardwarePolicy;
 pub use quorum::RECOVERY_EXPIRES_SECS;
 pub use replicas::{FleetHealth, Replica, SwarmHealth, REPLICA_FRESH_SECS};
 pub use retention::{Pruned, Retention};
+pub use schema::MIGRATIONS;
 pub use swarms::{key_id, SigningKeyText, LEASE_SECS};
 pub use users::{Operator, BUILTIN_ADMIN, USER_TOKEN_PREFIX};
 

@@ -626,6 +626,7 @@ mod tests {
             never_manager: false,
             raft_leader: false,
             agent_version: None,
+            protocol: None,
             quorum: None,
             offline_since: None,
             telemetry: None,

@@ -8,9 +8,18 @@ use super::events::log_event;
 use super::{bump, json_of, now, Actor, Result, Store, StoreError, Touched};
 use crate::db::params;
 use fogswarm_protocol::api::{DeviceState, DeviceView, ReportRequest};
+use fogswarm_protocol::version::{ProtocolVersion, Support, PROTOCOL};
 
 impl Store {
-    pub fn report(&self, device: &str, report: &ReportRequest) -> Result<Touched> {
+    /// A device's report; `protocol` is the version its agent speaks (a
+    /// change to an older one than the server's is an event).
+    pub fn report(
+        &self,
+        device: &str,
+        report: &ReportRequest,
+        protocol: ProtocolVersion,
+    ) -> Result<Touched> {
+        let protocol_text = protocol.to_string();
         if let Some(facts) = &report.facts {
             validate_facts(facts)?;
         }
@@ -69,7 +78,11 @@ impl Store {
         }
         let steady = report.grant_refusals.is_empty()
             && report.agent_update.is_none()
-            && self.read(|tx| Ok(changes_nothing(&device_view(tx, device)?, report, &error)))?;
+            && self.read(|tx| {
+                let view = device_view(tx, device)?;
+                Ok(changes_nothing(&view, report, &error)
+                    && view.protocol.as_deref() == Some(protocol_text.as_str()))
+            })?;
         // Heard (and back online, if it was not) at the next presence
         // flush, with its telemetry. The steady state, a report that says
         // what is stored already, writes nothing else.
@@ -196,11 +209,24 @@ impl Store {
                     error.as_deref().unwrap_or(""),
                 )?;
             }
+            if view.protocol.as_deref() != Some(protocol_text.as_str())
+                && protocol.support() == Support::Outdated
+            {
+                log_event(
+                    tx,
+                    &actor,
+                    "device.agent_outdated",
+                    device,
+                    &format!(
+                        "its agent speaks protocol {protocol}, the server {PROTOCOL}: update the agent (fogswarm agent rollout) before the next server release"
+                    ),
+                )?;
+            }
             tx.execute(
                 "UPDATE devices SET state = $2, cluster_id = COALESCE($3, cluster_id), engine_version = COALESCE($4, engine_version),
                  last_error = $5, last_seen = $6, agent_version = COALESCE($7, agent_version),
-                 heartbeat_secs = COALESCE($8, heartbeat_secs) WHERE id = $1",
-                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now(), &report.agent_version, report.heartbeat_secs.map(|h| h as i64)],
+                 heartbeat_secs = COALESCE($8, heartbeat_secs), protocol = $9 WHERE id = $1",
+                params![device, new_state.as_str(), &report.cluster_id, &report.engine_version, &error, now(), &report.agent_version, report.heartbeat_secs.map(|h| h as i64), &protocol_text],
             )?;
             if desired_changed {
                 // A device that became eligible (joined again, say) may be

@@ -262,10 +262,12 @@ CREATE TABLE user_certificates (
 "#,
     ),
     // Events are pruned by age (`retention`); the replicas serving the
-    // fleet check in (`replicas`), which is also /readyz's write.
+    // fleet check in (`replicas`), which is also /readyz's write; each
+    // device's agent protocol version (`version`).
     Migration(
         r#"
 CREATE INDEX events_by_time ON events (at);
+ALTER TABLE devices ADD COLUMN protocol TEXT;
 CREATE TABLE replicas (
     id TEXT PRIMARY KEY,
     version TEXT NOT NULL,

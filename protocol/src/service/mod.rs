@@ -110,7 +110,6 @@ pub enum PortProtocol {
 /// A published port.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     pub published: u16,
     pub target: u16,
@@ -142,7 +141,6 @@ pub enum UpdateOrder {
 /// How a change rolls out: Docker's update config.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpdatePolicy {
     /// Tasks updated at once; 0 means all at once.
     #[serde(default = "one")]
@@ -187,7 +185,6 @@ pub enum RestartCondition {
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     #[serde(default)]
     pub condition: RestartCondition,
@@ -203,7 +200,6 @@ pub struct RestartPolicy {
 /// (`0.5`), memory as a size (`128M`, `1g`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_cpus: Option<String>,
@@ -223,7 +219,6 @@ pub struct Resources {
 /// defaults (or the image's, for command, user, healthcheck and the like).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
     pub image: String,

@@ -26,7 +26,6 @@ pub enum MountType {
 /// A mount, as `--mount type=...` describes it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct MountSpec {
     #[serde(rename = "type", default)]
     pub kind: MountType,
@@ -62,7 +61,6 @@ pub struct MountSpec {
 /// leader agent turns into the swarm object of its current version.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct FileRef {
     pub source: String,
     /// Secrets: a file name under /run/secrets or an absolute path;
@@ -93,7 +91,6 @@ impl FileRef {
 /// A container healthcheck (`--health-*`, Compose `healthcheck`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Healthcheck {
     /// `["CMD", ARG...]`, `["CMD-SHELL", "command"]`, or `["NONE"]` to
     /// switch off the image's own; empty keeps the image's test.
@@ -111,7 +108,6 @@ pub struct Healthcheck {
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Ulimit {
     pub name: String,
     pub soft: i64,
@@ -140,7 +136,6 @@ pub const ULIMIT_NAMES: &[&str] = &[
 /// How the tasks' output is logged (`--log-driver`, `--log-opt`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogDriver {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -107,7 +107,6 @@ pub struct ServiceObserved {
 /// What the raft leader's agent posts after each reconcile.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ObservedReport {
     pub services: Vec<ServiceObserved>,
     /// In a signed-only swarm: services made outside fogswarm (`docker
