@@ -6,6 +6,7 @@
 //! what users run (exit codes, messages, the registry's supervisor).
 
 pub mod browser;
+pub mod compat;
 pub mod fleet;
 pub mod link;
 pub mod pki;
@@ -79,7 +80,7 @@ pub fn docker(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     workspace_root().join("target")
 }
 
@@ -138,6 +139,27 @@ impl Lab {
     /// `fogswarm lab up --name NAME --subnet SUBNET ARGS...`, which must
     /// succeed.
     pub fn up(name: &str, subnet: &str, args: &[&str]) -> Result<Lab> {
+        Self::up_running(name, subnet, args, None)
+    }
+
+    /// A lab whose server and amd64 agents are these binaries (another
+    /// release's, say) instead of this build's.
+    pub fn up_with(
+        name: &str,
+        subnet: &str,
+        args: &[&str],
+        server: &Path,
+        agent_amd64: &Path,
+    ) -> Result<Lab> {
+        Self::up_running(name, subnet, args, Some((server, agent_amd64)))
+    }
+
+    fn up_running(
+        name: &str,
+        subnet: &str,
+        args: &[&str],
+        binaries: Option<(&Path, &Path)>,
+    ) -> Result<Lab> {
         let root = tempfile::Builder::new().prefix("fsl").tempdir()?;
         let lab = Lab {
             name: name.to_string(),
@@ -147,11 +169,15 @@ impl Lab {
         if !args.contains(&"--bare") {
             // The real binaries the lab runs: the server on the host, the
             // static agent in every device.
-            std::env::set_var("FOGSWARM_SERVER_BIN", server::server_binary());
-            std::env::set_var(
-                "FOGSWARM_AGENT_BIN_AMD64",
-                static_binary("fogswarm-agent", "x86_64-unknown-linux-musl"),
-            );
+            let (server, agent) = match binaries {
+                Some((server, agent)) => (server.to_path_buf(), agent.to_path_buf()),
+                None => (
+                    server::server_binary(),
+                    static_binary("fogswarm-agent", "x86_64-unknown-linux-musl"),
+                ),
+            };
+            std::env::set_var("FOGSWARM_SERVER_BIN", server);
+            std::env::set_var("FOGSWARM_AGENT_BIN_AMD64", agent);
             if args.iter().any(|a| a.starts_with("--arm64")) {
                 std::env::set_var(
                     "FOGSWARM_AGENT_BIN_ARM64",

@@ -625,20 +625,24 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// The protocol version the caller speaks (its `Fogswarm-Protocol`
-/// header; 1.0 without one). Requests in a version this server does not
-/// serve are refused before any handler (426).
+/// header; 1.0 without one). A caller that names a version this server
+/// does not serve is refused before any handler (426); one that names
+/// none (a browser, curl, an agent from before versioning) is served, and
+/// an agent among them flagged by its reports.
 pub struct PeerProtocol(pub ProtocolVersion);
 
 impl PeerProtocol {
     fn of(headers: &HeaderMap) -> Result<ProtocolVersion, ApiFailure> {
         use fogswarm_protocol::version::{Support, HEADER, PROTOCOL, UNVERSIONED};
-        let text = match headers.get(HEADER) {
-            None => UNVERSIONED,
-            Some(value) => value.to_str().unwrap_or("?"),
+        let Some(value) = headers.get(HEADER) else {
+            return UNVERSIONED.parse().map_err(|e: String| {
+                ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e, None)
+            });
         };
-        let version: ProtocolVersion = text.parse().map_err(|e: String| {
-            ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e, None)
-        })?;
+        let version: ProtocolVersion =
+            value.to_str().unwrap_or("?").parse().map_err(|e: String| {
+                ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e, None)
+            })?;
         match version.support() {
             Support::Unsupported => Err(ApiFailure::new(
                 StatusCode::UPGRADE_REQUIRED,

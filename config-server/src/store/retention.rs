@@ -45,21 +45,96 @@ impl Store {
     }
 
     /// Deletes events and telemetry history older than their retention
-    /// (and replicas gone for a day).
+    /// (and replicas gone for a day), in batches of [`PRUNE_BATCH`] rows a
+    /// transaction, so a first pruning of a long history never holds the
+    /// writer for long.
     pub fn prune(&self) -> Result<Pruned> {
         let at = now();
-        self.write(|tx| {
-            Ok(Pruned {
-                events: tx.execute(
-                    "DELETE FROM events WHERE at < $1",
-                    params![at - self.retention.events_secs],
-                )?,
-                telemetry_rows: tx.execute(
-                    "DELETE FROM telemetry_history WHERE minute < $1",
-                    params![at - self.retention.telemetry_secs],
-                )?,
-                replicas: Store::forget_replicas(tx)?,
+        let events_before = at - self.retention.events_secs;
+        let telemetry_before = at - self.retention.telemetry_secs;
+        let mut pruned = Pruned::default();
+        loop {
+            let (events, telemetry_rows) = self.write(|tx| {
+                Ok((
+                    tx.execute(
+                        "DELETE FROM events WHERE id IN
+                           (SELECT id FROM events WHERE at < $1 LIMIT $2)",
+                        params![events_before, PRUNE_BATCH as i64],
+                    )?,
+                    tx.execute(
+                        "DELETE FROM telemetry_history WHERE (device, minute) IN
+                           (SELECT device, minute FROM telemetry_history WHERE minute < $1 LIMIT $2)",
+                        params![telemetry_before, PRUNE_BATCH as i64],
+                    )?,
+                ))
+            })?;
+            pruned.events += events;
+            pruned.telemetry_rows += telemetry_rows;
+            if events < PRUNE_BATCH && telemetry_rows < PRUNE_BATCH {
+                break;
+            }
+        }
+        pruned.replicas = self.write(|tx| Store::forget_replicas(tx))?;
+        Ok(pruned)
+    }
+}
+
+/// Rows deleted per table and transaction.
+pub const PRUNE_BATCH: u64 = 5_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history longer than a batch is pruned whole, the recent rows kept.
+    #[test]
+    fn pruning_goes_past_one_batch_and_keeps_what_is_recent() {
+        let dir = std::env::temp_dir().join(format!(
+            "fogswarm-retention-{}",
+            crate::secrets::random_token("t").expose()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let store = Store::open(&dir.join("fleet.db"))
+            .expect("store")
+            .with_retention(Retention {
+                events_secs: 3600,
+                telemetry_secs: 3600,
+            });
+        let old = PRUNE_BATCH as i64 * 2 + 17;
+        let t = now();
+        store
+            .write(|tx| {
+                tx.execute(
+                    "WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < $1)
+                     INSERT INTO events (at, actor, action, subject, detail)
+                     SELECT $2 - 7200 - n, 'server', 'old', 'fleet', '' FROM k",
+                    params![old, t],
+                )?;
+                tx.execute(
+                    "WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < $1)
+                     INSERT INTO telemetry_history (device, minute) SELECT 'd' || n, $2 - 7200 FROM k",
+                    params![old, t],
+                )?;
+                tx.execute(
+                    "INSERT INTO events (at, actor, action, subject, detail) VALUES ($1, 'server', 'new', 'fleet', '')",
+                    params![t],
+                )?;
+                tx.execute(
+                    "INSERT INTO telemetry_history (device, minute) VALUES ('d1', $1)",
+                    params![t - t % 60],
+                )?;
+                Ok(())
             })
-        })
+            .expect("rows");
+        let pruned = store.prune().expect("prune");
+        assert_eq!(pruned.events, old as u64);
+        assert_eq!(pruned.telemetry_rows, old as u64);
+        let left = store.events(0, 1000, None).expect("events");
+        assert_eq!(
+            left.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+            ["new"]
+        );
+        assert_eq!(store.prune().expect("again"), Pruned::default());
+        std::fs::remove_dir_all(dir).ok();
     }
 }
