@@ -49,10 +49,16 @@ pub fn previous() -> Result<Previous> {
                 .args(["archive", "--format=tar", "-o"])
                 .arg(&archive)
                 .arg(PREVIOUS),
-            &format!("git archive {PREVIOUS} (the previous release must be in this clone's history)"),
+            &format!(
+                "git archive {PREVIOUS} (the previous release must be in this clone's history)"
+            ),
         )?;
         run(
-            Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&src),
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&src),
             "unpacking the previous release",
         )?;
         std::fs::remove_file(&archive)?;

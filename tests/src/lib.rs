@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod link;
 pub mod pki;
 pub mod postgres;
+pub mod prometheus;
 pub mod registry;
 pub mod server;
 pub mod token_registry;

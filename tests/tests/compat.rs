@@ -70,7 +70,9 @@ async fn the_previous_release_and_this_one_form_and_run_a_service_together() -> 
     );
     let shown = lab.cli_ok(&["device", "show", &status.outdated_agents[0].device])?;
     ensure!(
-        shown.stdout.contains("protocol:    1.0 (older than the server's"),
+        shown
+            .stdout
+            .contains("protocol:    1.0 (older than the server's"),
         "{}",
         shown.stdout
     );

@@ -5,21 +5,17 @@
 //! every series the rules and the Grafana dashboard name is one the server
 //! serves.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use fogswarm_e2e::eventually;
+use fogswarm_e2e::prometheus::{kit, Prometheus};
 use fogswarm_e2e::server::{declare, ServerProcess};
 use fogswarm_protocol::api::{DeviceState, ReportRequest};
 use fogswarm_protocol::telemetry::Telemetry;
 use fogswarm_protocol::validate::Role;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const D: &str = "02:f7:00:00:00:01";
-
-fn kit() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring")
-}
 
 fn promtool(args: &[&str]) -> Result<String> {
     let out = Command::new("promtool")
@@ -49,15 +45,6 @@ fn series_names(text: &str) -> BTreeSet<String> {
         rest = &tail[end..];
     }
     names
-}
-
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -120,66 +107,15 @@ async fn prometheus_scrapes_a_server_with_the_kit() -> Result<()> {
         .url
         .strip_prefix("http://")
         .context("plain HTTP server")?;
-    let config = std::fs::read_to_string(kit().join("prometheus.yml"))?
-        .replace("fogswarm-server:8443", target)
-        .replace("scrape_interval: 30s", "scrape_interval: 1s")
-        .replace(
-            "  - alerts.yml",
-            &format!("  - {}", kit().join("alerts.yml").display()),
-        );
-    ensure!(
-        config.contains(target),
-        "the kit's target placeholder moved"
-    );
-    let config_file = dir.path().join("prometheus.yml");
-    std::fs::write(&config_file, config)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
-    let _prometheus = Prometheus(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting prometheus")?,
-    );
-    fogswarm_client::ensure_crypto_provider();
-    let http = reqwest::Client::new();
-    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let prometheus = Prometheus::start(dir.path(), target, None)?;
     let query = format!("fogswarm_device_cpu_percent{{device=\"{D}\",swarm=\"watched\"}}");
     let value = eventually(60, || async {
-        let answer: serde_json::Value = http
-            .get(reqwest::Url::parse_with_params(
-                &format!("{api}/query"),
-                [("query", query.as_str())],
-            )?)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let Some(value) = answer["data"]["result"][0]["value"][1].as_str() else {
-            bail!("no sample yet: {answer}");
-        };
-        Ok(value.to_string())
+        prometheus.query(&query).await?.context("no sample yet")
     })
     .await
-    .with_context(|| {
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-    })?;
+    .with_context(|| prometheus.log())?;
     ensure!(value == "42.5", "Prometheus has {value}");
-    let rules: serde_json::Value = http
-        .get(format!("{api}/rules"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let rules = prometheus.get("rules").await?;
     let alerts: BTreeSet<&str> = rules["data"]["groups"][0]["rules"]
         .as_array()
         .context("rules")?

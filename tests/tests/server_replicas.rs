@@ -233,6 +233,13 @@ async fn postgres_restarted_under_load_gives_503_then_recovers() -> Result<()> {
             ),
             other => anyhow::bail!("with PostgreSQL down, a replica answered {other:?}"),
         }
+        // Not ready, and says why; alive all the same.
+        let (status, body) = server.raw_get("/readyz").await?;
+        ensure!(
+            status == 503 && body.contains("PostgreSQL"),
+            "/readyz with PostgreSQL down: {status} {body}"
+        );
+        ensure!(server.raw_get("/healthz").await?.0 == 200);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.restart()?;
@@ -247,12 +254,13 @@ async fn postgres_restarted_under_load_gives_503_then_recovers() -> Result<()> {
             .list_swarms()
             .await
             .is_ok();
-        if ok_a && ok_b {
+        let ready = a.raw_get("/readyz").await?.0 == 200 && b.raw_get("/readyz").await?.0 == 200;
+        if ok_a && ok_b && ready {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "replicas did not recover: A {ok_a}, B {ok_b}"
+            "replicas did not recover: A {ok_a}, B {ok_b}, both ready {ready}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -5,9 +5,12 @@
 //! container is paused turns offline (first in `fogswarm status`, an
 //! event), and online again when it resumes. `fogswarm device logs` shows
 //! an agent's last lines (the same its own log file has), and `--follow`
-//! streams the ones it writes afterwards.
+//! streams the ones it writes afterwards. Debian's Prometheus, configured
+//! with the monitoring kit, scrapes the lab's server over TLS and has a
+//! device's temperature.
 
 use anyhow::{ensure, Context, Result};
+use fogswarm_e2e::prometheus::Prometheus;
 use fogswarm_e2e::{docker, eventually, serial, Lab};
 use fogswarm_protocol::api::{Event, FleetStatus};
 use std::io::BufRead;
@@ -86,6 +89,29 @@ async fn devices_report_what_they_measure_and_a_paused_one_goes_offline() -> Res
         shown.contains("63.0 °C") && shown.contains(&format!("of {} MiB", total_kb / 1024)),
         "{shown}"
     );
+
+    // Prometheus, with the monitoring kit's configuration over TLS to the
+    // lab's server (trusting the fleet CA), has the same temperature.
+    let server = lab.status()?.server.context("lab server")?;
+    let ca = server
+        .admin_token_file
+        .parent()
+        .context("the server's data directory")?
+        .join("tls/ca.pem");
+    let target = server.url.strip_prefix("https://").context("https")?;
+    let scratch = tempfile::tempdir()?;
+    let prometheus = Prometheus::start(scratch.path(), target, Some(&ca))?;
+    let expr = format!(
+        "fogswarm_device_temperature_celsius{{device=\"{}\"}}",
+        dev2.mac
+    );
+    let value = eventually(60, || async {
+        prometheus.query(&expr).await?.context("no sample yet")
+    })
+    .await
+    .with_context(|| prometheus.log())?;
+    ensure!(value == "63", "Prometheus has {value}");
+    drop(prometheus);
 
     // dev3 paused: offline (three 5 s intervals and the batching), first
     // in the status; resumed: online. Both are events.
