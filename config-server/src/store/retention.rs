@@ -74,7 +74,7 @@ impl Store {
                 break;
             }
         }
-        pruned.replicas = self.write(|tx| Store::forget_replicas(tx))?;
+        pruned.replicas = self.write(Store::forget_replicas)?;
         Ok(pruned)
     }
 }
