@@ -145,8 +145,8 @@ async fn swarm_service_features_on_a_real_fog() -> Result<()> {
         .unwrap_or_default();
     let server_log = ctx.lab.server_log();
     ensure!(
-        server_log.contains("DEBUG"),
-        "the server did not log its requests (debug level and finer)"
+        server_log.contains("fogswarm::access"),
+        "the server did not log its requests (the access log)"
     );
     for value in &values {
         for (place, text) in [

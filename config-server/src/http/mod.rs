@@ -681,7 +681,7 @@ impl Who {
 
 /// Counts every request by route and status with its latency, and writes
 /// the access log (target `fogswarm::access`, at info): method, path
-/// (never the query), status, duration and who. Headers and bodies are
+/// (never the query), route template, status, duration and who. Headers and bodies are
 /// never logged.
 async fn observe(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
     let route = request
@@ -719,7 +719,7 @@ async fn observe(State(state): State<Shared>, mut request: Request, next: Next) 
         .metrics
         .request(method.as_str(), &route, status, elapsed.as_secs_f64());
     let who = who.0.get().map(String::as_str).unwrap_or("-");
-    tracing::info!(target: "fogswarm::access", %method, %path, status, ms = elapsed.as_micros() as f64 / 1000.0, %who, "request");
+    tracing::info!(target: "fogswarm::access", %method, %path, %route, status, ms = elapsed.as_micros() as f64 / 1000.0, %who, "request");
     response
 }
 
