@@ -269,7 +269,7 @@ async fn the_dashboard_in_a_real_browser() -> Result<()> {
     browser
         .script("window.fogswarmMarker = 7; return 1")
         .await?;
-    eventually(120, || async {
+    eventually(240, || async {
         let html = browser.html().await?;
         let running = html.matches("<td>running</td><td>running</td>").count();
         ensure!(
