@@ -79,6 +79,23 @@ pub fn db_execute(data: &Path, sql: &str) -> Result<u64> {
     })
 }
 
+/// The value (base64) of version `version` of secret `name`, as the
+/// swarm's manager `manager` fetches it for its services.
+pub async fn secret_value(manager: &Client, name: &str, version: u64) -> Result<Secret> {
+    use fogswarm_protocol::secret::{FileKind, FileVersion, ValuesRequest};
+    let mut values = manager
+        .values(&ValuesRequest {
+            files: vec![FileVersion {
+                kind: FileKind::Secret,
+                name: name.into(),
+                version,
+            }],
+            registries: vec![],
+        })
+        .await?;
+    Ok(values.files.pop().context("no value answered")?.data)
+}
+
 /// Declares a swarm (no auto-enrolment) and its devices by id and role.
 pub async fn declare(admin: &Client, swarm: &str, devices: &[(&str, Role)]) -> Result<()> {
     admin
@@ -274,6 +291,26 @@ impl ServerProcess {
             .send()
             .await?;
         Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    /// `fogswarm-server ARGS` run beside this server, on its data
+    /// directory and database (the test's PostgreSQL one on that run);
+    /// answers the exit code and stdout and stderr together.
+    pub fn beside(&self, args: &[&str]) -> Result<(i32, String)> {
+        let mut command = Command::new(server_binary());
+        command.args(args).arg("--data").arg(&self.data);
+        if on_postgres() {
+            command.args(["--database", &postgres_database(&self.data)?]);
+        }
+        let out = command.output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
     }
 
     /// Everything the server logged so far.

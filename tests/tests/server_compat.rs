@@ -11,9 +11,8 @@
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use fogswarm_client::Client;
-use fogswarm_e2e::server::{device_key, on_postgres, Admit, ServerProcess};
+use fogswarm_e2e::server::{device_key, on_postgres, secret_value, Admit, ServerProcess};
 use fogswarm_protocol::api::{ConfigAnswer, Secret};
-use fogswarm_protocol::secret::{FileKind, FileVersion, ValuesRequest};
 use fogswarm_server::db::{Database, PostgresOptions, Value};
 use fogswarm_server::store::{StoreError, MIGRATIONS};
 use std::os::unix::fs::PermissionsExt;
@@ -190,20 +189,11 @@ async fn check(fixture: &Fixture) -> Result<()> {
         "the leader is not told to init"
     );
     if made("secret") {
-        let values = leader
-            .values(&ValuesRequest {
-                files: vec![FileVersion {
-                    kind: FileKind::Secret,
-                    name: "db_password".into(),
-                    version: 1,
-                }],
-                registries: vec![],
-            })
-            .await?;
+        let value = secret_value(&leader, "db_password", 1).await?;
         let expected = base64::engine::general_purpose::STANDARD
             .encode(format!("fixture-secret-{}", fixture.schema_version));
         ensure!(
-            values.files[0].data.expose().trim() == expected.trim(),
+            value.expose().trim() == expected.trim(),
             "the secret sealed by the old server does not open"
         );
     }

@@ -6,9 +6,11 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use fogswarm_client::{Client, ClientError};
 use fogswarm_e2e::fleet::{self, FleetPlan};
-use fogswarm_e2e::server::{declare, device_key, server_binary, Admit, ServerProcess};
+use fogswarm_e2e::server::{
+    declare, device_key, secret_value, server_binary, Admit, ServerProcess,
+};
 use fogswarm_protocol::api::*;
-use fogswarm_protocol::secret::{FileKind, FileVersion, FileWrite, ValuesRequest};
+use fogswarm_protocol::secret::{FileKind, FileWrite};
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -421,18 +423,8 @@ async fn backup_under_load_restores_the_same_fleet() -> Result<()> {
         "the restored server does not know the device"
     );
     // The leader gets the secret's value from the restored server.
-    let values = device
-        .values(&ValuesRequest {
-            files: vec![FileVersion {
-                kind: FileKind::Secret,
-                name: "db_password".into(),
-                version: 1,
-            }],
-            registries: vec![],
-        })
-        .await?;
     ensure!(
-        values.files[0].data.expose() == value.expose(),
+        secret_value(&device, "db_password", 1).await?.expose() == value.expose(),
         "the secret does not open after the restore"
     );
     let admin = Client::new(&restored.endpoint(), Some(admin_token))?;

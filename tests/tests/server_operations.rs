@@ -7,40 +7,10 @@
 use anyhow::{ensure, Context, Result};
 use fogswarm_client::{Client, ClientError};
 use fogswarm_e2e::eventually;
-use fogswarm_e2e::server::{db_execute, declare, on_postgres, server_binary, ServerProcess};
+use fogswarm_e2e::server::{db_execute, declare, ServerProcess};
 use fogswarm_protocol::validate::Role;
-use std::path::Path;
-use std::process::Command;
 
 const D: &str = "02:f9:00:00:00:01";
-
-/// `fogswarm-server` run beside a server, on the same database.
-fn server_command(data: &Path, server: &ServerProcess, args: &[&str]) -> Result<(i32, String)> {
-    let mut command = Command::new(server_binary());
-    command.args(args).arg("--data").arg(data);
-    if on_postgres() {
-        // The test's database, as the server process got it.
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.child.id()))?;
-        let argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let at = argv
-            .iter()
-            .position(|a| a == "--database")
-            .context("the server has no --database")?;
-        command.args(["--database", &argv[at + 1]]);
-    }
-    let out = command.output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
-}
 
 fn unauthorized(result: Result<impl std::fmt::Debug, ClientError>) -> Result<()> {
     match result {
@@ -91,11 +61,11 @@ async fn admin_token_rotates_online_and_offline() -> Result<()> {
     let online = rotated.admin_token;
     server.stop()?;
     let server = ServerProcess::start(&data, &[])?;
-    let (code, out) = server_command(&data, &server, &["admin-token"])?;
+    let (code, out) = server.beside(&["admin-token"])?;
     ensure!(code == 2 && out.contains("--rotate"), "{out}");
     drop(server);
     let stopped = ServerProcess::start(&data, &[])?;
-    let (code, out) = server_command(&data, &stopped, &["admin-token", "--rotate"])?;
+    let (code, out) = stopped.beside(&["admin-token", "--rotate"])?;
     ensure!(code == 0 && out.contains("admin.token"), "{out}");
     let offline = stopped.admin_token();
     ensure!(offline.expose() != online.expose());
@@ -171,7 +141,7 @@ async fn old_events_and_telemetry_are_pruned() -> Result<()> {
     )?;
     ensure!(old_rows == 0 && kept == 1, "old {old_rows}, kept {kept}");
     // A retention that would delete everything at once is refused.
-    let (code, out) = server_command(&data, &server, &["--retain-events", "10s"])?;
+    let (code, out) = server.beside(&["--retain-events", "10s"])?;
     ensure!(code == 2 && out.contains("at least a minute"), "{out}");
     Ok(())
 }
