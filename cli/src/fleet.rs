@@ -875,10 +875,7 @@ fn print_device(d: &DeviceView) {
     );
     println!("agent:       {}", d.agent_version.as_deref().unwrap_or("-"));
     if let Some(protocol) = &d.protocol {
-        let outdated = protocol
-            .parse::<fogswarm_protocol::version::ProtocolVersion>()
-            .is_ok_and(|v| v.support() != fogswarm_protocol::version::Support::Current);
-        if outdated {
+        if fogswarm_protocol::version::behind(protocol) {
             println!(
                 "protocol:    {protocol} (older than the server's {}: update the agent)",
                 fogswarm_protocol::version::PROTOCOL

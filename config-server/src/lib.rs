@@ -86,14 +86,14 @@ pub fn open_store(opts: &ServerOptions) -> Result<store::Store> {
 
 /// A secret the fleet shares through the database, by its hash: the one
 /// stored, or, on the fleet's first start, the one in `file` (made there
-/// when missing). Answers the hash and whether `file` holds that secret,
-/// so the operator is told where to find it.
+/// when missing). Answers whether `file` holds that secret, so the
+/// operator is told where to find it.
 fn shared_secret(
     store: &store::Store,
     name: &str,
     file: &std::path::Path,
     prefix: &str,
-) -> Result<(String, bool)> {
+) -> Result<bool> {
     let hash = store.credential_or_insert(name, || {
         let secret = secrets::load_or_create(file, prefix)
             .with_context(|| format!("reading {}", file.display()))?;
@@ -105,7 +105,7 @@ fn shared_secret(
     if !here && file.exists() {
         tracing::warn!(file = %file.display(), "this file does not hold the fleet's current secret; it is not used");
     }
-    Ok((hash, here))
+    Ok(here)
 }
 
 /// Replaces a secret the fleet shares by its hash (the admin token, the
@@ -146,13 +146,13 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     let store = open_store(&opts)?.with_retention(opts.retention);
     let admin_file = opts.data.join("admin.token");
     let provisioning_file = opts.data.join("provisioning.key");
-    let (_, admin_here) = shared_secret(
+    let admin_here = shared_secret(
         &store,
         ServerCredentials::ADMIN_TOKEN_HASH,
         &admin_file,
         "fsa",
     )?;
-    let (_, provisioning_here) = shared_secret(
+    let provisioning_here = shared_secret(
         &store,
         ServerCredentials::PROVISIONING_KEY_HASH,
         &provisioning_file,

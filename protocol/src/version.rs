@@ -25,17 +25,15 @@ pub struct ProtocolVersion {
 }
 
 impl ProtocolVersion {
-    /// This build's.
-    pub fn current() -> ProtocolVersion {
-        // PROTOCOL is a literal this module's test parses.
-        PROTOCOL
-            .parse()
-            .unwrap_or(ProtocolVersion { major: 1, minor: 1 })
-    }
+    /// This build's: [`PROTOCOL`] (the test checks that they agree).
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+
+    /// A peer's that sends none: [`UNVERSIONED`].
+    pub const UNVERSIONED: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
 
     /// How a server of this build serves a peer speaking `self`.
     pub fn support(self) -> Support {
-        let ours = ProtocolVersion::current();
+        let ours = ProtocolVersion::CURRENT;
         if self.major != ours.major {
             Support::Unsupported
         } else if self.minor >= ours.minor {
@@ -46,6 +44,14 @@ impl ProtocolVersion {
             Support::Unsupported
         }
     }
+}
+
+/// Whether a stored version (a device's last report) is older than this
+/// build's: its agent must be updated. Unreadable text is not flagged.
+pub fn behind(version: &str) -> bool {
+    version
+        .parse::<ProtocolVersion>()
+        .is_ok_and(|v| v.support() != Support::Current)
 }
 
 /// How a peer is served.
@@ -84,9 +90,11 @@ mod tests {
 
     #[test]
     fn one_minor_version_older_is_served_and_flagged() {
-        let current: ProtocolVersion = PROTOCOL.parse().expect("PROTOCOL parses");
-        assert_eq!(current.to_string(), PROTOCOL);
         let v = |s: &str| s.parse::<ProtocolVersion>().expect(s);
+        let current: ProtocolVersion = PROTOCOL.parse().expect("PROTOCOL parses");
+        assert_eq!(current, ProtocolVersion::CURRENT);
+        assert_eq!(v(UNVERSIONED), ProtocolVersion::UNVERSIONED);
+        assert!(behind(UNVERSIONED) && !behind(PROTOCOL) && !behind("nonsense"));
         assert_eq!(current.support(), Support::Current);
         let newer = ProtocolVersion {
             minor: current.minor + 1,

@@ -625,19 +625,19 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// The protocol version the caller speaks (its `Fogswarm-Protocol`
-/// header; 1.0 without one). A caller that names a version this server
-/// does not serve is refused before any handler (426); one that names
-/// none (a browser, curl, an agent from before versioning) is served, and
-/// an agent among them flagged by its reports.
+/// header; 1.0 without one), read once by `observe` and put in the
+/// request's extensions. A caller that names a version this server does
+/// not serve is refused before any handler (426); one that names none (a
+/// browser, curl, an agent from before versioning) is served, and an
+/// agent among them flagged by its reports.
+#[derive(Clone, Copy)]
 pub struct PeerProtocol(pub ProtocolVersion);
 
 impl PeerProtocol {
-    fn of(headers: &HeaderMap) -> Result<ProtocolVersion, ApiFailure> {
-        use fogswarm_protocol::version::{Support, HEADER, PROTOCOL, UNVERSIONED};
+    fn of(headers: &HeaderMap) -> Result<PeerProtocol, ApiFailure> {
+        use fogswarm_protocol::version::{Support, HEADER, PROTOCOL};
         let Some(value) = headers.get(HEADER) else {
-            return UNVERSIONED.parse().map_err(|e: String| {
-                ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e, None)
-            });
+            return Ok(PeerProtocol(ProtocolVersion::UNVERSIONED));
         };
         let version: ProtocolVersion =
             value.to_str().unwrap_or("?").parse().map_err(|e: String| {
@@ -652,7 +652,7 @@ impl PeerProtocol {
                 ),
                 None,
             )),
-            Support::Current | Support::Outdated => Ok(version),
+            Support::Current | Support::Outdated => Ok(PeerProtocol(version)),
         }
     }
 }
@@ -661,7 +661,10 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerProtocol {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        PeerProtocol::of(&parts.headers).map(PeerProtocol)
+        match parts.extensions.get::<PeerProtocol>() {
+            Some(peer) => Ok(*peer),
+            None => PeerProtocol::of(&parts.headers),
+        }
     }
 }
 
@@ -696,7 +699,10 @@ async fn observe(State(state): State<Shared>, mut request: Request, next: Next) 
     request.extensions_mut().insert(who.clone());
     let started = Instant::now();
     let mut response = match PeerProtocol::of(request.headers()) {
-        Ok(_) => next.run(request).await,
+        Ok(peer) => {
+            request.extensions_mut().insert(peer);
+            next.run(request).await
+        }
         Err(refusal) => refusal.into_response(),
     };
     response.headers_mut().insert(
@@ -772,10 +778,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// (a check-in is written now) and migrated (the store opened). 503 with
 /// the reason otherwise, so a load balancer sends devices elsewhere.
 async fn readyz(State(state): State<Shared>) -> Response {
-    let checked = state.clone();
-    let failure = tokio::task::spawn_blocking(move || checked.check_in())
-        .await
-        .unwrap_or_else(|e| Some(StoreError::Corrupt(format!("the check failed: {e}"))));
+    let failure = state.check_in();
     let body = |status: &str, reason: Option<String>| {
         serde_json::json!({
             "status": status,

@@ -368,11 +368,7 @@ impl Store {
                 })
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
-                .filter(|a| {
-                    a.protocol
-                        .parse::<fogswarm_protocol::version::ProtocolVersion>()
-                        .is_ok_and(|v| v.support() != fogswarm_protocol::version::Support::Current)
-                })
+                .filter(|a| fogswarm_protocol::version::behind(&a.protocol))
                 .collect();
             Ok(FleetStatus {
                 offline,
