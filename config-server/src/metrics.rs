@@ -2,6 +2,7 @@
 //! format. A handful of series do not need a metrics framework: a
 //! mutex-guarded map each.
 
+use crate::db::CommitStats;
 use crate::store::{DeviceGauge, DeviceGauges, FleetHealth};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -70,6 +71,7 @@ impl Metrics {
         health: &FleetHealth,
         devices_by_state: &[(String, u64)],
         devices: &DeviceGauges,
+        commits: &CommitStats,
     ) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -168,6 +170,18 @@ impl Metrics {
             self.lease_grants.load(Ordering::Relaxed)
         );
         render_devices(&mut out, devices);
+        let _ = writeln!(
+            out,
+            "# HELP fogswarm_db_commits_total Write transactions this replica committed (writes arriving together share one)."
+        );
+        let _ = writeln!(out, "# TYPE fogswarm_db_commits_total counter");
+        let _ = writeln!(out, "fogswarm_db_commits_total {}", commits.commits);
+        let _ = writeln!(
+            out,
+            "# HELP fogswarm_db_writes_total Writes those commits held."
+        );
+        let _ = writeln!(out, "# TYPE fogswarm_db_writes_total counter");
+        let _ = writeln!(out, "fogswarm_db_writes_total {}", commits.writes);
         out
     }
 }
@@ -339,7 +353,13 @@ mod tests {
                 rollout_failed: false,
             }],
         };
-        let text = m.render(&health, &[("active".into(), 3)], &gauges);
+        let commits = CommitStats {
+            commits: 4,
+            writes: 9,
+        };
+        let text = m.render(&health, &[("active".into(), 3)], &gauges, &commits);
+        assert!(text.contains("\nfogswarm_db_commits_total 4\n"), "{text}");
+        assert!(text.contains("\nfogswarm_db_writes_total 9\n"), "{text}");
         let latency =
             "fogswarm_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/config\"";
         assert!(

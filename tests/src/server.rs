@@ -9,7 +9,7 @@ use fogswarm_client::{Client, Endpoint};
 use fogswarm_protocol::api::{EnrolRequest, EnrolResponse, Secret};
 use fogswarm_protocol::validate::{AutoEnrol, Labels, Role};
 use fogswarm_protocol::DeviceId;
-use fogswarm_server::db::{Location, PostgresOptions};
+use fogswarm_server::db::{Location, PostgresOptions, Value};
 use fogswarm_server::store::Store;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -37,45 +37,54 @@ fn postgres_database(data: &Path) -> Result<String> {
     Ok(url)
 }
 
-/// A digest of every stored row, for tests that prove a refused request
-/// changed nothing.
-pub fn db_fingerprint(data: &Path) -> Result<String> {
+/// Runs `f` on a data directory's store (SQLite or the test's
+/// PostgreSQL database), opened behind the server's back. The synchronous
+/// PostgreSQL client must neither run nor be dropped on an async worker:
+/// all of it happens in a thread of its own.
+fn with_store<T: Send>(data: &Path, f: impl FnOnce(&Store) -> Result<T> + Send) -> Result<T> {
     let location = if on_postgres() {
         Location::Postgres(postgres_database(data)?)
     } else {
         Location::Sqlite(data.join("fleet.db"))
     };
-    // The synchronous PostgreSQL client must neither run nor be dropped on
-    // an async worker: all of it happens in a thread of its own.
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<String> {
+        s.spawn(|| -> Result<T> {
             let store = Store::open_location(&location, &PostgresOptions::default())?;
-            Ok(store.fingerprint()?)
+            f(&store)
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("fingerprint panicked"))?
+        .map_err(|_| anyhow::anyhow!("a store call panicked"))?
     })
 }
 
-/// Runs one SQL statement on a data directory's database (SQLite or the
-/// test's PostgreSQL), behind the server's back: for tests that age rows.
+/// A digest of every stored row, for tests that prove a refused request
+/// changed nothing.
+pub fn db_fingerprint(data: &Path) -> Result<String> {
+    with_store(data, |store| Ok(store.fingerprint()?))
+}
+
+/// Runs one SQL statement on a data directory's database, behind the
+/// server's back: for tests that age rows.
 pub fn db_execute(data: &Path, sql: &str) -> Result<u64> {
-    let location = if on_postgres() {
-        Location::Postgres(postgres_database(data)?)
-    } else {
-        Location::Sqlite(data.join("fleet.db"))
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<u64> {
-            let store = Store::open_location(&location, &PostgresOptions::default())?;
-            let changed = store.database().write(|tx| {
-                tx.execute(sql, &[])
-                    .map_err(fogswarm_server::store::StoreError::from)
-            })?;
-            Ok(changed)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("db_execute panicked"))?
+    with_store(data, |store| {
+        Ok(store.database().write(|tx| {
+            tx.execute(sql, &[])
+                .map_err(fogswarm_server::store::StoreError::from)
+        })?)
+    })
+}
+
+/// The rows a query answers, read behind the server's back.
+pub fn db_query(data: &Path, sql: &str) -> Result<Vec<Vec<Value>>> {
+    with_store(data, |store| {
+        Ok(store.database().read(|tx| {
+            Ok::<_, fogswarm_server::db::DbError>(
+                tx.query(sql, &[])?
+                    .iter()
+                    .map(|row| row.values().to_vec())
+                    .collect(),
+            )
+        })?)
     })
 }
 

@@ -9,12 +9,15 @@
 //! PostgreSQL every write transaction first takes one transaction-level
 //! advisory lock. That keeps the store's read-decide-write sequences (the
 //! leader lease above all) exactly as atomic across replicas as they are
-//! in one process, and events commit in id order.
+//! in one process, and events commit in id order. Writes that arrive
+//! together share one commit (`group`): one fsync for many enrolments.
 
+mod group;
 mod pg_tls;
 mod postgres;
 mod sqlite;
 
+pub use self::group::CommitStats;
 pub use self::postgres::Listener;
 
 use std::cell::RefCell;
@@ -62,7 +65,7 @@ impl Location {
 }
 
 /// A database failure, sorted by what a client should do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     /// The database cannot serve now (down, disk full, read-only, busy):
     /// the request may succeed later or on another replica. Answered 503.
@@ -292,7 +295,7 @@ impl Dialect {
 
 /// An open database: one SQLite connection, or a pool of PostgreSQL ones.
 pub enum Database {
-    Sqlite(sqlite::Sqlite),
+    Sqlite(Box<sqlite::Sqlite>),
     Postgres(Box<postgres::Pool>),
 }
 
@@ -317,7 +320,9 @@ pub struct PostgresOptions {
 impl Database {
     /// Opens a SQLite file (created 0600 when missing) and migrates it.
     pub fn open_sqlite(path: &Path, migrations: &[Migration]) -> DbResult<Database> {
-        Ok(Database::Sqlite(sqlite::Sqlite::open(path, migrations)?))
+        Ok(Database::Sqlite(Box::new(sqlite::Sqlite::open(
+            path, migrations,
+        )?)))
     }
 
     /// Connects to PostgreSQL and migrates it (under a session advisory
@@ -362,6 +367,14 @@ impl Database {
         match self {
             Database::Sqlite(db) => db.read(f),
             Database::Postgres(pool) => blocking(|| pool.read(f)),
+        }
+    }
+
+    /// Commits made by this process and the writes they held.
+    pub fn commit_stats(&self) -> CommitStats {
+        match self {
+            Database::Sqlite(db) => db.commit_stats(),
+            Database::Postgres(pool) => pool.commit_stats(),
         }
     }
 

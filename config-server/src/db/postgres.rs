@@ -1,8 +1,10 @@
-//! PostgreSQL: a small pool of synchronous connections (each with its own
-//! prepared-statement cache), write transactions serialised by one
-//! advisory lock, and a listener that turns NOTIFY into long-poll wake-ups
-//! on every replica.
+//! PostgreSQL: a small pool of synchronous connections for reads (each
+//! with its own prepared-statement cache), one writing connection per
+//! replica whose writes are grouped into shared commits (`group`), write
+//! transactions serialised across replicas by one advisory lock, and a
+//! listener that turns NOTIFY into long-poll wake-ups on every replica.
 
+use super::group::{GroupCommit, WriteConn};
 use super::pg_tls::{self, PgTls};
 use super::{DbError, DbResult, Migration, PostgresOptions, Row, Tx, TxInner, Value};
 use ::postgres::error::SqlState;
@@ -82,9 +84,6 @@ impl ToSql for Value {
 struct PgConn {
     client: Client,
     statements: HashMap<String, Statement>,
-    /// Inside a transaction not yet ended: never lent out again like this
-    /// (a panic mid-transaction leaves it so).
-    in_transaction: bool,
 }
 
 /// A write transaction, or a read's statements, on a pooled connection.
@@ -153,10 +152,9 @@ fn row_of(row: &::postgres::Row) -> DbResult<Row> {
 
 pub struct Pool {
     target: Target,
-    /// One write transaction at a time per replica: a write waits here, not
-    /// on the advisory lock while holding a connection, so waiting writes
-    /// never take the connections reads need.
-    writer: Mutex<()>,
+    /// The replica's writing connection (besides the pool): writes wait
+    /// here, never taking the connections reads need.
+    writer: GroupCommit<PgWriter>,
     max: usize,
     idle: Mutex<Vec<PgConn>>,
     /// Connections open, idle or lent out.
@@ -238,8 +236,14 @@ impl Pool {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
         let pool = Pool {
+            writer: GroupCommit::new(PgWriter {
+                target: Target {
+                    config: config.clone(),
+                    tls: tls.clone(),
+                },
+                conn: None,
+            }),
             target: Target { config, tls },
-            writer: Mutex::new(()),
             max: options.pool_size.max(1),
             idle: Mutex::new(Vec::new()),
             open: Mutex::new(0),
@@ -312,7 +316,6 @@ impl Pool {
                             conn: Some(PgConn {
                                 client,
                                 statements: HashMap::new(),
-                                in_transaction: false,
                             }),
                         }),
                         Err(e) => {
@@ -345,7 +348,7 @@ impl Pool {
     }
 
     fn give_back(&self, conn: PgConn) {
-        if conn.client.is_closed() || conn.in_transaction {
+        if conn.client.is_closed() {
             self.forget_one();
             return;
         }
@@ -356,15 +359,26 @@ impl Pool {
         self.returned.notify_one();
     }
 
-    /// Runs `f` on a pooled connection: a write inside one transaction
-    /// that first takes the write lock (one round trip for both), a read
-    /// without one. A read's statements each see the latest commit (READ
-    /// COMMITTED); every read of the store tolerates that (a desired state
-    /// whose nodes are newer than its revision only wakes its manager once
-    /// more), and it halves the round trips of the fleet's steady load.
-    fn run<T, E: From<DbError>>(
+    pub fn commit_stats(&self) -> super::CommitStats {
+        self.writer.stats()
+    }
+
+    /// Runs `f` in a transaction shared with the writes that arrive
+    /// meanwhile, under the write lock; answers once it is committed.
+    pub fn write<T, E: From<DbError>>(
         &self,
-        write: bool,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.writer.write(f)
+    }
+
+    /// Runs `f` on a pooled connection, outside a transaction: each
+    /// statement sees the latest commit (READ COMMITTED); every read of the
+    /// store tolerates that (a desired state whose nodes are newer than its
+    /// revision only wakes its manager once more), and it halves the round
+    /// trips of the fleet's steady load.
+    pub fn read<T, E: From<DbError>>(
+        &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut lent = self.lend().map_err(E::from)?;
@@ -372,48 +386,58 @@ impl Pool {
             .conn
             .as_mut()
             .ok_or_else(|| E::from(DbError::Other("connection already returned".into())))?;
-        if write {
-            conn.in_transaction = true;
-            conn.client
-                .batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-                ))
-                .map_err(|e| E::from(e.into()))?;
+        let PgConn { client, statements } = &mut *conn;
+        f(&Tx {
+            inner: TxInner::Postgres(RefCell::new(PgTx { client, statements })),
+        })
+    }
+}
+
+/// The writing connection: opened on the first write, opened again after
+/// it breaks.
+struct PgWriter {
+    target: Target,
+    conn: Option<PgConn>,
+}
+
+impl WriteConn for PgWriter {
+    fn begin(&mut self) -> DbResult<()> {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.conn = Some(PgConn {
+                client: connect(&self.target)?,
+                statements: HashMap::new(),
+            });
         }
-        let result = {
-            let PgConn {
-                client, statements, ..
-            } = &mut *conn;
-            f(&Tx {
-                inner: TxInner::Postgres(RefCell::new(PgTx { client, statements })),
-            })
-        };
-        if write {
-            // Every statement's error reaches here through `f`: a failed one
-            // has aborted the transaction, and it is rolled back.
-            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            match conn.client.batch_execute(end) {
-                Ok(()) => conn.in_transaction = false,
-                Err(e) if result.is_ok() => return Err(E::from(e.into())),
-                Err(_) => {}
-            }
-        }
-        result
+        // The transaction and the write lock in one round trip.
+        self.control(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        ))
     }
 
-    pub fn write<T, E: From<DbError>>(
-        &self,
-        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let _one_writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.run(true, f)
+    fn control(&mut self, sql: &str) -> DbResult<()> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("no connection to PostgreSQL".into()))?;
+        let result = conn.client.batch_execute(sql);
+        if result.is_err() && conn.client.is_closed() {
+            self.conn = None;
+        }
+        Ok(result?)
     }
 
-    pub fn read<T, E: From<DbError>>(
-        &self,
-        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        self.run(false, f)
+    fn tx(&mut self) -> DbResult<Tx<'_>> {
+        let PgConn { client, statements } = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("the connection to PostgreSQL was lost".into()))?;
+        Ok(Tx {
+            inner: TxInner::Postgres(RefCell::new(PgTx { client, statements })),
+        })
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.client.is_closed())
     }
 }
 

@@ -1,24 +1,25 @@
-//! SQLite: one writing connection behind a mutex (SQLite serialises
-//! writers anyway, and the mutex makes every read-decide-write sequence
-//! atomic), and a few reading connections beside it: in WAL mode readers
-//! see the last commit and never wait for a writer's fsync.
+//! SQLite: one writing connection (SQLite serialises writers anyway),
+//! whose writes are grouped into shared commits (`group`), and a few
+//! reading connections beside it: in WAL mode readers see the last commit
+//! and never wait for a writer's fsync.
 //!
 //! Durability: WAL with `synchronous=FULL`, so a commit is on disk (the WAL
-//! is synced) before the call that made it answers; `NORMAL` would survive
-//! a process crash but could lose the last commits on power loss.
+//! is synced) before any write it holds is answered; `NORMAL` would
+//! survive a process crash but could lose the last commits on power loss.
 
+use super::group::{GroupCommit, WriteConn};
 use super::{DbError, DbResult, Migration, Row, Tx, TxInner, Value};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 /// Reading connections kept open between reads.
 const MAX_IDLE_READERS: usize = 8;
 
 pub struct Sqlite {
     path: std::path::PathBuf,
-    conn: Mutex<Connection>,
+    writer: GroupCommit<Connection>,
     /// Idle reading connections; more are opened as reads overlap.
     readers: Mutex<Vec<Connection>>,
 }
@@ -72,7 +73,7 @@ impl Sqlite {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let db = Sqlite {
             path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            writer: GroupCommit::new(conn),
             readers: Mutex::new(Vec::new()),
         };
         db.migrate(migrations)?;
@@ -80,36 +81,14 @@ impl Sqlite {
     }
 
     fn migrate(&self, migrations: &[Migration]) -> DbResult<()> {
-        let mut conn = self.lock();
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version as usize > migrations.len() {
-            return Err(DbError::Other(format!(
-                "the database is at schema version {version}, newer than this server knows ({}): \
-                 run the newer server, or restore a backup",
-                migrations.len()
-            )));
-        }
-        let tx = conn.transaction()?;
-        for (i, m) in migrations.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(&super::Dialect::Sqlite.ddl(m.0))?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction half
-        // applied (rusqlite rolls back on drop), so a poisoned lock is safe
-        // to take over.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.with_conn(|conn| migrate(conn, migrations))
     }
 
     pub fn write<T, E: From<DbError>>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        in_transaction(&mut self.lock(), TransactionBehavior::Immediate, f)
+        self.writer.write(f)
     }
 
     /// Runs `f` in a read transaction on a reading connection: one
@@ -140,17 +119,60 @@ impl Sqlite {
         Ok(conn)
     }
 
+    pub fn commit_stats(&self) -> super::CommitStats {
+        self.writer.stats()
+    }
+
     pub fn backup_to(&self, to: &Path) -> DbResult<()> {
-        let conn = self.lock();
-        let mut dest = Connection::open(to)?;
-        {
-            let backup = rusqlite::backup::Backup::new(&conn, &mut dest)?;
-            // All pages in one step: one consistent snapshot, never
-            // restarted by a concurrent write.
-            backup.step(-1)?;
-        }
-        dest.pragma_update(None, "journal_mode", "DELETE")?;
-        Ok(())
+        self.writer.with_conn(|conn| {
+            let mut dest = Connection::open(to)?;
+            {
+                let backup = rusqlite::backup::Backup::new(conn, &mut dest)?;
+                // All pages in one step: one consistent snapshot, never
+                // restarted by a concurrent write.
+                backup.step(-1)?;
+            }
+            dest.pragma_update(None, "journal_mode", "DELETE")?;
+            Ok(())
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection, migrations: &[Migration]) -> DbResult<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version as usize > migrations.len() {
+        return Err(DbError::Other(format!(
+            "the database is at schema version {version}, newer than this server knows ({}): \
+             run the newer server, or restore a backup",
+            migrations.len()
+        )));
+    }
+    let tx = conn.transaction()?;
+    for (i, m) in migrations.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(&super::Dialect::Sqlite.ddl(m.0))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl WriteConn for Connection {
+    fn begin(&mut self) -> DbResult<()> {
+        Ok(self.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    fn control(&mut self, sql: &str) -> DbResult<()> {
+        Ok(self.execute_batch(sql)?)
+    }
+
+    fn tx(&mut self) -> DbResult<Tx<'_>> {
+        Ok(Tx {
+            inner: TxInner::Sqlite(self),
+        })
+    }
+
+    fn in_transaction(&self) -> bool {
+        !self.is_autocommit()
     }
 }
 

@@ -822,7 +822,12 @@ async fn metrics(
     let devices = state.store.device_gauges(state.metrics_device_limit)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&health, &by_state, &devices),
+        state.metrics.render(
+            &health,
+            &by_state,
+            &devices,
+            &state.store.database().commit_stats(),
+        ),
     )
         .into_response())
 }

@@ -1,8 +1,9 @@
 //! When each device was last heard from. Every config poll and report
 //! refreshes it: written through, that would be a durable write (an fsync
 //! on SQLite) per request, the fleet's whole steady load. It is soft state
-//! instead: noted in memory and written for all devices at once every few
-//! seconds ([`Store::flush_presence`], one transaction). A crash loses at
+//! instead: noted in memory and written for all devices every few
+//! seconds ([`Store::flush_presence`], a few hundred devices a
+//! transaction). A crash loses at
 //! most that much of it, and nothing a request was told had been stored.
 //!
 //! Offline: a device not heard for three of its report intervals (its
@@ -39,8 +40,9 @@ impl Store {
             .insert(device.to_string(), super::now());
     }
 
-    /// Writes the last-seen times noted since the last flush, in one
-    /// transaction; answers how many. On failure they are kept for the
+    /// Writes the last-seen times noted since the last flush, a chunk
+    /// of devices a transaction (so other writes are never held up for
+    /// long); answers how many. Times a failed chunk held are kept for the
     /// next flush.
     pub fn flush_presence(&self) -> Result<usize> {
         let pending =
@@ -48,15 +50,34 @@ impl Store {
         if pending.is_empty() {
             return Ok(0);
         }
-        let written = self.write(|tx| {
-            for (device, at) in &pending {
-                // Never backwards: a write transaction may have stored a
-                // later time meanwhile.
-                tx.execute(
-                    "UPDATE devices SET last_seen = $2 WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)",
-                    params![device, *at],
-                )?;
+        let entries: Vec<(&String, &i64)> = pending.iter().collect();
+        let mut failed = None;
+        for chunk in entries.chunks(FLUSH_CHUNK) {
+            let written = self.write(|tx| {
+                for (device, at) in chunk {
+                    // Never backwards: a write transaction may have stored
+                    // a later time meanwhile.
+                    tx.execute(
+                        "UPDATE devices SET last_seen = $2 WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)",
+                        params![*device, **at],
+                    )?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                let mut now = self.presence.0.lock().unwrap_or_else(|p| p.into_inner());
+                for (device, at) in chunk {
+                    let entry = now.entry((*device).clone()).or_insert(**at);
+                    *entry = (*entry).max(**at);
+                }
+                failed = Some(e);
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Devices heard again after being offline.
+        self.write(|tx| {
             let offline = tx.query(
                 "SELECT id, offline_since FROM devices WHERE offline_since IS NOT NULL",
                 params![],
@@ -81,15 +102,7 @@ impl Store {
                 }
             }
             Ok(pending.len())
-        });
-        if written.is_err() {
-            let mut now = self.presence.0.lock().unwrap_or_else(|p| p.into_inner());
-            for (device, at) in pending {
-                let entry = now.entry(device).or_insert(at);
-                *entry = (*entry).max(at);
-            }
-        }
-        written
+        })
     }
 
     /// Marks offline the devices not heard for three of their report
@@ -127,6 +140,10 @@ impl Store {
     }
 }
 
+/// Devices a flush writes in one transaction: small enough that the
+/// writes queued behind it (enrolments, reports) wait milliseconds, not
+/// the whole flush.
+pub(super) const FLUSH_CHUNK: usize = 500;
 /// The report interval assumed for an agent that has not said its own.
 const DEFAULT_HEARTBEAT_SECS: i64 = 30;
 /// Last-seen times reach the database in batches (every few seconds, per

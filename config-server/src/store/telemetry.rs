@@ -46,13 +46,28 @@ impl Store {
     }
 
     /// Writes the samples noted since the last flush (latest per device and
-    /// the row of its minute) in one transaction; answers how many samples. On failure the samples
-    /// are dropped (the next report brings fresh ones).
+    /// the row of its minute), a chunk of devices a transaction; answers
+    /// how many samples. On failure a chunk's samples are dropped (the next
+    /// report brings fresh ones).
     pub fn flush_telemetry(&self) -> Result<usize> {
         let pending =
             std::mem::take(&mut *self.telemetry.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let entries: Vec<_> = pending.iter().collect();
+        let mut failed = None;
+        for chunk in entries.chunks(super::presence::FLUSH_CHUNK) {
+            if let Err(e) = self.write_telemetry(chunk) {
+                failed = Some(e);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(pending.len()),
+        }
+    }
+
+    fn write_telemetry(&self, samples: &[(&String, &(i64, Telemetry))]) -> Result<()> {
         self.write(|tx| {
-            for (device, (at, t)) in &pending {
+            for &(device, (at, t)) in samples {
                 tx.execute(
                     "UPDATE devices SET telemetry = $2, telemetry_at = $3 WHERE id = $1",
                     params![device, super::json_of(t), *at],
@@ -76,7 +91,7 @@ impl Store {
                     ],
                 )?;
             }
-            Ok(pending.len())
+            Ok(())
         })
     }
 
