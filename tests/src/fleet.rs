@@ -450,7 +450,8 @@ async fn device(
                     uptime_secs: Some(3600),
                     containers_running: Some(2),
                 }),
-                heartbeat_secs: Some(30),
+                // As an agent says it: its own reporting cadence.
+                heartbeat_secs: Some(plan.interval.as_secs().max(1)),
             }))
             .await;
         tally.record_polled(&tally.report, &tally.report_steady, t, &reported);
