@@ -244,8 +244,16 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         let mut every = tokio::time::interval(PRESENCE_FLUSH);
         for tick in 0u64.. {
             every.tick().await;
+            // How long each step held this task (the writer, for most):
+            // `RUST_LOG=fogswarm::maintenance=debug` shows it.
+            let step = |name: &str, started: std::time::Instant| {
+                tracing::debug!(target: "fogswarm::maintenance", step = name, ms = started.elapsed().as_millis() as u64, "done");
+            };
+            let t = std::time::Instant::now();
             presence.check_in();
+            step("check_in", t);
             if tick % PRUNE_EVERY_TICKS == 0 {
+                let t = std::time::Instant::now();
                 match presence.store.prune() {
                     Ok(pruned) if pruned != store::Pruned::default() => {
                         tracing::info!(
@@ -257,13 +265,19 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "pruning past retention"),
                 }
+                step("prune", t);
             }
+            let t = std::time::Instant::now();
             if let Err(e) = presence.store.flush_presence() {
                 tracing::warn!(error = %e, "writing last-seen times");
             }
+            step("flush_presence", t);
+            let t = std::time::Instant::now();
             if let Err(e) = presence.store.flush_telemetry() {
                 tracing::warn!(error = %e, "writing telemetry");
             }
+            step("flush_telemetry", t);
+            let t = std::time::Instant::now();
             match presence.store.mark_offline() {
                 Ok(offline) => {
                     for device in offline {
@@ -272,6 +286,8 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
                 }
                 Err(e) => tracing::warn!(error = %e, "checking for offline devices"),
             }
+            step("mark_offline", t);
+            let t = std::time::Instant::now();
             match presence.store.auto_recover() {
                 Ok(started) => {
                     for (recovery, touched) in started {
@@ -284,6 +300,7 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
             if let Err(e) = presence.store.rollout_deadlines() {
                 tracing::warn!(error = %e, "checking agent rollout deadlines");
             }
+            step("recoveries_and_rollouts", t);
         }
     });
     let last_flush = state.clone();

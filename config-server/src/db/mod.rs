@@ -138,6 +138,31 @@ macro_rules! sql_params {
 }
 pub use sql_params as params;
 
+/// `WITH v(NAME, ...) AS (VALUES (CAST($1 AS TYPE), ...), ...)` for
+/// `rows` rows of `columns` (name, SQL type), numbered from `$1` row by
+/// row: many rows as one statement's parameters, so a flush writes
+/// hundreds of devices in one statement instead of one each. The casts
+/// give PostgreSQL the parameters' types.
+pub fn values_cte(columns: &[(&str, &str)], rows: usize) -> String {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let mut sql = format!("WITH v({}) AS (VALUES ", names.join(", "));
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (i, (_, ty)) in columns.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("CAST(${} AS {ty})", row * columns.len() + i + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(") ");
+    sql
+}
+
 /// A value read back into a Rust type.
 pub trait FromValue: Sized {
     fn from_value(v: &Value) -> Option<Self>;

@@ -15,7 +15,7 @@
 
 use super::events::log_event;
 use super::{now, Actor, Result, Store};
-use crate::db::params;
+use crate::db::{params, values_cte, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -24,9 +24,15 @@ use std::sync::Mutex;
 pub(super) struct Presence(Mutex<HashMap<String, i64>>);
 
 impl Presence {
-    /// The times noted since the last flush (fresher than the stored ones).
-    pub(super) fn snapshot(&self) -> HashMap<String, i64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// When `device` was last heard, if since the last flush (fresher
+    /// than the stored time). Looked up one device at a time: a copy of
+    /// the whole map per report was quadratic in the fleet's size.
+    pub(super) fn get(&self, device: &str) -> Option<i64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device)
+            .copied()
     }
 }
 
@@ -53,17 +59,17 @@ impl Store {
         let entries: Vec<(&String, &i64)> = pending.iter().collect();
         let mut failed = None;
         for chunk in entries.chunks(FLUSH_CHUNK) {
-            let written = self.write(|tx| {
-                for (device, at) in chunk {
-                    // Never backwards: a write transaction may have stored
-                    // a later time meanwhile.
-                    tx.execute(
-                        "UPDATE devices SET last_seen = $2 WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)",
-                        params![*device, **at],
-                    )?;
-                }
-                Ok(())
-            });
+            let mut values = Vec::with_capacity(chunk.len() * 2);
+            for (device, at) in chunk {
+                values.push(Value::from(*device));
+                values.push(Value::from(**at));
+            }
+            // Never backwards: a write transaction may have stored a later
+            // time meanwhile.
+            let sql = values_cte(&[("id", "TEXT"), ("at", "BIGINT")], chunk.len())
+                + "UPDATE devices SET last_seen = v.at FROM v
+                   WHERE devices.id = v.id AND (devices.last_seen IS NULL OR devices.last_seen < v.at)";
+            let written = self.write(|tx| Ok(tx.execute(&sql, &values)?));
             if let Err(e) = written {
                 let mut now = self.presence.0.lock().unwrap_or_else(|p| p.into_inner());
                 for (device, at) in chunk {
@@ -76,63 +82,82 @@ impl Store {
         if let Some(e) = failed {
             return Err(e);
         }
-        // Devices heard again after being offline.
-        self.write(|tx| {
-            let offline = tx.query(
+        // Devices heard again after being offline: found by a read (a scan
+        // of the fleet), written only when there are some.
+        let offline = self.read(|tx| {
+            tx.query(
                 "SELECT id, offline_since FROM devices WHERE offline_since IS NOT NULL",
                 params![],
-            )?;
-            for row in offline.iter() {
-                let (device, since): (String, i64) = (row.get(0)?, row.get(1)?);
-                let Some(at) = pending.get(&device) else {
-                    continue;
-                };
-                if tx.execute(
-                    "UPDATE devices SET offline_since = NULL WHERE id = $1 AND offline_since IS NOT NULL",
-                    params![&device],
-                )? == 1
-                {
-                    log_event(
-                        tx,
-                        &Actor::Server,
-                        "device.online",
-                        &device,
-                        &format!("heard again after {}s offline", at - since),
-                    )?;
+            )?
+            .iter()
+            .map(|row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?)))
+            .collect::<Result<Vec<_>>>()
+        })?;
+        let back: Vec<(String, i64)> = offline
+            .into_iter()
+            .filter_map(|(device, since)| pending.get(&device).map(|at| (device, at - since)))
+            .collect();
+        if !back.is_empty() {
+            self.write(|tx| {
+                for (device, after) in &back {
+                    if tx.execute(
+                        "UPDATE devices SET offline_since = NULL WHERE id = $1 AND offline_since IS NOT NULL",
+                        params![device],
+                    )? == 1
+                    {
+                        log_event(
+                            tx,
+                            &Actor::Server,
+                            "device.online",
+                            device,
+                            &format!("heard again after {after}s offline"),
+                        )?;
+                    }
                 }
-            }
-            Ok(pending.len())
-        })
+                Ok(())
+            })?;
+        }
+        Ok(pending.len())
     }
 
     /// Marks offline the devices not heard for three of their report
     /// intervals, with an event each; answers their ids.
     pub fn mark_offline(&self) -> Result<Vec<String>> {
         let at = now();
-        self.write(|tx| {
-            let quiet = tx.query(
+        // The scan is a read; the writer is taken only for devices found
+        // quiet, and each is checked again as it is marked (a flush may
+        // have stored a fresher time meanwhile).
+        let quiet = self.read(|tx| {
+            tx.query(
                 "SELECT id, last_seen, COALESCE(heartbeat_secs, $2) FROM devices
                  WHERE offline_since IS NULL AND last_seen IS NOT NULL
                    AND last_seen + 3 * COALESCE(heartbeat_secs, $2) + $3 < $1",
                 params![at, DEFAULT_HEARTBEAT_SECS, BATCHING_SLACK_SECS],
-            )?;
+            )?
+            .iter()
+            .map(|row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?, row.get::<i64>(2)?)))
+            .collect::<Result<Vec<_>>>()
+        })?;
+        if quiet.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
             let mut marked = Vec::new();
-            for row in quiet.iter() {
-                let (device, seen, every): (String, i64, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
+            for (device, seen, every) in &quiet {
                 if tx.execute(
-                    "UPDATE devices SET offline_since = $2 WHERE id = $1 AND offline_since IS NULL",
-                    params![&device, at],
+                    "UPDATE devices SET offline_since = $2 WHERE id = $1 AND offline_since IS NULL
+                       AND last_seen + 3 * COALESCE(heartbeat_secs, $3) + $4 < $2",
+                    params![device, at, DEFAULT_HEARTBEAT_SECS, BATCHING_SLACK_SECS],
                 )? == 1
                 {
                     log_event(
                         tx,
                         &Actor::Server,
                         "device.offline",
-                        &device,
+                        device,
                         &format!("not heard for {}s (reports every {every}s)", at - seen),
                     )?;
-                    marked.push(device);
+                    marked.push(device.clone());
                 }
             }
             Ok(marked)

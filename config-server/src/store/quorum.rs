@@ -12,6 +12,7 @@
 
 use super::devices::{device_rows, device_view};
 use super::events::log_event;
+use super::presence::Presence;
 use super::{bump, json_of, now, Actor, Result, Store, StoreError, Touched};
 use crate::db::{params, Tx};
 use fogswarm_protocol::api::{
@@ -19,7 +20,6 @@ use fogswarm_protocol::api::{
 };
 use fogswarm_protocol::validate::{self, Role};
 use fogswarm_protocol::DeviceId;
-use std::collections::HashMap;
 
 /// A recovery whose device has not reported back by then may be asked of
 /// another device (the first may have died while forcing).
@@ -142,7 +142,7 @@ pub(super) fn set_policy(
     }
     log_event(tx, actor, "swarm.update", swarm, &parts.join(" "))?;
     // A higher target is met at once, from the workers there are.
-    promote_to_target(tx, actor, swarm, &HashMap::new())?;
+    promote_to_target(tx, actor, swarm, &Presence::default())?;
     bump(tx, swarm)?;
     Ok(())
 }
@@ -158,7 +158,7 @@ impl Store {
         device: &str,
         lost: &ManagerLost,
     ) -> Result<(ManagerReplaced, Touched)> {
-        let heard = self.presence_snapshot();
+        let heard = &self.presence;
         self.write(|tx| {
             let reporter = device_view(tx, device)?;
             if !reporter.role.is_manager() {
@@ -209,7 +209,7 @@ impl Store {
                 }
                 None => None,
             };
-            let promoted = promote_to_target(tx, &actor, &swarm, &heard)?;
+            let promoted = promote_to_target(tx, &actor, &swarm, heard)?;
             let note = match (&lost_device, promoted.is_empty()) {
                 (None, _) => Some(format!(
                     "node {} is no manager device's current node (handled before?)",
@@ -248,7 +248,7 @@ impl Store {
     /// Refused while another recovery is in progress.
     pub fn recover(&self, actor: &Actor, swarm: &str) -> Result<(Recovery, Touched)> {
         validate::validate_swarm_name(swarm)?;
-        let heard = self.presence_snapshot();
+        let heard = &self.presence;
         self.write(|tx| {
             super::swarms::require_swarm(tx, swarm)?;
             let t = now();
@@ -282,7 +282,7 @@ impl Store {
             let mut survivor = None;
             for row in &rows {
                 let id: String = row.get(0)?;
-                let seen = last_seen(&heard, &id, row.get(1)?);
+                let seen = last_seen(heard, &id, row.get(1)?);
                 if seen >= online_after {
                     survivor = Some(id);
                     break;
@@ -320,7 +320,7 @@ impl Store {
     /// (its node removed, its engine told to join afresh), and workers are
     /// promoted to the target (or to as many managers as there were).
     pub fn recovered(&self, device: &str, done: &Recovered) -> Result<Touched> {
-        let heard = self.presence_snapshot();
+        let heard = &self.presence;
         self.write(|tx| {
             let view = device_view(tx, device)?;
             let swarm = view.swarm.clone();
@@ -366,7 +366,7 @@ impl Store {
                     r.generation
                 ),
             )?;
-            promote(tx, &actor, &swarm, Some(target), &heard)?;
+            promote(tx, &actor, &swarm, Some(target), heard)?;
             bump(tx, &swarm)?;
             Ok(vec![swarm])
         })
@@ -403,9 +403,6 @@ impl Store {
         Ok(started)
     }
 
-    pub(super) fn presence_snapshot(&self) -> HashMap<String, i64> {
-        self.presence.snapshot()
-    }
 }
 
 /// A manager's report that its engine does (or does not) reach a raft
@@ -457,8 +454,8 @@ pub(super) fn note_quorum(tx: &Tx<'_>, swarm: &str, device: &str, quorum: bool) 
 
 /// The freshest of the stored last-seen time and one noted in memory
 /// since the last flush.
-fn last_seen(heard: &HashMap<String, i64>, id: &str, stored: Option<i64>) -> i64 {
-    heard.get(id).copied().max(stored).unwrap_or(0)
+fn last_seen(heard: &Presence, id: &str, stored: Option<i64>) -> i64 {
+    heard.get(id).max(stored).unwrap_or(0)
 }
 
 /// A manager out: a worker from now on, its node to be removed (by the
@@ -491,7 +488,7 @@ pub(super) fn promote_to_target(
     tx: &Tx<'_>,
     actor: &Actor,
     swarm: &str,
-    heard: &HashMap<String, i64>,
+    heard: &Presence,
 ) -> Result<Vec<DeviceId>> {
     promote(tx, actor, swarm, None, heard)
 }
@@ -504,7 +501,7 @@ fn promote(
     actor: &Actor,
     swarm: &str,
     target: Option<u32>,
-    heard: &HashMap<String, i64>,
+    heard: &Presence,
 ) -> Result<Vec<DeviceId>> {
     let settings = settings(tx, swarm)?;
     let target = target.unwrap_or(settings.policy.target);

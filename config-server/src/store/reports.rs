@@ -93,7 +93,7 @@ impl Store {
         if steady {
             return Ok(Vec::new());
         }
-        let heard = self.presence_snapshot();
+        let heard = &self.presence;
         self.write(|tx| {
             let view = device_view(tx, device)?;
             let actor = Actor::Device(device.into());
@@ -231,7 +231,7 @@ impl Store {
             if desired_changed {
                 // A device that became eligible (joined again, say) may be
                 // what a swarm short of managers was waiting for.
-                super::quorum::promote_to_target(tx, &Actor::Server, &view.swarm, &heard)?;
+                super::quorum::promote_to_target(tx, &Actor::Server, &view.swarm, heard)?;
                 bump(tx, &view.swarm)?;
                 return Ok(vec![view.swarm]);
             }

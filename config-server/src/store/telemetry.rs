@@ -6,7 +6,7 @@
 //! (see `retention`).
 
 use super::{now, Result, Store};
-use crate::db::params;
+use crate::db::{params, values_cte, Value};
 use fogswarm_protocol::telemetry::{Telemetry, TelemetryPoint, TelemetryView};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,32 +65,53 @@ impl Store {
         }
     }
 
+    /// One chunk of samples: the devices' latest in one statement, their
+    /// minutes' history rows in another.
     fn write_telemetry(&self, samples: &[(&String, &(i64, Telemetry))]) -> Result<()> {
+        let mut latest = Vec::with_capacity(samples.len() * 3);
+        let mut history = Vec::with_capacity(samples.len() * 7);
+        for &(device, (at, t)) in samples {
+            latest.extend([
+                Value::from(device),
+                Value::from(super::json_of(t)),
+                Value::from(*at),
+            ]);
+            history.extend([
+                Value::from(device),
+                Value::from(at - at.rem_euclid(60)),
+                Value::from(scaled(t.cpu_percent, 10.0)),
+                Value::from(scaled(t.load.map(|l| l[0]), 100.0)),
+                Value::from(t.memory_used_mb.map(|m| m as i64)),
+                Value::from(t.disk_free_mb.map(|m| m as i64)),
+                Value::from(scaled(t.temperature_c, 10.0)),
+            ]);
+        }
+        let latest_sql = values_cte(
+            &[("id", "TEXT"), ("telemetry", "TEXT"), ("at", "BIGINT")],
+            samples.len(),
+        ) + "UPDATE devices SET telemetry = v.telemetry, telemetry_at = v.at FROM v WHERE devices.id = v.id";
+        let history_sql = values_cte(
+            &[
+                ("device", "TEXT"),
+                ("minute", "BIGINT"),
+                ("cpu", "BIGINT"),
+                ("load1", "BIGINT"),
+                ("memory", "BIGINT"),
+                ("disk", "BIGINT"),
+                ("temperature", "BIGINT"),
+            ],
+            samples.len(),
+        ) + "INSERT INTO telemetry_history
+               (device, minute, cpu_tenths, load1_hundredths, memory_used_mb, disk_free_mb, temperature_tenths)
+             SELECT v.device, v.minute, v.cpu, v.load1, v.memory, v.disk, v.temperature FROM v
+             WHERE EXISTS (SELECT 1 FROM devices WHERE id = v.device)
+             ON CONFLICT (device, minute) DO UPDATE SET
+               cpu_tenths = excluded.cpu_tenths, load1_hundredths = excluded.load1_hundredths,
+               memory_used_mb = excluded.memory_used_mb, disk_free_mb = excluded.disk_free_mb,
+               temperature_tenths = excluded.temperature_tenths";
         self.write(|tx| {
-            for &(device, (at, t)) in samples {
-                tx.execute(
-                    "UPDATE devices SET telemetry = $2, telemetry_at = $3 WHERE id = $1",
-                    params![device, super::json_of(t), *at],
-                )?;
-                tx.execute(
-                    "INSERT INTO telemetry_history
-                       (device, minute, cpu_tenths, load1_hundredths, memory_used_mb, disk_free_mb, temperature_tenths)
-                     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1)
-                     ON CONFLICT (device, minute) DO UPDATE SET
-                       cpu_tenths = excluded.cpu_tenths, load1_hundredths = excluded.load1_hundredths,
-                       memory_used_mb = excluded.memory_used_mb, disk_free_mb = excluded.disk_free_mb,
-                       temperature_tenths = excluded.temperature_tenths",
-                    params![
-                        device,
-                        at - at.rem_euclid(60),
-                        scaled(t.cpu_percent, 10.0),
-                        scaled(t.load.map(|l| l[0]), 100.0),
-                        t.memory_used_mb.map(|m| m as i64),
-                        t.disk_free_mb.map(|m| m as i64),
-                        scaled(t.temperature_c, 10.0),
-                    ],
-                )?;
-            }
+            tx.execute(&latest_sql, &latest)?;
+            tx.execute(&history_sql, &history)?;
             Ok(())
         })
     }
