@@ -193,13 +193,30 @@ fn in_transaction<T, E: From<DbError>>(
     Ok(value)
 }
 
-/// Binds `$N` placeholders by name: SQLite numbers named parameters in the
-/// order they first appear, which need not be N.
+/// The store's `$N` placeholders as SQLite's `?N`, whose index is N.
+/// SQLite reads `$1` as a parameter *named* "$1", numbered in order of
+/// appearance and found by a scan of every name (quadratic in a statement
+/// with thousands, like a flush's VALUES table); `?N` needs no lookup.
+/// The store's SQL holds no `$` in literals.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Binds the parameters by position (`?N` is the Nth); those past the
+/// last the statement uses are not bound.
 fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> DbResult<()> {
-    for (i, value) in params.iter().enumerate() {
-        let Some(index) = stmt.parameter_index(&format!("${}", i + 1))? else {
-            continue;
-        };
+    let count = stmt.parameter_count();
+    for (i, value) in params.iter().enumerate().take(count) {
+        let index = i + 1;
         match value {
             Value::Null => stmt.raw_bind_parameter(index, rusqlite::types::Null)?,
             Value::Int(v) => stmt.raw_bind_parameter(index, v)?,
@@ -210,7 +227,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> DbResult<()> {
 }
 
 pub(super) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> DbResult<u64> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = conn.prepare_cached(&numbered(sql))?;
     bind(&mut stmt, params)?;
     // A statement with RETURNING (or a SELECT) answers rows: step through
     // them so it runs to completion.
@@ -224,7 +241,7 @@ pub(super) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> DbResul
 }
 
 pub(super) fn query(conn: &Connection, sql: &str, params: &[Value]) -> DbResult<Vec<Row>> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = conn.prepare_cached(&numbered(sql))?;
     bind(&mut stmt, params)?;
     let columns = stmt.column_count();
     let mut rows = stmt.raw_query();

@@ -65,10 +65,13 @@ impl Store {
                 values.push(Value::from(**at));
             }
             // Never backwards: a write transaction may have stored a later
-            // time meanwhile.
+            // time meanwhile. Written so that SQLite walks the chunk and
+            // finds each device by its key (`UPDATE ... FROM v` makes it
+            // scan every device instead, 100x slower at 100,000).
             let sql = values_cte(&[("id", "TEXT"), ("at", "BIGINT")], chunk.len())
-                + "UPDATE devices SET last_seen = v.at FROM v
-                   WHERE devices.id = v.id AND (devices.last_seen IS NULL OR devices.last_seen < v.at)";
+                + "UPDATE devices SET last_seen = (SELECT at FROM v WHERE v.id = devices.id)
+                   WHERE id IN (SELECT v.id FROM v CROSS JOIN devices d
+                                WHERE d.id = v.id AND (d.last_seen IS NULL OR d.last_seen < v.at))";
             let written = self.write(|tx| Ok(tx.execute(&sql, &values)?));
             if let Err(e) = written {
                 let mut now = self.presence.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,7 +138,13 @@ impl Store {
                 params![at, DEFAULT_HEARTBEAT_SECS, BATCHING_SLACK_SECS],
             )?
             .iter()
-            .map(|row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?, row.get::<i64>(2)?)))
+            .map(|row| {
+                Ok((
+                    row.get::<String>(0)?,
+                    row.get::<i64>(1)?,
+                    row.get::<i64>(2)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()
         })?;
         if quiet.is_empty() {

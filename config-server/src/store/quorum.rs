@@ -402,7 +402,6 @@ impl Store {
         }
         Ok(started)
     }
-
 }
 
 /// A manager's report that its engine does (or does not) reach a raft

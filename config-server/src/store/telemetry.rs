@@ -66,7 +66,8 @@ impl Store {
     }
 
     /// One chunk of samples: the devices' latest in one statement, their
-    /// minutes' history rows in another.
+    /// minutes' history rows in another. (Not `UPDATE ... FROM v`: SQLite
+    /// would scan every device for it; see `flush_presence`.)
     fn write_telemetry(&self, samples: &[(&String, &(i64, Telemetry))]) -> Result<()> {
         let mut latest = Vec::with_capacity(samples.len() * 3);
         let mut history = Vec::with_capacity(samples.len() * 7);
@@ -89,7 +90,10 @@ impl Store {
         let latest_sql = values_cte(
             &[("id", "TEXT"), ("telemetry", "TEXT"), ("at", "BIGINT")],
             samples.len(),
-        ) + "UPDATE devices SET telemetry = v.telemetry, telemetry_at = v.at FROM v WHERE devices.id = v.id";
+        )
+            + "UPDATE devices SET telemetry = (SELECT telemetry FROM v WHERE v.id = devices.id),
+                                telemetry_at = (SELECT at FROM v WHERE v.id = devices.id)
+             WHERE id IN (SELECT id FROM v)";
         let history_sql = values_cte(
             &[
                 ("device", "TEXT"),
