@@ -365,24 +365,32 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             plan.reference, plan.reference.registry
         );
         let client = args.auth.client(&plan.reference.registry, args.insecure)?;
+        // The dependency graph for the SBOMs (a `cargo metadata` run) is
+        // read while the image is pushed.
+        let graph = args
+            .package
+            .clone()
+            .or(args.sbom_package.clone())
+            .filter(|_| args.sbom)
+            .map(|package| {
+                let manifest_path = args.manifest_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    fogswarm_images::sbom::Graph::read(&package, manifest_path.as_deref())
+                })
+            });
         report = Some(
             client
                 .push(&plan.reference, &image, args.mount_from.as_deref())
                 .await?,
         );
-        if let Some(package) = args
-            .package
-            .as_deref()
-            .or(args.sbom_package.as_deref())
-            .filter(|_| args.sbom)
-        {
+        if let Some(graph) = graph {
+            let graph = graph.await.context("reading the dependency graph")??;
             eprintln!("... attaching an SBOM per platform");
             sboms = crate::supply::attach_sboms(
                 &client,
                 &plan.reference,
                 &image,
-                package,
-                args.manifest_path.as_deref(),
+                &graph,
                 plan.spec.source_date_epoch,
             )
             .await?;

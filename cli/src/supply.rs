@@ -16,20 +16,20 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()
 }
 
-/// Builds each platform's SBOM from the crate's Cargo metadata and attaches
-/// it to the platform's manifest; answers (platform, SBOM artifact digest).
+/// Builds each platform's SBOM from the crate's dependency graph (one
+/// `cargo metadata` run, [`sbom::Graph`]) and attaches it to the
+/// platform's manifest; answers (platform, SBOM artifact digest).
 pub async fn attach_sboms(
     client: &RegistryClient,
     reference: &Reference,
     image: &BuiltImage,
-    package: &str,
-    manifest_path: Option<&Path>,
+    graph: &sbom::Graph,
     created: u64,
 ) -> Result<Vec<(String, String)>> {
     let mut attached = Vec::new();
     for platform_image in &image.images {
         let platform = platform_image.platform;
-        let bill = sbom::bill_for(package, platform.rust_target(), manifest_path)?;
+        let bill = graph.bill(platform.rust_target())?;
         let document = sbom::document(
             &bill,
             &platform.to_string(),

@@ -41,103 +41,173 @@ pub struct Bill {
     pub dependencies: Vec<Component>,
 }
 
-/// Reads the package's dependency graph for `target` from cargo.
-pub fn bill_for(
-    package: &str,
-    target: &str,
-    manifest_path: Option<&Path>,
-) -> Result<Bill, SbomError> {
-    let fail = |reason: String| SbomError::Metadata {
-        package: package.to_string(),
-        reason,
-    };
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "metadata",
-        "--format-version",
-        "1",
-        "--filter-platform",
-        target,
-    ]);
-    if let Some(p) = manifest_path {
-        cmd.arg("--manifest-path").arg(p);
-    }
-    let out = cmd
-        .output()
-        .map_err(|e| fail(format!("cannot run cargo: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("not JSON: {e}")))?;
-    let lock = std::fs::read_to_string(
-        Path::new(meta["workspace_root"].as_str().unwrap_or(".")).join("Cargo.lock"),
-    )
-    .unwrap_or_default();
-    let checksums = lock_checksums(&lock);
-    let packages: BTreeMap<&str, &serde_json::Value> = meta["packages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| Some((p["id"].as_str()?, p)))
-        .collect();
-    let root_id = packages
-        .iter()
-        .find(|(_, p)| p["name"] == package && p["source"].is_null())
-        .map(|(id, _)| *id)
-        .ok_or_else(|| fail("no such package in the workspace".into()))?;
-    let nodes: BTreeMap<&str, &serde_json::Value> = meta["resolve"]["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| Some((n["id"].as_str()?, n)))
-        .collect();
-    // Walk normal dependencies only: build scripts and dev-dependencies are
-    // not in the binary.
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![root_id];
-    while let Some(id) = stack.pop() {
-        if !seen.insert(id) {
-            continue;
+/// The package's dependency graph for every platform, from one `cargo
+/// metadata` run (`--filter-platform` would need one run per platform,
+/// most of an SBOM's cost): each edge keeps the platforms it applies to
+/// (a triple or a `cfg(...)`), evaluated per target by [`Graph::bill`].
+pub struct Graph {
+    package: String,
+    meta: serde_json::Value,
+    checksums: BTreeMap<(String, String), String>,
+    /// Read with `--filter-platform` (tests compare against it): cargo
+    /// kept only the edges of that platform.
+    filtered: bool,
+}
+
+impl Graph {
+    fn fail(&self, reason: String) -> SbomError {
+        SbomError::Metadata {
+            package: self.package.clone(),
+            reason,
         }
-        for dep in nodes
-            .get(id)
-            .and_then(|n| n["deps"].as_array())
+    }
+
+    /// Runs `cargo metadata` once for `package` (in the workspace of
+    /// `manifest_path`, or of the current directory).
+    pub fn read(package: &str, manifest_path: Option<&Path>) -> Result<Graph, SbomError> {
+        Self::read_with(package, manifest_path, None)
+    }
+
+    fn read_with(
+        package: &str,
+        manifest_path: Option<&Path>,
+        filter_platform: Option<&str>,
+    ) -> Result<Graph, SbomError> {
+        let fail = |reason: String| SbomError::Metadata {
+            package: package.to_string(),
+            reason,
+        };
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["metadata", "--format-version", "1"]);
+        if let Some(t) = filter_platform {
+            cmd.args(["--filter-platform", t]);
+        }
+        if let Some(p) = manifest_path {
+            cmd.arg("--manifest-path").arg(p);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| fail(format!("cannot run cargo: {e}")))?;
+        if !out.status.success() {
+            return Err(fail(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        let meta: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("not JSON: {e}")))?;
+        let lock = std::fs::read_to_string(
+            Path::new(meta["workspace_root"].as_str().unwrap_or(".")).join("Cargo.lock"),
+        )
+        .unwrap_or_default();
+        Ok(Graph {
+            package: package.to_string(),
+            checksums: lock_checksums(&lock),
+            meta,
+            filtered: filter_platform.is_some(),
+        })
+    }
+
+    /// The crates compiled into the package for the Rust `target`: normal
+    /// dependencies (not build or dev ones) whose platform condition holds
+    /// there.
+    pub fn bill(&self, target: &str) -> Result<Bill, SbomError> {
+        let info = cfg_expr::targets::get_builtin_target_by_triple(target)
+            .ok_or_else(|| self.fail(format!("unknown Rust target {target}")))?;
+        let packages: BTreeMap<&str, &serde_json::Value> = self.meta["packages"]
+            .as_array()
             .into_iter()
             .flatten()
-        {
-            let normal = dep["dep_kinds"]
-                .as_array()
+            .filter_map(|p| Some((p["id"].as_str()?, p)))
+            .collect();
+        let root_id = packages
+            .iter()
+            .find(|(_, p)| p["name"] == self.package.as_str() && p["source"].is_null())
+            .map(|(id, _)| *id)
+            .ok_or_else(|| self.fail("no such package in the workspace".into()))?;
+        let nodes: BTreeMap<&str, &serde_json::Value> = self.meta["resolve"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some((n["id"].as_str()?, n)))
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![root_id];
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            for dep in nodes
+                .get(id)
+                .and_then(|n| n["deps"].as_array())
                 .into_iter()
                 .flatten()
-                .any(|k| k["kind"].is_null());
-            if let (true, Some(pkg)) = (normal, dep["pkg"].as_str()) {
-                stack.push(pkg);
+            {
+                let mut normal = false;
+                for kind in dep["dep_kinds"].as_array().into_iter().flatten() {
+                    if kind["kind"].is_null()
+                        && (self.filtered || applies(kind["target"].as_str(), target, info)?)
+                    {
+                        normal = true;
+                    }
+                }
+                if let (true, Some(pkg)) = (normal, dep["pkg"].as_str()) {
+                    stack.push(pkg);
+                }
             }
         }
+        let component = |id: &str| -> Option<Component> {
+            let p = packages.get(id)?;
+            let name = p["name"].as_str()?.to_string();
+            let version = p["version"].as_str()?.to_string();
+            Some(Component {
+                checksum: self
+                    .checksums
+                    .get(&(name.clone(), version.clone()))
+                    .cloned(),
+                name,
+                version,
+                license: p["license"].as_str().map(spdx_license),
+                source: p["source"].as_str().map(str::to_string),
+            })
+        };
+        let root =
+            component(root_id).ok_or_else(|| self.fail("the package has no metadata".into()))?;
+        let mut dependencies: Vec<Component> = seen
+            .iter()
+            .filter(|id| **id != root_id)
+            .filter_map(|id| component(id))
+            .collect();
+        dependencies.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(Bill { root, dependencies })
     }
-    let component = |id: &str| -> Option<Component> {
-        let p = packages.get(id)?;
-        let name = p["name"].as_str()?.to_string();
-        let version = p["version"].as_str()?.to_string();
-        Some(Component {
-            checksum: checksums.get(&(name.clone(), version.clone())).cloned(),
-            name,
-            version,
-            license: p["license"].as_str().map(spdx_license),
-            source: p["source"].as_str().map(str::to_string),
-        })
+}
+
+/// Whether a dependency edge's platform (none: every platform; a triple;
+/// or `cfg(...)`) includes `target`, as cargo decides it. Images are
+/// static, so `crt-static` is the target feature that holds; a build's
+/// own flags (`test`, features) never do in a `[target]` table.
+fn applies(
+    platform: Option<&str>,
+    target: &str,
+    info: &cfg_expr::targets::TargetInfo,
+) -> Result<bool, SbomError> {
+    use cfg_expr::{Expression, Predicate};
+    let Some(platform) = platform else {
+        return Ok(true);
     };
-    let root = component(root_id).ok_or_else(|| fail("the package has no metadata".into()))?;
-    let mut dependencies: Vec<Component> = seen
-        .iter()
-        .filter(|id| **id != root_id)
-        .filter_map(|id| component(id))
-        .collect();
-    dependencies.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-    Ok(Bill { root, dependencies })
+    if !platform.starts_with("cfg(") {
+        return Ok(platform == target);
+    }
+    let expr = Expression::parse(platform).map_err(|e| SbomError::Metadata {
+        package: platform.to_string(),
+        reason: format!("a platform condition cargo accepted but this reader cannot: {e}"),
+    })?;
+    Ok(expr.eval(|predicate| match predicate {
+        Predicate::Target(p) => p.matches(info),
+        Predicate::TargetFeature(f) => *f == "crt-static",
+        Predicate::DebugAssertions => true,
+        _ => false,
+    }))
 }
 
 /// Old Cargo license strings used `/` for OR.
@@ -252,6 +322,47 @@ pub fn document(bill: &Bill, platform: &str, manifest_digest: &str, created: u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One `cargo metadata` walked per target gives exactly what cargo's
+    /// own `--filter-platform` gives, for the agent (whose graph has
+    /// platform-conditional crates: ring, rustix, getrandom) on every
+    /// platform fogswarm builds images for.
+    #[test]
+    fn one_graph_serves_every_platform_as_cargo_filters_it() {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let graph = Graph::read("fogswarm-agent", Some(&manifest)).expect("metadata");
+        let names = |b: &Bill| {
+            b.dependencies
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.version))
+                .collect::<Vec<_>>()
+        };
+        let mut differ = false;
+        for target in [
+            "x86_64-unknown-linux-musl",
+            "aarch64-unknown-linux-musl",
+            "armv7-unknown-linux-gnueabihf",
+            "i686-unknown-linux-musl",
+            "riscv64gc-unknown-linux-gnu",
+        ] {
+            let ours = graph.bill(target).expect("bill");
+            let cargo = Graph::read_with("fogswarm-agent", Some(&manifest), Some(target))
+                .expect("filtered metadata")
+                .bill(target)
+                .expect("filtered bill");
+            assert!(ours.dependencies.len() > 50, "{target}: {:?}", names(&ours));
+            if names(&ours) != names(&cargo) {
+                differ = true;
+                eprintln!(
+                    "{target}: ours {:?}\ncargo's {:?}",
+                    names(&ours),
+                    names(&cargo)
+                );
+            }
+        }
+        assert!(!differ, "the bills differ from cargo's (above)");
+        assert!(graph.bill("no-such-target").is_err());
+    }
 
     #[test]
     fn licenses_in_spdx_syntax() {
