@@ -12,16 +12,45 @@ use super::{DbError, DbResult, Migration, Row, Tx, TxInner, Value};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
-/// Reading connections kept open between reads.
-const MAX_IDLE_READERS: usize = 8;
+/// Reading connections: reads beyond this many wait for one to come
+/// free rather than open another. Every connection has its own page cache
+/// and statement cache; a fleet's backlog of requests once opened hundreds
+/// (hundreds of MiB of caches, each parsing the schema afresh).
+const READERS: usize = 8;
+/// How long a read waits for a free connection before it opens one of its
+/// own anyway (kept bounded, never a deadlock should a read nest another).
+const READER_WAIT: Duration = Duration::from_millis(500);
+/// The writer's page cache (KiB): a flush's chunk touches a few thousand
+/// pages of the devices table and its indexes across the whole fleet, which
+/// SQLite's default 2 MiB cache re-reads from the file on every chunk.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 pub struct Sqlite {
     path: std::path::PathBuf,
     writer: GroupCommit<Connection>,
-    /// Idle reading connections; more are opened as reads overlap.
-    readers: Mutex<Vec<Connection>>,
+    readers: Readers,
+}
+
+/// The reading connections: idle ones, and how many are open in all.
+#[derive(Default)]
+struct Readers {
+    pool: Mutex<ReaderPool>,
+    freed: Condvar,
+}
+
+impl Readers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReaderPool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct ReaderPool {
+    idle: Vec<Connection>,
+    open: usize,
 }
 
 impl From<rusqlite::Error> for DbError {
@@ -70,11 +99,12 @@ impl Sqlite {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         let db = Sqlite {
             path: path.to_path_buf(),
             writer: GroupCommit::new(conn),
-            readers: Mutex::new(Vec::new()),
+            readers: Readers::default(),
         };
         db.migrate(migrations)?;
         Ok(db)
@@ -97,17 +127,53 @@ impl Sqlite {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => self.open_reader().map_err(E::from)?,
-        };
+        let mut conn = self.take_reader().map_err(E::from)?;
         let result = in_transaction(&mut conn, TransactionBehavior::Deferred, f);
-        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if readers.len() < MAX_IDLE_READERS {
-            readers.push(conn);
-        }
+        self.give_back(conn);
         result
+    }
+
+    /// An idle reading connection, a new one while fewer than [`READERS`]
+    /// are open, or else the first to come free (an extra one after
+    /// [`READER_WAIT`]).
+    fn take_reader(&self) -> DbResult<Connection> {
+        let mut pool = self.readers.lock();
+        let deadline = std::time::Instant::now() + READER_WAIT;
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if pool.open < READERS || left.is_zero() {
+                pool.open += 1;
+                drop(pool);
+                return self.open_reader().inspect_err(|_| {
+                    self.readers.lock().open -= 1;
+                    self.readers.freed.notify_one();
+                });
+            }
+            pool = self
+                .readers
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Returns a reading connection to the pool (closing it when the pool
+    /// is full: one opened past the bound) and wakes a waiting read.
+    fn give_back(&self, conn: Connection) {
+        let mut pool = self.readers.lock();
+        if pool.open > READERS {
+            pool.open -= 1;
+            drop(pool);
+            drop(conn);
+        } else {
+            pool.idle.push(conn);
+            drop(pool);
+        }
+        self.readers.freed.notify_one();
     }
 
     fn open_reader(&self) -> DbResult<Connection> {
@@ -115,7 +181,7 @@ impl Sqlite {
             &self.path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         Ok(conn)
     }
 
