@@ -18,7 +18,7 @@ use fogswarm_server::store::{StoreError, MIGRATIONS};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 struct Fixture {
     schema_version: usize,
     commit: String,
@@ -29,7 +29,7 @@ struct Fixture {
     tables: std::collections::BTreeMap<String, Table>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 struct Table {
     columns: Vec<String>,
     rows: Vec<Vec<serde_json::Value>>,
@@ -113,6 +113,88 @@ fn load(fixture: &Fixture, sqlite: &Path, postgres: Option<&str>) -> Result<()> 
     })
 }
 
+const LEADER: &str = "02:c0:00:00:00:01";
+const WORKER: &str = "02:c0:00:00:00:02";
+/// A minute of telemetry history in the fixtures (within the default
+/// day's retention of any run: it is placed relative to now).
+static OLD_MINUTE: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+    let now = fogswarm_protocol::time::unix_now();
+    now - now % 60 - 3 * 3600
+});
+
+/// The fixture with what the generator's API calls could not make (they
+/// need enrolled agents): two minutes of the worker's telemetry history
+/// and a rollout in its second wave, as rows of the tables of the time,
+/// where its schema has them.
+fn with_history(fixture: &Fixture) -> Result<Fixture> {
+    let mut tables = fixture.tables.clone();
+    let mut add = |name: &str, fields: &[(&str, serde_json::Value)]| -> Result<()> {
+        let Some(table) = tables.get_mut(name) else {
+            return Ok(());
+        };
+        let row = table
+            .columns
+            .iter()
+            .map(|c| {
+                fields
+                    .iter()
+                    .find(|(f, _)| f == c)
+                    .map(|(_, v)| v.clone())
+                    .with_context(|| format!("{name}.{c}: no value for the column"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        table.rows.push(row);
+        Ok(())
+    };
+    let minute = *OLD_MINUTE;
+    for (at, cpu, temperature) in [
+        (minute, serde_json::json!(125), serde_json::json!(485)),
+        (
+            minute + 60,
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        ),
+    ] {
+        add(
+            "telemetry_history",
+            &[
+                ("device", WORKER.into()),
+                ("minute", at.into()),
+                ("cpu_tenths", cpu),
+                ("load1_hundredths", serde_json::Value::Null),
+                ("memory_used_mb", 300.into()),
+                ("disk_free_mb", serde_json::Value::Null),
+                ("temperature_tenths", temperature),
+            ],
+        )?;
+    }
+    let plan = serde_json::json!([
+        [{"device": WORKER, "state": "done", "detail": ""}],
+        [{"device": LEADER, "state": "updating", "detail": ""}],
+    ]);
+    add(
+        "agent_rollouts",
+        &[
+            ("swarm", "plant".into()),
+            ("rollout", 1.into()),
+            ("image", "registry.example:5000/agent@sha256:00".into()),
+            ("state", "running".into()),
+            ("wave", 1.into()),
+            ("waves", plan.to_string().into()),
+            ("deadline_secs", 3600.into()),
+            ("started_at", minute.into()),
+            (
+                "wave_started_at",
+                fogswarm_protocol::time::unix_now().into(),
+            ),
+        ],
+    )?;
+    Ok(Fixture {
+        tables,
+        ..fixture.clone()
+    })
+}
+
 fn write_secret(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, format!("{text}\n"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -150,6 +232,7 @@ async fn check(fixture: &Fixture) -> Result<()> {
     } else {
         None
     };
+    let fixture = &with_history(fixture)?;
     load(fixture, &data.join("fleet.db"), url.as_deref())?;
     let mut args = vec![];
     if let Some(url) = &url {
@@ -164,7 +247,7 @@ async fn check(fixture: &Fixture) -> Result<()> {
     ensure!(made("swarm") && made("leader") && made("worker"));
     let swarm = admin.get_swarm("plant").await?;
     ensure!(swarm.devices == 2, "{swarm:?}");
-    let worker = admin.get_device("02:c0:00:00:00:02").await?;
+    let worker = admin.get_device(WORKER).await?;
     ensure!(
         worker.labels.get("sensor").map(String::as_str) == Some("temp"),
         "{:?}",
@@ -175,7 +258,7 @@ async fn check(fixture: &Fixture) -> Result<()> {
         ensure!(web.spec.image == "registry.example:5000/web:1");
     }
     // The leader enrols with the fleet's provisioning key of the time.
-    let key = device_key("02:c0:00:00:00:01")?;
+    let key = device_key(LEADER)?;
     server
         .enrol_with(
             &key,
@@ -197,12 +280,42 @@ async fn check(fixture: &Fixture) -> Result<()> {
             "the secret sealed by the old server does not open"
         );
     }
+    // Telemetry history and a rollout plan as the server of the time
+    // stored them (see `with_history`) read the same after the migration
+    // reshaped them (issue 26: rows per device and hour, per device).
+    if fixture.tables.contains_key("telemetry_history") {
+        let view = admin.device_telemetry(WORKER).await?;
+        let cpu: Vec<_> = view.history.iter().map(|p| (p.at, p.cpu_percent)).collect();
+        ensure!(
+            cpu == [(*OLD_MINUTE, Some(12.5)), (*OLD_MINUTE + 60, None)],
+            "{cpu:?}"
+        );
+        ensure!(view.history[0].temperature_c == Some(48.5), "{view:?}");
+    }
+    if fixture.tables.contains_key("agent_rollouts") {
+        let rollout = admin.rollout("plant").await?;
+        let waves: Vec<Vec<(&str, &str)>> = rollout
+            .waves
+            .iter()
+            .map(|w| {
+                w.iter()
+                    .map(|d| (d.device.as_str(), d.state.as_str()))
+                    .collect()
+            })
+            .collect();
+        ensure!(
+            waves == [vec![(WORKER, "done")], vec![(LEADER, "updating")]]
+                && rollout.wave == 1
+                && rollout.state == "running",
+            "{rollout:?}"
+        );
+    }
     // Old events are kept; new writes work.
     let events = admin.events(0, 100, Some("plant")).await?;
     ensure!(!events.is_empty(), "the old events are gone");
     admin
         .change_labels(
-            "02:c0:00:00:00:02",
+            WORKER,
             &fogswarm_protocol::api::LabelChange {
                 set: [("migrated".to_string(), "yes".to_string())].into(),
                 unset: vec![],

@@ -95,18 +95,19 @@ async fn old_events_and_telemetry_are_pruned() -> Result<()> {
     let old_last = old.last().context("declaring logs events")?.id;
     server.stop()?;
 
-    // Behind the server's back: its events two hours old, and history
-    // rows three hours and ten minutes old.
+    // Behind the server's back: its events two hours old, and the history
+    // rows of the hours three hours and ten minutes ago (one minute each).
     let now = fogswarm_protocol::time::unix_now();
     db_execute(
         &data,
         &format!("UPDATE events SET at = at - 7200 WHERE id <= {old_last}"),
     )?;
-    for minute in [now - 3 * 3600 - now % 60, now - 600 - now % 60] {
+    for at in [now - 3 * 3600, now - 600] {
+        let hour = at - at % 3600;
         db_execute(
             &data,
             &format!(
-                "INSERT INTO telemetry_history (device, minute, cpu_tenths) VALUES ('{D}', {minute}, 10)"
+                "INSERT INTO telemetry_hours (device, hour, minutes) VALUES ('{D}', {hour}, '0,10,,,,;')"
             ),
         )?;
     }
@@ -128,16 +129,16 @@ async fn old_events_and_telemetry_are_pruned() -> Result<()> {
         Ok(())
     })
     .await?;
-    // The old history row is gone, the recent one kept (counted by an
+    // The old hour's row is gone, the recent one kept (counted by an
     // update that changes nothing).
     let cutoff = now - 2 * 3600;
     let old_rows = db_execute(
         &data,
-        &format!("UPDATE telemetry_history SET cpu_tenths = cpu_tenths WHERE minute < {cutoff}"),
+        &format!("UPDATE telemetry_hours SET minutes = minutes WHERE hour + 3600 <= {cutoff}"),
     )?;
     let kept = db_execute(
         &data,
-        &format!("UPDATE telemetry_history SET cpu_tenths = cpu_tenths WHERE minute >= {cutoff}"),
+        &format!("UPDATE telemetry_hours SET minutes = minutes WHERE hour + 3600 > {cutoff}"),
     )?;
     ensure!(old_rows == 0 && kept == 1, "old {old_rows}, kept {kept}");
     // A retention that would delete everything at once is refused.
@@ -350,5 +351,58 @@ async fn older_agents_are_served_and_flagged_newer_fields_pass() -> Result<()> {
         "{body}"
     );
     ensure!(admin.list_services("mixed").await?.is_empty());
+    Ok(())
+}
+
+/// A device listing longer than the chunks the server streams it in
+/// (1,000 devices) comes whole: every device once, by swarm and id, for
+/// the fleet and for one swarm, with a device of another swarm between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_listings_longer_than_a_chunk_come_whole() -> Result<()> {
+    use fogswarm_protocol::api::DeviceCreate;
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let admin = server.admin();
+    declare(&admin, "a-big", &[]).await?;
+    declare(&admin, "b-other", &[("b-0", Role::Worker)]).await?;
+    declare(&admin, "c-big", &[]).await?;
+    let mut expected = vec![("b-other".to_string(), "b-0".to_string())];
+    for swarm in ["a-big", "c-big"] {
+        let rows: Vec<DeviceCreate> = (0..1_250)
+            .map(|i| DeviceCreate {
+                id: format!("{swarm}-{i:05}"),
+                swarm: swarm.into(),
+                role: Role::Worker,
+                labels: Default::default(),
+            })
+            .collect();
+        expected.extend(rows.iter().map(|r| (r.swarm.clone(), r.id.clone())));
+        admin
+            .import_devices("application/json", serde_json::to_vec(&rows)?)
+            .await?;
+    }
+    expected.sort();
+    let listed = |devices: Vec<fogswarm_protocol::api::DeviceView>| -> Vec<(String, String)> {
+        devices
+            .into_iter()
+            .map(|d| (d.swarm, d.id.to_string()))
+            .collect()
+    };
+    let all = listed(admin.list_devices(None).await?);
+    ensure!(all.len() == 2_501, "{} devices listed", all.len());
+    ensure!(
+        all == expected,
+        "the fleet's listing is not every device once, in order"
+    );
+    let one = listed(admin.list_devices(Some("c-big")).await?);
+    let c: Vec<_> = expected
+        .iter()
+        .filter(|(s, _)| s == "c-big")
+        .cloned()
+        .collect();
+    ensure!(one == c, "{} of c-big's 1,250 listed", one.len());
+    // A bad swarm name is still an error status, not a cut body.
+    let bad = admin.list_devices(Some("Not A Swarm")).await;
+    ensure!(bad.is_err(), "{bad:?}");
     Ok(())
 }

@@ -23,7 +23,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use fogswarm_protocol::api::{DeviceState, LabelChange};
+use fogswarm_protocol::api::LabelChange;
 use fogswarm_protocol::Labels;
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -451,12 +451,7 @@ async fn fleet(State(state): State<Shared>, viewer: Viewer, headers: HeaderMap) 
     let page = || -> Result<String, StoreError> {
         let status = state.store.status()?;
         let swarms = state.store.list_swarms()?;
-        let pending: Vec<_> = state
-            .store
-            .list_devices(None)?
-            .into_iter()
-            .filter(|d| d.state == DeviceState::Pending)
-            .collect();
+        let pending = state.store.pending_devices()?;
         Ok(pages::fleet(&status, &swarms, &pending, &|swarm| {
             viewer.who.may_change(swarm)
         }))

@@ -59,15 +59,51 @@ impl Store {
         })
     }
 
-    pub fn list_devices(&self, swarm: Option<&str>) -> Result<Vec<DeviceView>> {
+    /// At most `limit` devices (of `swarm`, or all), by swarm and id, the
+    /// first after `after` (a swarm and an id): a listing read a chunk at
+    /// a time, each found through the (swarm, id) index.
+    pub fn devices_after(
+        &self,
+        swarm: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<DeviceView>> {
         if let Some(s) = swarm {
             validate::validate_swarm_name(s)?;
         }
+        let (after_swarm, after_id) = match after {
+            Some((s, id)) => (Some(s.as_str()), Some(id.as_str())),
+            None => (None, None),
+        };
         self.read(|tx| {
-            device_rows(tx, swarm)?
-                .into_iter()
-                .map(DeviceRow::into_view)
-                .collect()
+            tx.query(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices
+                     WHERE (CAST($1 AS TEXT) IS NULL OR swarm = $1)
+                       AND (CAST($2 AS TEXT) IS NULL OR (swarm, id) > (CAST($2 AS TEXT), CAST($3 AS TEXT)))
+                     ORDER BY swarm, id LIMIT $4"
+                ),
+                params![swarm, after_swarm, after_id, limit as i64],
+            )?
+            .iter()
+            .map(|r| DeviceRow::of(r)?.into_view())
+            .collect()
+        })
+    }
+
+    /// The devices waiting for an operator's approval (the fleet page's
+    /// list), without reading the rest of the fleet.
+    pub fn pending_devices(&self) -> Result<Vec<DeviceView>> {
+        self.read(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE state = 'pending' ORDER BY swarm, id"
+                ),
+                params![],
+            )?
+            .iter()
+            .map(|r| DeviceRow::of(r)?.into_view())
+            .collect()
         })
     }
 
@@ -275,10 +311,7 @@ impl Store {
             }
             if force || !view.enrolled {
                 tx.execute("DELETE FROM devices WHERE id = $1", params![id.as_str()])?;
-                tx.execute(
-                    "DELETE FROM telemetry_history WHERE device = $1",
-                    params![id.as_str()],
-                )?;
+                super::telemetry::forget_telemetry(tx, id.as_str())?;
                 log_event(tx, actor, "device.remove", id.as_str(), "")?;
                 return Ok((None, touched));
             }
@@ -395,7 +428,7 @@ impl Store {
 }
 
 const DEVICE_COLUMNS: &str =
-    "id, swarm, role, labels, facts, state, (public_key IS NOT NULL OR credential_hash IS NOT NULL), node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, telemetry, heartbeat_secs, public_key, endorsement_key, pending_key, pending_endorsement_key, pending_since, protocol";
+    "id, swarm, role, labels, facts, state, (public_key IS NOT NULL OR credential_hash IS NOT NULL), node_id, cluster_id, engine_version, last_seen, last_error, created_at, stale_node_ids, swarm_manager, never_manager, raft_leader, agent_version, has_quorum, offline_since, (SELECT sample FROM device_telemetry WHERE device = devices.id), heartbeat_secs, public_key, endorsement_key, pending_key, pending_endorsement_key, pending_since, protocol";
 
 pub(super) struct DeviceRow {
     id: String,

@@ -144,12 +144,7 @@ impl Store {
     /// Opens (creating if needed) a SQLite database and applies pending
     /// migrations.
     pub fn open(path: &Path) -> Result<Store> {
-        Ok(Store {
-            db: Database::open_sqlite(path, schema::MIGRATIONS)?,
-            presence: Default::default(),
-            telemetry: Default::default(),
-            retention: Default::default(),
-        })
+        Store::over(Database::open_sqlite(path, schema::MIGRATIONS)?)
     }
 
     /// Opens the database `--database` names and applies pending
@@ -157,13 +152,23 @@ impl Store {
     pub fn open_location(location: &Location, postgres: &PostgresOptions) -> Result<Store> {
         match location {
             Location::Sqlite(path) => Store::open(path),
-            Location::Postgres(url) => Ok(Store {
-                db: Database::open_postgres(url, postgres, schema::MIGRATIONS)?,
-                presence: Default::default(),
-                telemetry: Default::default(),
-                retention: Default::default(),
-            }),
+            Location::Postgres(url) => {
+                Store::over(Database::open_postgres(url, postgres, schema::MIGRATIONS)?)
+            }
         }
+    }
+
+    /// The store over a migrated database, with what the schema's
+    /// migrations could not move in SQL moved.
+    fn over(db: Database) -> Result<Store> {
+        let store = Store {
+            db,
+            presence: Default::default(),
+            telemetry: Default::default(),
+            retention: Default::default(),
+        };
+        store.carry_over_rollout_plans()?;
+        Ok(store)
     }
 
     /// The database underneath, for the notification listener and backups.

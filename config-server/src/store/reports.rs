@@ -99,10 +99,7 @@ impl Store {
             let actor = Actor::Device(device.into());
             if report.state == Some(DeviceState::Left) && view.state == DeviceState::Leaving {
                 tx.execute("DELETE FROM devices WHERE id = $1", params![device])?;
-                tx.execute(
-                    "DELETE FROM telemetry_history WHERE device = $1",
-                    params![device],
-                )?;
+                super::telemetry::forget_telemetry(tx, device)?;
                 log_event(tx, &actor, "device.left", device, "decommissioned and removed")?;
                 bump(tx, &view.swarm)?;
                 return Ok(vec![view.swarm]);

@@ -61,9 +61,10 @@ impl Store {
                            (SELECT id FROM events WHERE at < $1 LIMIT $2)",
                         params![events_before, PRUNE_BATCH as i64],
                     )?,
+                    // Whole hours: those ending before the cutoff.
                     tx.execute(
-                        "DELETE FROM telemetry_history WHERE (device, minute) IN
-                           (SELECT device, minute FROM telemetry_history WHERE minute < $1 LIMIT $2)",
+                        "DELETE FROM telemetry_hours WHERE (device, hour) IN
+                           (SELECT device, hour FROM telemetry_hours WHERE hour + 3600 <= $1 LIMIT $2)",
                         params![telemetry_before, PRUNE_BATCH as i64],
                     )?,
                 ))
@@ -112,7 +113,8 @@ mod tests {
                 )?;
                 tx.execute(
                     "WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < $1)
-                     INSERT INTO telemetry_history (device, minute) SELECT 'd' || n, $2 - 7200 FROM k",
+                     INSERT INTO telemetry_hours (device, hour, minutes)
+                     SELECT 'd' || n, $2 - $2 % 3600 - 7200, '' FROM k",
                     params![old, t],
                 )?;
                 tx.execute(
@@ -120,8 +122,8 @@ mod tests {
                     params![t],
                 )?;
                 tx.execute(
-                    "INSERT INTO telemetry_history (device, minute) VALUES ('d1', $1)",
-                    params![t - t % 60],
+                    "INSERT INTO telemetry_hours (device, hour, minutes) VALUES ('d1', $1, '')",
+                    params![t - t % 3600],
                 )?;
                 Ok(())
             })

@@ -3,11 +3,17 @@
 //! from its `join` answer while its wave is on; it reports how the update
 //! ended. A failure, or a device silent past the deadline, stops the
 //! rollout where it is: later waves never start.
+//!
+//! Stored per device (`agent_rollout_devices`: its wave, place and state)
+//! beside the rollout's own row, so a device's outcome is one row's
+//! update and its config answer one row's lookup; the whole plan as one
+//! JSON value (as before issue 26) was read, parsed and rewritten at
+//! every report of every device of a 100,000-device swarm.
 
 use super::devices::device_rows;
 use super::events::log_event;
-use super::{from_json, json_of, now, Actor, Result, Store, StoreError};
-use crate::db::{params, Tx};
+use super::{from_json, now, Actor, Result, Store, StoreError};
+use crate::db::{params, values_cte, Tx, Value};
 use fogswarm_protocol::api::{
     AgentRolloutCreate, AgentRolloutDevice, AgentRolloutView, AgentTarget, AgentUpdateOutcome,
     DeviceState,
@@ -85,27 +91,31 @@ impl Store {
             let ids: Vec<String> = devices.into_iter().map(|(_, id)| id).collect();
             let waves = waves_of(&ids, req.canary as usize, req.wave_percent as usize);
             let t = now();
-            let mut plan: Vec<Vec<AgentRolloutDevice>> = waves
+            for table in ["agent_rollouts", "agent_rollout_devices"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE swarm = $1"),
+                    params![swarm],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO agent_rollouts (swarm, rollout, image, state, wave, waves, deadline_secs, started_at, wave_started_at)
+                 VALUES ($1, $2, $3, 'running', 0, '[]', $4, $5, $5)",
+                params![swarm, number, &req.image, req.deadline_secs as i64, t],
+            )?;
+            let plan: Vec<Vec<AgentRolloutDevice>> = waves
                 .iter()
-                .map(|wave| {
+                .enumerate()
+                .map(|(i, wave)| {
                     wave.iter()
                         .map(|id| AgentRolloutDevice {
                             device: id.clone(),
-                            state: "pending".into(),
+                            state: if i == 0 { "updating" } else { "pending" }.into(),
                             detail: String::new(),
                         })
                         .collect()
                 })
                 .collect();
-            for d in &mut plan[0] {
-                d.state = "updating".into();
-            }
-            tx.execute("DELETE FROM agent_rollouts WHERE swarm = $1", params![swarm])?;
-            tx.execute(
-                "INSERT INTO agent_rollouts (swarm, rollout, image, state, wave, waves, deadline_secs, started_at, wave_started_at)
-                 VALUES ($1, $2, $3, 'running', 0, $4, $5, $6, $6)",
-                params![swarm, number, &req.image, json_of(&plan), req.deadline_secs as i64, t],
-            )?;
+            insert_plan(tx, swarm, &plan)?;
             log_event(
                 tx,
                 actor,
@@ -143,34 +153,118 @@ impl Store {
         })?;
         for swarm in late {
             self.write(|tx| {
-                let mut view = match rollout_view(tx, &swarm) {
-                    Ok(v)
-                        if v.state == "running"
-                            && (v.wave_started_at + v.deadline_secs as i64) < t =>
+                let header = match rollout_header(tx, &swarm) {
+                    Ok(h)
+                        if h.state == "running"
+                            && (h.wave_started_at + h.deadline_secs as i64) < t =>
                     {
-                        v
+                        h
                     }
                     _ => return Ok(()), // another replica was first
                 };
-                let wave = view.wave as usize;
-                let mut silent = Vec::new();
-                for d in &mut view.waves[wave] {
-                    if d.state == "updating" {
-                        d.state = "failed".into();
-                        d.detail = format!("no healthy report within {}s", view.deadline_secs);
-                        silent.push(d.device.clone());
-                    }
-                }
+                let silent: Vec<String> = tx
+                    .query(
+                        "SELECT device FROM agent_rollout_devices
+                         WHERE swarm = $1 AND wave = $2 AND state = 'updating' ORDER BY position",
+                        params![&swarm, header.wave as i64],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect::<std::result::Result<_, _>>()?;
+                tx.execute(
+                    "UPDATE agent_rollout_devices SET state = 'failed', detail = $3
+                     WHERE swarm = $1 AND wave = $2 AND state = 'updating'",
+                    params![
+                        &swarm,
+                        header.wave as i64,
+                        format!("no healthy report within {}s", header.deadline_secs)
+                    ],
+                )?;
                 stop(
                     tx,
-                    &swarm,
-                    &view,
+                    &header,
                     &format!("{} silent past the deadline", silent.join(", ")),
                 )
             })?;
         }
         Ok(())
     }
+
+    /// Rollouts stored as one JSON plan (before issue 26) moved to rows
+    /// per device; run at every start, a no-op once done.
+    pub(super) fn carry_over_rollout_plans(&self) -> Result<()> {
+        self.write(|tx| {
+            let old = tx.query(
+                "SELECT swarm, waves FROM agent_rollouts WHERE waves <> '[]'",
+                params![],
+            )?;
+            for row in old.iter() {
+                let swarm: String = row.get(0)?;
+                let plan: Vec<Vec<AgentRolloutDevice>> = from_json(&row.get::<String>(1)?)?;
+                tx.execute(
+                    "DELETE FROM agent_rollout_devices WHERE swarm = $1",
+                    params![&swarm],
+                )?;
+                insert_plan(tx, &swarm, &plan)?;
+                tx.execute(
+                    "UPDATE agent_rollouts SET waves = '[]' WHERE swarm = $1",
+                    params![&swarm],
+                )?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A rollout's own row: everything but its devices.
+#[derive(Debug, Clone)]
+struct Header {
+    swarm: String,
+    rollout: u64,
+    image: String,
+    state: String,
+    wave: u32,
+    deadline_secs: u64,
+    started_at: i64,
+    wave_started_at: i64,
+}
+
+/// Writes a rollout's devices, wave by wave in order, a few hundred rows
+/// a statement.
+fn insert_plan(tx: &Tx<'_>, swarm: &str, plan: &[Vec<AgentRolloutDevice>]) -> Result<()> {
+    let rows: Vec<(usize, &AgentRolloutDevice)> = plan
+        .iter()
+        .enumerate()
+        .flat_map(|(wave, devices)| devices.iter().map(move |d| (wave, d)))
+        .collect();
+    for (c, chunk) in rows.chunks(super::presence::FLUSH_CHUNK).enumerate() {
+        let mut values = Vec::with_capacity(chunk.len() * 6);
+        for (i, (wave, d)) in chunk.iter().enumerate() {
+            values.extend([
+                Value::from(swarm),
+                Value::from(d.device.as_str()),
+                Value::from(*wave as i64),
+                Value::from((c * super::presence::FLUSH_CHUNK + i) as i64),
+                Value::from(d.state.as_str()),
+                Value::from(d.detail.as_str()),
+            ]);
+        }
+        let sql = values_cte(
+            &[
+                ("swarm", "TEXT"),
+                ("device", "TEXT"),
+                ("wave", "BIGINT"),
+                ("position", "BIGINT"),
+                ("state", "TEXT"),
+                ("detail", "TEXT"),
+            ],
+            chunk.len(),
+        )
+            + "INSERT INTO agent_rollout_devices (swarm, device, wave, position, state, detail)
+             SELECT swarm, device, wave, position, state, detail FROM v";
+        tx.execute(&sql, &values)?;
+    }
+    Ok(())
 }
 
 /// Splits devices into waves: `canary`, then `percent` of the rest
@@ -190,76 +284,120 @@ fn waves_of(ids: &[String], canary: usize, percent: usize) -> Vec<Vec<String>> {
     .collect()
 }
 
-fn rollout_view(tx: &Tx<'_>, swarm: &str) -> Result<AgentRolloutView> {
+fn rollout_header(tx: &Tx<'_>, swarm: &str) -> Result<Header> {
     let row = tx
         .query_opt(
-            "SELECT rollout, image, state, wave, waves, deadline_secs, started_at, wave_started_at FROM agent_rollouts WHERE swarm = $1",
+            "SELECT rollout, image, state, wave, deadline_secs, started_at, wave_started_at FROM agent_rollouts WHERE swarm = $1",
             params![swarm],
         )?
         .ok_or_else(|| StoreError::NotFound(format!("swarm {swarm} has no agent rollout")))?;
-    Ok(AgentRolloutView {
+    Ok(Header {
         swarm: swarm.to_string(),
         rollout: row.get::<i64>(0)? as u64,
         image: row.get(1)?,
         state: row.get(2)?,
         wave: row.get::<i64>(3)? as u32,
-        waves: from_json(&row.get::<String>(4)?)?,
-        deadline_secs: row.get::<i64>(5)? as u64,
-        started_at: row.get(6)?,
-        wave_started_at: row.get(7)?,
+        deadline_secs: row.get::<i64>(4)? as u64,
+        started_at: row.get(5)?,
+        wave_started_at: row.get(6)?,
     })
 }
 
-fn save(tx: &Tx<'_>, view: &AgentRolloutView) -> Result<()> {
+/// The rollout with every device, wave by wave.
+fn rollout_view(tx: &Tx<'_>, swarm: &str) -> Result<AgentRolloutView> {
+    let header = rollout_header(tx, swarm)?;
+    let mut waves: Vec<Vec<AgentRolloutDevice>> = Vec::new();
+    for row in tx
+        .query(
+            "SELECT wave, device, state, detail FROM agent_rollout_devices
+             WHERE swarm = $1 ORDER BY wave, position",
+            params![swarm],
+        )?
+        .iter()
+    {
+        let wave = row.get::<i64>(0)? as usize;
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(AgentRolloutDevice {
+            device: row.get(1)?,
+            state: row.get(2)?,
+            detail: row.get(3)?,
+        });
+    }
+    Ok(AgentRolloutView {
+        swarm: header.swarm,
+        rollout: header.rollout,
+        image: header.image,
+        state: header.state,
+        wave: header.wave,
+        waves,
+        deadline_secs: header.deadline_secs,
+        started_at: header.started_at,
+        wave_started_at: header.wave_started_at,
+    })
+}
+
+fn save(tx: &Tx<'_>, header: &Header) -> Result<()> {
     tx.execute(
-        "UPDATE agent_rollouts SET state = $2, wave = $3, waves = $4, wave_started_at = $5 WHERE swarm = $1",
+        "UPDATE agent_rollouts SET state = $2, wave = $3, wave_started_at = $4 WHERE swarm = $1",
         params![
-            &view.swarm,
-            &view.state,
-            view.wave as i64,
-            json_of(&view.waves),
-            view.wave_started_at
+            &header.swarm,
+            &header.state,
+            header.wave as i64,
+            header.wave_started_at
         ],
     )?;
     Ok(())
 }
 
+/// How many waves a rollout has.
+fn wave_count(tx: &Tx<'_>, swarm: &str) -> Result<u32> {
+    let last: Option<i64> = tx
+        .query_one(
+            "SELECT MAX(wave) FROM agent_rollout_devices WHERE swarm = $1",
+            params![swarm],
+        )?
+        .get(0)?;
+    Ok(last.map_or(0, |w| w as u32 + 1))
+}
+
 /// Ends a rollout as failed where it is; later waves never start.
-fn stop(tx: &Tx<'_>, swarm: &str, view: &AgentRolloutView, why: &str) -> Result<()> {
-    let mut view = view.clone();
-    view.state = "failed".into();
-    save(tx, &view)?;
+fn stop(tx: &Tx<'_>, header: &Header, why: &str) -> Result<()> {
+    let mut header = header.clone();
+    header.state = "failed".into();
+    save(tx, &header)?;
     log_event(
         tx,
         &Actor::Server,
         "agent.rollout-failed",
-        swarm,
+        &header.swarm,
         &format!(
             "rollout {} stopped in wave {} of {}: {why}",
-            view.rollout,
-            view.wave + 1,
-            view.waves.len()
+            header.rollout,
+            header.wave + 1,
+            wave_count(tx, &header.swarm)?
         ),
     )
 }
 
 /// The agent a device should be updating to: while a rollout runs and
-/// the device's wave is on.
+/// the device's wave is on (its row says updating). One row's lookup.
 pub(super) fn target_for(tx: &Tx<'_>, swarm: &str, device: &str) -> Result<Option<AgentTarget>> {
-    let view = match rollout_view(tx, swarm) {
-        Ok(v) if v.state == "running" => v,
-        Ok(_) | Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let updating = view.waves[..=view.wave as usize]
-        .iter()
-        .flatten()
-        .any(|d| d.device == device && d.state == "updating");
-    Ok(updating.then(|| AgentTarget {
-        rollout: view.rollout,
-        image: view.image.clone(),
-        deadline_secs: view.deadline_secs,
-    }))
+    let row = tx.query_opt(
+        "SELECT r.rollout, r.image, r.deadline_secs
+         FROM agent_rollouts r JOIN agent_rollout_devices d ON d.swarm = r.swarm
+         WHERE r.swarm = $1 AND r.state = 'running' AND d.device = $2 AND d.state = 'updating'",
+        params![swarm, device],
+    )?;
+    row.map(|r| {
+        Ok(AgentTarget {
+            rollout: r.get::<i64>(0)? as u64,
+            image: r.get(1)?,
+            deadline_secs: r.get::<i64>(2)? as u64,
+        })
+    })
+    .transpose()
 }
 
 /// A device's report of how its update ended: the wave moves on when all
@@ -270,17 +408,10 @@ pub(super) fn outcome(
     device: &str,
     outcome: &AgentUpdateOutcome,
 ) -> Result<()> {
-    let mut view = match rollout_view(tx, swarm) {
-        Ok(v) if v.state == "running" && v.rollout == outcome.rollout => v,
+    let mut header = match rollout_header(tx, swarm) {
+        Ok(h) if h.state == "running" && h.rollout == outcome.rollout => h,
         Ok(_) | Err(StoreError::NotFound(_)) => return Ok(()), // over, or another one
         Err(e) => return Err(e),
-    };
-    let wave = view.wave as usize;
-    let Some(entry) = view.waves[wave]
-        .iter_mut()
-        .find(|d| d.device == device && d.state == "updating")
-    else {
-        return Ok(());
     };
     let detail: String = outcome
         .detail
@@ -288,52 +419,74 @@ pub(super) fn outcome(
         .filter(|c| !c.is_control())
         .take(300)
         .collect();
-    entry.state = if outcome.ok { "done" } else { "failed" }.into();
-    entry.detail = detail.clone();
+    let updated = tx.execute(
+        "UPDATE agent_rollout_devices SET state = $4, detail = $5
+         WHERE swarm = $1 AND device = $2 AND wave = $3 AND state = 'updating'",
+        params![
+            swarm,
+            device,
+            header.wave as i64,
+            if outcome.ok { "done" } else { "failed" },
+            &detail
+        ],
+    )?;
+    if updated == 0 {
+        return Ok(()); // not in the wave that is on, or said already
+    }
     let actor = Actor::Device(device.into());
     if !outcome.ok {
         log_event(tx, &actor, "agent.update-failed", device, &detail)?;
-        return stop(tx, swarm, &view, &format!("{device}: {detail}"));
+        return stop(tx, &header, &format!("{device}: {detail}"));
     }
     log_event(
         tx,
         &actor,
         "agent.updated",
         device,
-        &format!("rollout {}: {}", view.rollout, view.image),
+        &format!("rollout {}: {}", header.rollout, header.image),
     )?;
-    if view.waves[wave].iter().all(|d| d.state == "done") {
-        if wave + 1 < view.waves.len() {
-            view.wave += 1;
-            view.wave_started_at = now();
-            for d in &mut view.waves[wave + 1] {
-                d.state = "updating".into();
-            }
-            log_event(
-                tx,
-                &Actor::Server,
-                "agent.rollout-wave",
-                swarm,
-                &format!(
-                    "rollout {}: wave {} of {} ({} devices)",
-                    view.rollout,
-                    view.wave + 1,
-                    view.waves.len(),
-                    view.waves[wave + 1].len()
-                ),
-            )?;
-        } else {
-            view.state = "done".into();
-            log_event(
-                tx,
-                &Actor::Server,
-                "agent.rollout-done",
-                swarm,
-                &format!("rollout {}: every device runs {}", view.rollout, view.image),
-            )?;
-        }
+    let undone: i64 = tx
+        .query_one(
+            "SELECT COUNT(*) FROM agent_rollout_devices WHERE swarm = $1 AND wave = $2 AND state <> 'done'",
+            params![swarm, header.wave as i64],
+        )?
+        .get(0)?;
+    if undone > 0 {
+        return Ok(());
     }
-    save(tx, &view)
+    let waves = wave_count(tx, swarm)?;
+    if header.wave + 1 < waves {
+        header.wave += 1;
+        header.wave_started_at = now();
+        let started = tx.execute(
+            "UPDATE agent_rollout_devices SET state = 'updating' WHERE swarm = $1 AND wave = $2",
+            params![swarm, header.wave as i64],
+        )?;
+        log_event(
+            tx,
+            &Actor::Server,
+            "agent.rollout-wave",
+            swarm,
+            &format!(
+                "rollout {}: wave {} of {waves} ({started} devices)",
+                header.rollout,
+                header.wave + 1,
+            ),
+        )?;
+    } else {
+        header.state = "done".into();
+        log_event(
+            tx,
+            &Actor::Server,
+            "agent.rollout-done",
+            swarm,
+            &format!(
+                "rollout {}: every device runs {}",
+                header.rollout, header.image
+            ),
+        )?;
+    }
+    save(tx, &header)
 }
 
 #[cfg(test)]
@@ -352,5 +505,59 @@ mod tests {
         assert_eq!(sizes(waves_of(&ids(5), 1, 100)), [1, 4]);
         assert_eq!(sizes(waves_of(&ids(1), 3, 50)), [1]);
         assert_eq!(waves_of(&ids(3), 1, 50)[0], ["d0"]);
+    }
+
+    /// A rollout an older server stored as one JSON plan reads the same
+    /// once the store has moved it to rows, and moves only once.
+    #[test]
+    fn plans_stored_as_json_are_carried_over() {
+        let dir = std::env::temp_dir().join(format!(
+            "fogswarm-rollouts-{}",
+            crate::secrets::random_token("t").expose()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("fleet.db");
+        let device = |id: &str, state: &str, detail: &str| AgentRolloutDevice {
+            device: id.into(),
+            state: state.into(),
+            detail: detail.into(),
+        };
+        let plan = vec![
+            vec![device("d2", "done", "")],
+            vec![device("d9", "updating", ""), device("d1", "failed", "no")],
+            vec![device("d0", "pending", "")],
+        ];
+        let store = Store::open(&path).expect("store");
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO swarms (name, created_at) VALUES ('s', 0)",
+                    params![],
+                )?;
+                tx.execute(
+                    "INSERT INTO agent_rollouts (swarm, rollout, image, state, wave, waves, deadline_secs, started_at, wave_started_at)
+                     VALUES ('s', 3, 'r@sha256:00', 'running', 1, $1, 60, 5, 6)",
+                    params![super::super::json_of(&plan)],
+                )?;
+                Ok(())
+            })
+            .expect("old rollout");
+        drop(store);
+        for _ in 0..2 {
+            let store = Store::open(&path).expect("reopened");
+            let view = store.rollout("s").expect("view");
+            assert_eq!(view.waves, plan);
+            assert_eq!(
+                (view.rollout, view.wave, view.state.as_str()),
+                (3, 1, "running")
+            );
+            let target = store.read(|tx| target_for(tx, "s", "d9")).expect("target");
+            assert_eq!(target.map(|t| t.rollout), Some(3));
+            assert_eq!(
+                store.read(|tx| target_for(tx, "s", "d0")).expect("none"),
+                None
+            );
+        }
+        std::fs::remove_dir_all(dir).ok();
     }
 }

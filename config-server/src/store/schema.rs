@@ -276,4 +276,60 @@ CREATE TABLE replicas (
 );
 "#,
     ),
+    // Telemetry shaped for 100,000 devices: each device's latest sample
+    // in a narrow table of its own (a flush no longer rewrites the wide
+    // `devices` row), with the minute its history last took; the history
+    // one row per device and hour (`minutes`: an entry per minute appended
+    // as it comes, see `store::telemetry`) instead of one per device and
+    // minute, 60 times fewer rows and index entries. The old rows are
+    // carried over. Agent rollouts kept per device (each device's wave,
+    // place in the plan, state and detail) instead of one JSON plan
+    // rewritten at every device's outcome; `agent_rollouts.waves` stays for
+    // rollouts written before, moved to rows at start
+    // (`carry_over_rollout_plans`). Devices indexed by swarm and id, the
+    // order listings read them in chunks in.
+    Migration(
+        r#"
+CREATE TABLE device_telemetry (
+    device TEXT PRIMARY KEY,
+    sample TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    minute BIGINT NOT NULL
+);
+INSERT INTO device_telemetry (device, sample, at, minute)
+    SELECT id, telemetry, telemetry_at, telemetry_at - telemetry_at % 60 FROM devices
+    WHERE telemetry IS NOT NULL AND telemetry_at IS NOT NULL;
+ALTER TABLE devices DROP COLUMN telemetry;
+ALTER TABLE devices DROP COLUMN telemetry_at;
+CREATE TABLE telemetry_hours (
+    device TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    minutes TEXT NOT NULL,
+    PRIMARY KEY (device, hour)
+);
+CREATE INDEX telemetry_hours_by_hour ON telemetry_hours (hour);
+INSERT INTO telemetry_hours (device, hour, minutes)
+    SELECT device, minute - minute % 3600, CONCAT_AGG(
+        CAST((minute % 3600) / 60 AS TEXT)
+        || ',' || COALESCE(CAST(cpu_tenths AS TEXT), '')
+        || ',' || COALESCE(CAST(load1_hundredths AS TEXT), '')
+        || ',' || COALESCE(CAST(memory_used_mb AS TEXT), '')
+        || ',' || COALESCE(CAST(disk_free_mb AS TEXT), '')
+        || ',' || COALESCE(CAST(temperature_tenths AS TEXT), '') || ';', '')
+    FROM telemetry_history GROUP BY device, minute - minute % 3600;
+DROP TABLE telemetry_history;
+CREATE TABLE agent_rollout_devices (
+    swarm TEXT NOT NULL,
+    device TEXT NOT NULL,
+    wave BIGINT NOT NULL,
+    position BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (swarm, device)
+);
+CREATE INDEX agent_rollout_devices_by_wave ON agent_rollout_devices (swarm, wave, state);
+DROP INDEX devices_by_swarm;
+CREATE INDEX devices_by_swarm ON devices (swarm, id);
+"#,
+    ),
 ];

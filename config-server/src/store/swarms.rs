@@ -149,7 +149,13 @@ impl Store {
                 "DELETE FROM log_lines WHERE request IN (SELECT id FROM log_requests WHERE swarm = $1)",
                 params![name],
             )?;
-            for table in ["devices", "services", "observed", "swarm_files", "log_requests", "agent_rollouts", "enrol_tokens"] {
+            for table in ["device_telemetry", "telemetry_hours"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE device IN (SELECT id FROM devices WHERE swarm = $1)"),
+                    params![name],
+                )?;
+            }
+            for table in ["devices", "services", "observed", "swarm_files", "log_requests", "agent_rollouts", "agent_rollout_devices", "enrol_tokens"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE swarm = $1"),
                     params![name],
