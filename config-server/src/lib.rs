@@ -10,6 +10,7 @@ mod dashboard;
 pub mod db;
 pub mod http;
 pub mod limit;
+mod maintenance;
 pub mod mdns;
 pub mod metrics;
 pub mod seal;
@@ -238,71 +239,9 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
         move |swarm, revision| woken.wake(swarm, revision),
         move || resynced.resync(),
     );
-    // Last-seen times are written in batches (see store::presence).
-    let presence = state.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(PRESENCE_FLUSH);
-        for tick in 0u64.. {
-            every.tick().await;
-            // How long each step held this task (the writer, for most):
-            // `RUST_LOG=fogswarm::maintenance=debug` shows it.
-            let step = |name: &str, started: std::time::Instant| {
-                tracing::debug!(target: "fogswarm::maintenance", step = name, ms = started.elapsed().as_millis() as u64, "done");
-            };
-            let t = std::time::Instant::now();
-            presence.check_in();
-            step("check_in", t);
-            if tick % PRUNE_EVERY_TICKS == 0 {
-                let t = std::time::Instant::now();
-                match presence.store.prune() {
-                    Ok(pruned) if pruned != store::Pruned::default() => {
-                        tracing::info!(
-                            events = pruned.events,
-                            telemetry_rows = pruned.telemetry_rows,
-                            "pruned past retention"
-                        )
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "pruning past retention"),
-                }
-                step("prune", t);
-            }
-            let t = std::time::Instant::now();
-            if let Err(e) = presence.store.flush_presence() {
-                tracing::warn!(error = %e, "writing last-seen times");
-            }
-            step("flush_presence", t);
-            let t = std::time::Instant::now();
-            if let Err(e) = presence.store.flush_telemetry() {
-                tracing::warn!(error = %e, "writing telemetry");
-            }
-            step("flush_telemetry", t);
-            let t = std::time::Instant::now();
-            match presence.store.mark_offline() {
-                Ok(offline) => {
-                    for device in offline {
-                        tracing::warn!(device = %device, "device offline: not heard for three report intervals");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "checking for offline devices"),
-            }
-            step("mark_offline", t);
-            let t = std::time::Instant::now();
-            match presence.store.auto_recover() {
-                Ok(started) => {
-                    for (recovery, touched) in started {
-                        tracing::warn!(device = %recovery.device_id, generation = recovery.generation, "no quorum for the swarm's auto-recover period: recovery started");
-                        presence.notify(&touched);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "checking for quorum recoveries due"),
-            }
-            if let Err(e) = presence.store.rollout_deadlines() {
-                tracing::warn!(error = %e, "checking agent rollout deadlines");
-            }
-            step("recoveries_and_rollouts", t);
-        }
-    });
+    // Last-seen times and telemetry are written in batches (see
+    // store::presence), with the other periodic work, on a thread of its own.
+    maintenance::spawn(state.clone()).context("cannot start the maintenance thread")?;
     let last_flush = state.clone();
     let app = http::router(state);
 
@@ -374,11 +313,6 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     Ok(())
 }
 
-/// How often last-seen times are written (and the replica checks in).
-const PRESENCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
-/// Pruning past retention runs every this many ticks (a minute).
-const PRUNE_EVERY_TICKS: u64 = 12;
-
 /// Reads the certificate files again on SIGHUP, and when they change
 /// (checked every few seconds): a renewal needs no restart. SIGHUP never
 /// stops the server, whatever it serves.
@@ -443,7 +377,7 @@ async fn serve_tls(
             _ = &mut shutdown => return Ok(()),
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(live.current());
-        let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let app = app.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,
@@ -454,14 +388,28 @@ async fn serve_tls(
             };
             // A client certificate the handshake verified against the
             // fleet's CA: who it names is the store's to say.
-            let app = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                Some(cert) => app.layer(axum::Extension(http::ClientCertificate(
-                    tls::fingerprint(cert),
-                ))),
-                None => app,
-            };
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|cert| http::ClientCertificate(tls::fingerprint(cert)));
+            // The peer and the certificate go into each request's
+            // extensions (where axum's extractors look). Not as layers on
+            // the router: `Router::layer` rebuilds every route, tens of KB
+            // per connection, most of what a fleet's idle connections cost.
+            let app = TowerToHyperService::new(app);
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    if let Some(certificate) = &certificate {
+                        req.extensions_mut().insert(certificate.clone());
+                    }
+                    hyper::service::Service::call(&app, req)
+                },
+            );
             let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                .serve_connection(TokioIo::new(tls), service)
                 .await;
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
