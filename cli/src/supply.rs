@@ -26,8 +26,10 @@ pub async fn attach_sboms(
     graph: &sbom::Graph,
     created: u64,
 ) -> Result<Vec<(String, String)>> {
-    let mut attached = Vec::new();
-    for platform_image in &image.images {
+    // One platform's SBOM at a time would be four sequential rounds of
+    // uploads (document, manifest, referrers): they are independent, each
+    // attached to its own platform manifest, so they go together.
+    let attach = image.images.iter().map(|platform_image| async move {
         let platform = platform_image.platform;
         let bill = graph.bill(platform.rust_target())?;
         let document = sbom::document(
@@ -45,9 +47,9 @@ pub async fn attach_sboms(
             )
             .await
             .with_context(|| format!("attaching the SBOM of {platform}"))?;
-        attached.push((platform.to_string(), artifact.digest));
-    }
-    Ok(attached)
+        Ok::<_, anyhow::Error>((platform.to_string(), artifact.digest))
+    });
+    futures_util::future::try_join_all(attach).await
 }
 
 /// Signs `digest` of `reference`'s repository and stores the signature;
