@@ -17,8 +17,8 @@ use std::time::Duration;
 
 /// Reading connections: reads beyond this many wait for one to come
 /// free rather than open another. Every connection has its own page cache
-/// and statement cache; a fleet's backlog of requests once opened hundreds
-/// (hundreds of MiB of caches, each parsing the schema afresh).
+/// (up to 2 MiB) and statement cache and parses the schema when opened;
+/// unbounded, a fleet's backlog could open one per parked thread (512).
 const READERS: usize = 8;
 /// How long a read waits for a free connection before it opens one of its
 /// own anyway (kept bounded, never a deadlock should a read nest another).
