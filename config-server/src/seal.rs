@@ -150,11 +150,8 @@ mod tests {
 
     #[test]
     fn values_open_only_with_their_key_and_row() {
-        let dir = std::env::temp_dir().join(format!(
-            "fogswarm-seal-{}",
-            crate::secrets::random_token("t").expose()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = dir.path();
         let path = dir.join("secrets.key");
         let sealer = Sealer::open_or_create(&path).expect("key");
         let sealed = sealer.seal("fog/secret/db/1", b"hunter2");
@@ -183,6 +180,5 @@ mod tests {
         assert_eq!(mode.expect("meta"), 0o600);
         std::fs::write(dir.join("bad.key"), "short").expect("write");
         assert!(Sealer::open_or_create(&dir.join("bad.key")).is_err());
-        std::fs::remove_dir_all(dir).ok();
     }
 }

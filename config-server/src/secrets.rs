@@ -91,19 +91,11 @@ mod tests {
 
     #[test]
     fn secret_files_are_0600_and_reused() {
-        let dir = tempfile_dir();
-        let path = dir.join("admin.token");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.token");
         let first = load_or_create(&path, "fsa").expect("create");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(load_or_create(&path, "fsa").expect("reuse"), first);
-        std::fs::remove_dir_all(dir).ok();
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("fogswarm-secrets-{}", random_token("t").expose()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        dir
     }
 }

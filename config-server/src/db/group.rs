@@ -239,15 +239,11 @@ mod tests {
     use crate::db::{params, Database, DbError, Migration};
     use std::sync::{Arc, Barrier};
 
-    fn database() -> (Database, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "fogswarm-group-{}-{}",
-            std::process::id(),
-            crate::secrets::random_token("t").expose()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
+    /// A scratch database, and its directory (removed when dropped).
+    fn database() -> (Database, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open_sqlite(
-            &dir.join("t.db"),
+            &dir.path().join("t.db"),
             &[Migration(
                 "CREATE TABLE t (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",
             )],
@@ -271,7 +267,7 @@ mod tests {
     /// (and readable) by the time it is answered.
     #[test]
     fn concurrent_writes_share_commits_and_fail_alone() {
-        let (db, dir) = database();
+        let (db, _dir) = database();
         let db = Arc::new(db);
         let writers = 32;
         let barrier = Arc::new(Barrier::new(writers));
@@ -326,14 +322,13 @@ mod tests {
             stats.commits < stats.writes,
             "32 concurrent writers never shared a commit: {stats:?}"
         );
-        std::fs::remove_dir_all(dir).ok();
     }
 
     /// A statement error inside a later write of a batch (a unique key
     /// violated) rolls back to that write's savepoint only.
     #[test]
     fn a_constraint_error_spares_the_batch() {
-        let (db, dir) = database();
+        let (db, _dir) = database();
         db.write(|tx| tx.execute("INSERT INTO t (k, v) VALUES ('a', 1)", &[]))
             .expect("first");
         let err = db
@@ -346,6 +341,5 @@ mod tests {
         db.write(|tx| tx.execute("INSERT INTO t (k, v) VALUES ('c', 1)", &[]))
             .expect("after");
         assert_eq!(keys(&db), ["a", "c"]);
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -90,12 +90,8 @@ mod tests {
     /// A history longer than a batch is pruned whole, the recent rows kept.
     #[test]
     fn pruning_goes_past_one_batch_and_keeps_what_is_recent() {
-        let dir = std::env::temp_dir().join(format!(
-            "fogswarm-retention-{}",
-            crate::secrets::random_token("t").expose()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let store = Store::open(&dir.join("fleet.db"))
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("fleet.db"))
             .expect("store")
             .with_retention(Retention {
                 events_secs: 3600,
@@ -137,6 +133,5 @@ mod tests {
             ["new"]
         );
         assert_eq!(store.prune().expect("again"), Pruned::default());
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -191,13 +191,15 @@ impl Store {
     }
 
     /// Rollouts stored as one JSON plan (before issue 26) moved to rows
-    /// per device; run at every start, a no-op once done.
+    /// per device; run at every start: a read, and a write only the first
+    /// time, when there are such plans.
     pub(super) fn carry_over_rollout_plans(&self) -> Result<()> {
+        const OLD: &str = "SELECT swarm, waves FROM agent_rollouts WHERE waves <> '[]'";
+        if self.read(|tx| Ok(tx.query(OLD, params![])?.is_empty()))? {
+            return Ok(());
+        }
         self.write(|tx| {
-            let old = tx.query(
-                "SELECT swarm, waves FROM agent_rollouts WHERE waves <> '[]'",
-                params![],
-            )?;
+            let old = tx.query(OLD, params![])?;
             for row in old.iter() {
                 let swarm: String = row.get(0)?;
                 let plan: Vec<Vec<AgentRolloutDevice>> = from_json(&row.get::<String>(1)?)?;
@@ -511,12 +513,8 @@ mod tests {
     /// once the store has moved it to rows, and moves only once.
     #[test]
     fn plans_stored_as_json_are_carried_over() {
-        let dir = std::env::temp_dir().join(format!(
-            "fogswarm-rollouts-{}",
-            crate::secrets::random_token("t").expose()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("fleet.db");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fleet.db");
         let device = |id: &str, state: &str, detail: &str| AgentRolloutDevice {
             device: id.into(),
             state: state.into(),
@@ -558,6 +556,5 @@ mod tests {
                 None
             );
         }
-        std::fs::remove_dir_all(dir).ok();
     }
 }
