@@ -5,7 +5,7 @@
 use super::events::log_event;
 use super::swarms::require_swarm;
 use super::{bump, from_json, json_of, now, Actor, Result, Store, StoreError, Touched};
-use crate::db::{params, Row, Tx};
+use crate::db::{params, Row, Tx, Value};
 use fogswarm_protocol::api::{
     DeviceCreate, DeviceProblem, DeviceState, DeviceUpdate, DeviceView, Facts, FleetStatus,
     LabelChange, OfflineDevice, OutdatedAgent, ReenrolPending, SwarmSummary,
@@ -76,35 +76,20 @@ impl Store {
             None => (None, None),
         };
         self.read(|tx| {
-            tx.query(
-                &format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices
-                     WHERE (CAST($1 AS TEXT) IS NULL OR swarm = $1)
-                       AND (CAST($2 AS TEXT) IS NULL OR (swarm, id) > (CAST($2 AS TEXT), CAST($3 AS TEXT)))
-                     ORDER BY swarm, id LIMIT $4"
-                ),
+            views_where(
+                tx,
+                "(CAST($1 AS TEXT) IS NULL OR swarm = $1)
+                   AND (CAST($2 AS TEXT) IS NULL OR (swarm, id) > (CAST($2 AS TEXT), CAST($3 AS TEXT)))
+                 ORDER BY swarm, id LIMIT $4",
                 params![swarm, after_swarm, after_id, limit as i64],
-            )?
-            .iter()
-            .map(|r| DeviceRow::of(r)?.into_view())
-            .collect()
+            )
         })
     }
 
     /// The devices waiting for an operator's approval (the fleet page's
     /// list), without reading the rest of the fleet.
     pub fn pending_devices(&self) -> Result<Vec<DeviceView>> {
-        self.read(|tx| {
-            tx.query(
-                &format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE state = 'pending' ORDER BY swarm, id"
-                ),
-                params![],
-            )?
-            .iter()
-            .map(|r| DeviceRow::of(r)?.into_view())
-            .collect()
-        })
+        self.read(|tx| views_where(tx, "state = 'pending' ORDER BY swarm, id", params![]))
     }
 
     /// One page of devices for the dashboard, problems first (offline,
@@ -141,9 +126,10 @@ impl Store {
                     params![&text, &label],
                 )?
                 .get(0)?;
-            let rows = tx.query(
+            let devices = views_where(
+                tx,
                 &format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE {filter}
+                    "{filter}
                      ORDER BY CASE WHEN offline_since IS NOT NULL THEN 0
                                    WHEN last_error IS NOT NULL THEN 1
                                    WHEN state = 'pending' THEN 2 ELSE 3 END,
@@ -152,10 +138,6 @@ impl Store {
                 ),
                 params![&text, &label, limit as i64, offset as i64],
             )?;
-            let devices = rows
-                .iter()
-                .map(|r| DeviceRow::of(r)?.into_view())
-                .collect::<Result<Vec<_>>>()?;
             Ok((devices, total as u64))
         })
     }
@@ -539,6 +521,18 @@ fn key_fingerprint(key: &str) -> String {
     fogswarm_protocol::identity::PublicKey::parse(key)
         .map(|k| k.fingerprint())
         .unwrap_or_else(|_| "unreadable".into())
+}
+
+/// The devices `condition` (a WHERE clause, with its ORDER BY and LIMIT)
+/// selects, as views.
+fn views_where(tx: &Tx<'_>, condition: &str, params: &[Value]) -> Result<Vec<DeviceView>> {
+    tx.query(
+        &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {condition}"),
+        params,
+    )?
+    .iter()
+    .map(|r| DeviceRow::of(r)?.into_view())
+    .collect()
 }
 
 /// Every device, or one swarm's, in a stable order.

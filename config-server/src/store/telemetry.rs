@@ -227,11 +227,10 @@ impl Store {
         self.read(|tx| {
             let view = super::devices::device_view(tx, device)?;
             let latest_at: Option<i64> = tx
-                .query(
+                .query_opt(
                     "SELECT at FROM device_telemetry WHERE device = $1",
                     params![device],
                 )?
-                .first()
                 .map(|r| r.get(0))
                 .transpose()?;
             let since = now() - self.retention.telemetry_secs;
